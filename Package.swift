@@ -1,0 +1,31 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "ShardKit",
+    products: [
+        .library(name: "ShardKit", targets: ["ShardKit"]),
+        .library(name: "ShardKitReference", targets: ["ShardKitReference"]),
+        .executable(name: "shardkit", targets: ["ShardKitCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "ShardKit", dependencies: ["CZlib"]),
+        .target(name: "ShardKitReference", dependencies: ["ShardKit", "COpenBLAS"]),
+        .executableTarget(
+            name: "ShardKitCLI",
+            dependencies: [
+                "ShardKit", "ShardKitReference",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ]),
+        .testTarget(name: "ShardKitTests", dependencies: ["ShardKit"], resources: []),
+        .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit"]),
+        .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit"]),
+    ]
+)

@@ -1,0 +1,129 @@
+/// A full (unsharded) checkpoint: one safetensors file, or a Hugging Face multi-file checkpoint
+/// (`model.safetensors.index.json` + `model-0000N-of-0000M.safetensors`), read as one set of tensors.
+public struct Checkpoint: Sendable {
+    /// The directory (or the single file's directory).
+    public let directory: String
+    /// The validated safetensors files, in index order.
+    public let files: [SafetensorsFile]
+    /// Every tensor, in file order then data order, with the index of its file in `files`.
+    public let tensors: [(file: Int, info: TensorInfo)]
+    /// config.json, if present.
+    public let config: ModelConfig?
+    /// Non-weight files worth carrying along to an output directory (config, tokenizer, generation config).
+    public let auxiliaryFiles: [String]
+
+    public static let indexName = "model.safetensors.index.json"
+
+    /// Opens `path`: a directory holding an index or safetensors files, or a single `.safetensors` file.
+    public init(path: String) throws {
+        var directory = path
+        var fileNames: [String]
+        if FileSystem.isDirectory(path) {
+            let entries = try FileSystem.list(path)
+            let indexPath = FileSystem.join(path, Checkpoint.indexName)
+            if FileSystem.exists(indexPath) {
+                fileNames = try Checkpoint.readIndex(indexPath)
+            } else {
+                fileNames = entries.filter { $0.hasSuffix(".safetensors") && $0 != "reference.safetensors" }
+                guard !fileNames.isEmpty else {
+                    throw ShardKitError(.invalidCheckpoint, "\(path): no .safetensors files and no \(Checkpoint.indexName)")
+                }
+            }
+            auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
+        } else {
+            guard FileSystem.exists(path) else { throw ShardKitError(.io, "\(path): no such file or directory") }
+            directory = path.deletingLastPathComponent
+            fileNames = [path.lastPathComponent]
+            auxiliaryFiles = []
+        }
+        self.directory = directory
+        var files: [SafetensorsFile] = []
+        for name in fileNames {
+            let p = FileSystem.join(directory, name)
+            guard FileSystem.exists(p) else {
+                throw ShardKitError(.invalidCheckpoint, "\(FileSystem.join(directory, Checkpoint.indexName)): names \(name), which does not exist")
+            }
+            files.append(try SafetensorsFile(path: p))
+        }
+        var seen: [String: String] = [:]
+        var tensors: [(file: Int, info: TensorInfo)] = []
+        for (i, f) in files.enumerated() {
+            for t in f.tensors {
+                if let other = seen[t.name] {
+                    throw ShardKitError(.invalidCheckpoint, "tensor \(t.name) appears in both \(other) and \(f.path)")
+                }
+                seen[t.name] = f.path
+                tensors.append((i, t))
+            }
+        }
+        self.files = files
+        self.tensors = tensors
+        let configPath = FileSystem.join(directory, "config.json")
+        config = FileSystem.exists(configPath) ? try ModelConfig(path: configPath) : nil
+        if FileSystem.isDirectory(path), FileSystem.exists(FileSystem.join(path, Checkpoint.indexName)) {
+            try Checkpoint.checkIndexAgrees(FileSystem.join(path, Checkpoint.indexName), files: files)
+        }
+    }
+
+    static func isAuxiliary(_ name: String) -> Bool {
+        if name == indexName || name == "reference.safetensors" || name.hasSuffix(".safetensors") { return false }
+        if name == "config.json" || name == "generation_config.json" { return true }
+        if name.hasPrefix("tokenizer") || name.hasPrefix("special_tokens_map") || name.hasPrefix("vocab.")
+            || name.hasPrefix("merges") || name == "added_tokens.json" || name.hasSuffix(".model")
+            || name == "chat_template.jinja" || name == "chat_template.json" || name == "preprocessor_config.json" {
+            return true
+        }
+        return false
+    }
+
+    /// The distinct file names of an index's weight_map, in first-seen order.
+    static func readIndex(_ path: String) throws -> [String] {
+        let map = try weightMap(path)
+        var names: [String] = []
+        var seen = Set<String>()
+        for (_, file) in map where seen.insert(file).inserted { names.append(file) }
+        guard !names.isEmpty else { throw ShardKitError(.invalidCheckpoint, "\(path): weight_map is empty") }
+        return names
+    }
+
+    static func weightMap(_ path: String) throws -> [(String, String)] {
+        let file = try ReadOnlyFile(path: path)
+        let json: JSONValue
+        do { json = try JSONValue.parse(try file.read(count: file.size, at: 0)) } catch let e as JSONParseError {
+            throw ShardKitError(.invalidCheckpoint, "\(path): not valid JSON: \(e)")
+        }
+        guard let map = json["weight_map"]?.objectValue else {
+            throw ShardKitError(.invalidCheckpoint, "\(path): no \"weight_map\" object")
+        }
+        var result: [(String, String)] = []
+        for (tensor, file) in map {
+            guard let f = file.stringValue, !f.contains("/"), !f.hasPrefix(".") else {
+                throw ShardKitError(.invalidCheckpoint, "\(path): weight_map entry for \(tensor) is not a plain file name")
+            }
+            result.append((tensor, f))
+        }
+        return result
+    }
+
+    static func checkIndexAgrees(_ path: String, files: [SafetensorsFile]) throws {
+        var actual: [String: String] = [:]
+        for f in files { for t in f.tensors { actual[t.name] = f.path.lastPathComponent } }
+        let map = try weightMap(path)
+        for (tensor, file) in map where actual[tensor] != file {
+            throw ShardKitError(.invalidCheckpoint, "\(path): says \(tensor) is in \(file), but it is not there")
+        }
+        if map.count != actual.count {
+            let listed = Set(map.map { $0.0 })
+            let extra = actual.keys.sorted().first { !listed.contains($0) } ?? "?"
+            throw ShardKitError(.invalidCheckpoint, "\(path): tensor \(extra) is in \(actual[extra] ?? "?") but not in the index")
+        }
+    }
+
+    /// Total bytes of tensor data.
+    public var totalBytes: Int { tensors.reduce(0) { $0 + $1.info.byteCount } }
+
+    /// Looks a tensor up by name.
+    public func tensor(named name: String) -> (file: Int, info: TensorInfo)? {
+        tensors.first { $0.info.name == name }
+    }
+}

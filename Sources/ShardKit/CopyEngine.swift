@@ -1,0 +1,266 @@
+/// The one copy mechanism of ShardKit: fill destination pieces of a tensor from source pieces by
+/// global index ranges along the split dimension.
+///
+/// A tensor of shape `[d0 … dn]` split along `k` is seen as `[outer, size, inner]` with
+/// `outer = d0·…·d(k-1)` and `inner = d(k+1)·…·dn · dtype size` bytes. A piece holds, for every outer
+/// row, the bytes of its global intervals (`PieceLayout`) in order. Shard, reshard, reassembly,
+/// verification and loader slicing are all this one operation with different sources and sinks.
+///
+/// Memory is bounded by `bufferBudget`: work proceeds in units of several whole outer rows, or of one
+/// row cut into windows along the split dimension when a row is larger than the budget. Every source
+/// that is used is read exactly once, front to back, so its checksum is verified on the way.
+public struct TensorGeometry: Sendable, Equatable {
+    public var outer: Int
+    /// True size of the split dimension (indices at or past it are padding, read as zeros).
+    public var size: Int
+    /// Bytes per index of the split dimension.
+    public var inner: Int
+
+    /// The geometry of `shape` (elements of `elementSize` bytes) split along `dim` (nil: along 0,
+    /// which is how a replicated tensor is copied whole). Throws on arithmetic overflow.
+    public init(shape: [Int], elementSize: Int, dim: Int?, tensor: String) throws {
+        let k = dim ?? 0
+        if shape.isEmpty {
+            outer = 1; size = 1; inner = elementSize
+            return
+        }
+        guard k < shape.count, let o = checkedProduct(Array(shape[..<k])),
+              let i = checkedProduct(Array(shape[(k + 1)...]), times: elementSize),
+              checkedProduct(shape, times: elementSize) != nil else {
+            throw ShardKitError(.impossibleSplit, "tensor \(tensor): shape \(shape) cannot be split along dim \(k)")
+        }
+        outer = o; size = shape[k]; inner = i
+    }
+
+    public init(outer: Int, size: Int, inner: Int) {
+        self.outer = outer; self.size = size; self.inner = inner
+    }
+
+    /// Bytes of a piece with `layout`.
+    public func byteCount(of layout: PieceLayout) -> Int { outer * layout.length * inner }
+}
+
+/// Where a source piece's bytes come from.
+public struct CopySource {
+    public var file: ReadOnlyFile
+    /// File offset of the piece's first byte.
+    public var offset: Int
+    public var layout: PieceLayout
+    /// Checked once the piece has been read in full; a mismatch throws `checksumMismatch`.
+    public var expectedCRC: UInt32?
+    /// For messages: "rank 2 file rank-2/model.safetensors".
+    public var label: String
+
+    public init(file: ReadOnlyFile, offset: Int, layout: PieceLayout, expectedCRC: UInt32? = nil, label: String) {
+        self.file = file; self.offset = offset; self.layout = layout; self.expectedCRC = expectedCRC; self.label = label
+    }
+}
+
+/// Receives a destination piece's bytes in order.
+public protocol PieceSink: AnyObject {
+    func append(_ bytes: UnsafeRawBufferPointer) throws
+    func appendZeros(_ count: Int) throws
+}
+
+public struct CopyDestination {
+    public var layout: PieceLayout
+    public var sink: PieceSink
+    public init(layout: PieceLayout, sink: PieceSink) { self.layout = layout; self.sink = sink }
+}
+
+/// Reusable buffers for the copy engine; one per worker.
+public final class CopyBuffers: @unchecked Sendable {
+    public let budget: Int
+    var window: UnsafeMutableRawBufferPointer
+    var staging: UnsafeMutableRawBufferPointer
+
+    /// `budget` bytes split between the assembled window and the staging area for one source.
+    public init(budget: Int = 32 << 20) {
+        self.budget = max(budget, 4096)
+        window = .allocate(byteCount: self.budget / 2, alignment: 64)
+        staging = .allocate(byteCount: self.budget / 2, alignment: 64)
+    }
+
+    deinit {
+        window.deallocate()
+        staging.deallocate()
+    }
+
+    func ensure(window w: Int, staging s: Int) {
+        if w > window.count { window.deallocate(); window = .allocate(byteCount: w, alignment: 64) }
+        if s > staging.count { staging.deallocate(); staging = .allocate(byteCount: s, alignment: 64) }
+    }
+}
+
+public enum CopyEngine {
+    /// Fills every destination from the sources. Each destination's global intervals (below
+    /// `geometry.size`) must be covered by some source; the first source covering a range is used.
+    /// `progress` is told how many destination bytes each step produced.
+    public static func copy(tensor: String, geometry g: TensorGeometry, sources: [CopySource],
+                            destinations: [CopyDestination], buffers: CopyBuffers,
+                            progress: ((Int) -> Void)? = nil) throws {
+        let used = try chooseSources(tensor: tensor, size: g.size, sources: sources, destinations: destinations)
+        let chosen = used.map { sources[$0] }
+        var crcs = [CRC32](repeating: CRC32(), count: chosen.count)
+        var extent = g.size
+        for s in chosen { extent = max(extent, s.layout.segments.last?.upperBound ?? 0) }
+        for d in destinations { extent = max(extent, d.layout.segments.last?.upperBound ?? 0) }
+        let maxLocal = chosen.map(\.layout.length).max() ?? 0
+        let rowBytes = max(g.size, maxLocal) * g.inner
+        let half = buffers.budget / 2
+        if g.outer == 0 || extent == 0 { return try verify(crcs, chosen, tensor) }
+
+        if rowBytes <= half {
+            // Units of whole outer rows.
+            let rows = max(1, half / max(rowBytes, 1))
+            var o = 0
+            while o < g.outer {
+                let o2 = min(g.outer, o + rows)
+                try unit(tensor, g, chosen, &crcs, destinations, buffers, rows: o..<o2, window: 0..<extent, progress)
+                o = o2
+            }
+        } else {
+            // One row at a time, cut into windows along the split dimension.
+            let span = max(1, half / max(g.inner, 1))
+            for o in 0..<g.outer {
+                var w = 0
+                while w < extent {
+                    let w2 = min(extent, w + span)
+                    try unit(tensor, g, chosen, &crcs, destinations, buffers, rows: o..<(o + 1), window: w..<w2, progress)
+                    w = w2
+                }
+            }
+        }
+        try verify(crcs, chosen, tensor)
+    }
+
+    private static func verify(_ crcs: [CRC32], _ chosen: [CopySource], _ tensor: String) throws {
+        for (c, s) in zip(crcs, chosen) {
+            if let expected = s.expectedCRC, expected != c.value {
+                throw ShardKitError(.checksumMismatch,
+                    "\(s.label): tensor \(tensor) has crc32 \(c.hex), the manifest says \(CRC32(value: expected).hex)")
+            }
+        }
+    }
+
+    /// Indices of the sources that will be read: for each needed global range, the first source
+    /// covering it. Throws when a destination range is covered by no source.
+    static func chooseSources(tensor: String, size: Int, sources: [CopySource], destinations: [CopyDestination]) throws -> [Int] {
+        var needed: [Range<Int>] = []
+        for d in destinations {
+            for s in d.layout.segments where s.lowerBound < size {
+                needed.append(s.lowerBound..<min(s.upperBound, size))
+            }
+        }
+        needed.sort { $0.lowerBound < $1.lowerBound }
+        var chosen = Set<Int>()
+        for var range in needed {
+            while !range.isEmpty {
+                var advanced = false
+                for (i, src) in sources.enumerated() {
+                    if let seg = src.layout.segments.first(where: { $0.contains(range.lowerBound) }) {
+                        chosen.insert(i)
+                        range = min(seg.upperBound, range.upperBound)..<range.upperBound
+                        advanced = true
+                        break
+                    }
+                }
+                guard advanced else {
+                    throw ShardKitError(.invalidManifest, "tensor \(tensor): no source holds index \(range.lowerBound) of its split dimension")
+                }
+            }
+        }
+        return chosen.sorted()
+    }
+
+    /// One unit of work: rows `rows` × global window `window`.
+    private static func unit(_ tensor: String, _ g: TensorGeometry, _ sources: [CopySource], _ crcs: inout [CRC32],
+                             _ destinations: [CopyDestination], _ buffers: CopyBuffers,
+                             rows: Range<Int>, window: Range<Int>, _ progress: ((Int) -> Void)?) throws {
+        let inner = g.inner
+        // The assembled window covers global [window.lower, min(window.upper, size)) for each row.
+        let wLow = window.lowerBound
+        let wLen = max(0, min(window.upperBound, g.size) - wLow)
+        let wRow = wLen * inner
+        var maxStage = 0
+        for s in sources {
+            let a = s.layout.localIndex(ofFirstAtOrAfter: window.lowerBound)
+            let b = s.layout.localIndex(ofFirstAtOrAfter: window.upperBound)
+            maxStage = max(maxStage, (b - a) * inner * rows.count)
+        }
+        buffers.ensure(window: wRow * rows.count, staging: maxStage)
+        let W = buffers.window
+
+        for (si, s) in sources.enumerated() {
+            let L = s.layout.length
+            let a = s.layout.localIndex(ofFirstAtOrAfter: window.lowerBound)
+            let b = s.layout.localIndex(ofFirstAtOrAfter: window.upperBound)
+            if a == b { continue }
+            // Local bytes of this unit: contiguous, as the window is a contiguous global range and the
+            // rows are either several whole rows (full window) or one row.
+            let start = (rows.lowerBound * L + a) * inner
+            let count = rows.count == 1 ? (b - a) * inner : rows.count * L * inner
+            let isWhole = s.layout.segments.count == 1 && s.layout.segments[0] == 0..<g.size
+            if isWhole && wLen == b - a {
+                // The source's local layout is the window's: read straight into it.
+                let dst = UnsafeMutableRawBufferPointer(rebasing: W[0..<count])
+                try s.file.read(into: dst, at: s.offset + start)
+                crcs[si].update(UnsafeRawBufferPointer(dst))
+                continue
+            }
+            let stage = UnsafeMutableRawBufferPointer(rebasing: buffers.staging[0..<count])
+            try s.file.read(into: stage, at: s.offset + start)
+            crcs[si].update(UnsafeRawBufferPointer(stage))
+            // Scatter each segment's part of the window into W.
+            for (ri, _) in rows.enumerated() {
+                var local = 0
+                let rowBase = rows.count == 1 ? -a * inner : ri * L * inner
+                for seg in s.layout.segments {
+                    let lo = max(seg.lowerBound, wLow), hi = min(seg.upperBound, wLow + wLen)
+                    if lo < hi {
+                        let from = rowBase + (local + lo - seg.lowerBound) * inner
+                        let to = ri * wRow + (lo - wLow) * inner
+                        (W.baseAddress! + to).copyMemory(from: stage.baseAddress! + from, byteCount: (hi - lo) * inner)
+                    }
+                    local += seg.count
+                }
+            }
+        }
+
+        var produced = 0
+        for d in destinations {
+            // Coalesce adjacent pieces of the window (across rows too) into one append.
+            var runStart = -1, runEnd = -1
+            for ri in 0..<rows.count {
+                func flush() throws {
+                    if runStart >= 0 {
+                        try d.sink.append(UnsafeRawBufferPointer(rebasing: W[runStart..<runEnd]))
+                        produced += runEnd - runStart
+                        runStart = -1
+                    }
+                }
+                for seg in d.layout.segments {
+                    let lo = max(seg.lowerBound, window.lowerBound), hi = min(seg.upperBound, window.upperBound)
+                    guard lo < hi else { continue }
+                    let dataHi = min(hi, g.size)
+                    if lo < dataHi {
+                        let from = ri * wRow + (lo - wLow) * inner, to = ri * wRow + (dataHi - wLow) * inner
+                        if runEnd == from { runEnd = to } else { try flush(); runStart = from; runEnd = to }
+                    }
+                    if dataHi < hi {
+                        try flush()
+                        let zeros = (hi - max(lo, dataHi)) * inner
+                        try d.sink.appendZeros(zeros)
+                        produced += zeros
+                    }
+                }
+            }
+            if runStart >= 0 {
+                try d.sink.append(UnsafeRawBufferPointer(rebasing: W[runStart..<runEnd]))
+                produced += runEnd - runStart
+            }
+        }
+        progress?(produced)
+    }
+}
+

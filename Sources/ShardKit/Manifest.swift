@@ -1,0 +1,242 @@
+import Foundation
+
+/// `manifest.json`: what a shard set holds, rank by rank (docs/manifest.md, docs/manifest.schema.json).
+/// Written last: a directory without it is an unfinished run.
+public struct Manifest: Codable, Sendable, Equatable {
+    public static let fileName = "manifest.json"
+    public static let formatName = "shardkit-manifest"
+
+    public struct Source: Codable, Sendable, Equatable {
+        /// The checkpoint the shards were cut from (as given on the command line).
+        public var path: String
+        public var files: [String]
+        public var modelType: String?
+        /// The rule set used: a preset name, a rules file, or both.
+        public var rules: String
+        enum CodingKeys: String, CodingKey { case path, files, modelType = "model_type", rules }
+    }
+
+    public struct Tool: Codable, Sendable, Equatable {
+        public var name: String
+        public var version: String
+        /// "shard", "reshard" or "reshard --finalize".
+        public var operation: String
+    }
+
+    public struct Rank: Codable, Sendable, Equatable {
+        public var rank: Int
+        public var files: [String]
+    }
+
+    public struct Piece: Codable, Sendable, Equatable {
+        public var rank: Int
+        /// The rank file holding the piece, relative to the manifest's directory.
+        public var file: String
+        /// The piece's shape (the global shape with the split dimension replaced by the piece's length).
+        public var shape: [Int]
+        /// Global `[start, end)` intervals along the split dimension, ascending; indices at or past the
+        /// true size are zero padding.
+        public var intervals: [[Int]]
+        /// CRC-32 of the piece's bytes, 8 lowercase hex digits.
+        public var crc32: String
+    }
+
+    public struct Tensor: Codable, Sendable, Equatable {
+        public var dtype: DType
+        public var shape: [Int]
+        public var rule: SplitRule
+        /// Present when the split dimension is padded (vocab rules): its padded size.
+        public var paddedSize: Int?
+        public var pieces: [Piece]
+        enum CodingKeys: String, CodingKey { case dtype, shape, rule, paddedSize = "padded_size", pieces }
+    }
+
+    public var format: String = Manifest.formatName
+    public var version: Int = 1
+    public var tp: Int
+    public var checksum: String = "crc32"
+    public var tool: Tool
+    public var source: Source
+    public var ranks: [Rank]
+    /// Non-weight files copied into the directory (config.json, tokenizer files).
+    public var extraFiles: [String]
+    public var tensors: [String: Tensor]
+    /// Tensor names in the order they were written (the source's order).
+    public var order: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case format, version, tp, checksum, tool, source, ranks, extraFiles = "extra_files", tensors, order
+    }
+
+    public init(tp: Int, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String], tensors: [String: Tensor], order: [String]) {
+        self.tp = tp; self.tool = tool; self.source = source; self.ranks = ranks
+        self.extraFiles = extraFiles; self.tensors = tensors; self.order = order
+    }
+
+    /// The manifest's JSON: sorted keys, pretty printed.
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        return try encoder.encode(self)
+    }
+
+    /// Reads and validates `directory/manifest.json`: structure, paths, and every piece's intervals
+    /// against its rule (a manifest is untrusted input).
+    public static func read(directory: String) throws -> Manifest {
+        let path = FileSystem.join(directory, fileName)
+        guard FileSystem.exists(path) else {
+            let unfinished = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
+            throw ShardKitError(.invalidManifest, unfinished
+                ? "\(directory): no manifest.json: unfinished run (shard again with --force)"
+                : "\(directory): no manifest.json: not a ShardKit shard set")
+        }
+        let file = try ReadOnlyFile(path: path)
+        let data = Data(try file.read(count: file.size, at: 0))
+        let manifest: Manifest
+        do { manifest = try JSONDecoder().decode(Manifest.self, from: data) } catch {
+            throw ShardKitError(.invalidManifest, "\(path): \(Manifest.describe(error))")
+        }
+        try manifest.validate(path: path)
+        return manifest
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let ctx):
+            return "missing \"\(key.stringValue)\" at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx), DecodingError.dataCorrupted(let ctx):
+            return "\(ctx.debugDescription) at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+        default: return "\(error)"
+        }
+    }
+
+    /// Checks everything that can be checked without opening the rank files.
+    public func validate(path: String) throws {
+        func bad(_ m: String) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(m)") }
+        guard format == Manifest.formatName else { throw bad("format is \"\(format)\", expected \"\(Manifest.formatName)\"") }
+        guard version == 1 else { throw bad("version \(version) is not supported (this ShardKit reads version 1)") }
+        guard checksum == "crc32" else { throw bad("checksum \"\(checksum)\" is not supported") }
+        guard tp >= 1 else { throw bad("tp must be at least 1") }
+        guard ranks.map(\.rank) == Array(0..<tp) else { throw bad("ranks must list 0..<\(tp) in order") }
+        var rankFiles: [Set<String>] = []
+        for r in ranks {
+            for f in r.files where !Manifest.isSafeRelativePath(f) { throw bad("rank \(r.rank) file \"\(f)\" is not a relative path inside the directory") }
+            rankFiles.append(Set(r.files))
+        }
+        for f in extraFiles where !Manifest.isSafeRelativePath(f) { throw bad("extra file \"\(f)\" is not a relative path inside the directory") }
+        guard Set(order) == Set(tensors.keys), order.count == tensors.count else { throw bad("\"order\" must list every tensor once") }
+        for name in order {
+            let t = tensors[name]!
+            guard t.shape.allSatisfy({ $0 >= 0 }), checkedProduct(t.shape, times: t.dtype.size) != nil else {
+                throw bad("tensor \(name): invalid shape \(t.shape)")
+            }
+            guard t.pieces.map(\.rank) == Array(0..<tp) else { throw bad("tensor \(name): pieces must be ranks 0..<\(tp) in order") }
+            let size = t.rule.dim.map { $0 < t.shape.count ? t.shape[$0] : -1 } ?? (t.shape.first ?? 1)
+            guard size >= 0 else { throw bad("tensor \(name): rule dim \(t.rule.dim!) outside shape \(t.shape)") }
+            let padded = t.rule.paddedSize(size, ranks: tp)
+            guard t.paddedSize == (padded != size ? padded : nil) else {
+                throw bad("tensor \(name): padded_size \(t.paddedSize.map(String.init) ?? "null") disagrees with the rule (\(padded))")
+            }
+            for p in t.pieces {
+                guard rankFiles[p.rank].contains(p.file) else { throw bad("tensor \(name): rank \(p.rank) piece names file \(p.file), not one of the rank's files") }
+                let expected: PieceLayout
+                do {
+                    expected = try t.rule.layout(rank: p.rank, of: tp, size: t.shape.isEmpty ? 1 : size, tensor: name)
+                } catch let e as ShardKitError { throw bad(e.message) }
+                guard p.intervals == expected.segments.map({ [$0.lowerBound, $0.upperBound] }) else {
+                    throw bad("tensor \(name): rank \(p.rank) intervals \(p.intervals) are not what rule \(t.rule.kindName) gives (\(expected.segments.map { [$0.lowerBound, $0.upperBound] }))")
+                }
+                var shape = t.shape
+                if let d = t.rule.dim { shape[d] = expected.length }
+                guard p.shape == shape else { throw bad("tensor \(name): rank \(p.rank) shape \(p.shape), expected \(shape)") }
+                guard CRC32.parse(hex: p.crc32) != nil else { throw bad("tensor \(name): rank \(p.rank) crc32 \"\(p.crc32)\" is not 8 hex digits") }
+            }
+        }
+    }
+
+    static func isSafeRelativePath(_ p: String) -> Bool {
+        !p.isEmpty && !p.hasPrefix("/") && !p.split(separator: "/", omittingEmptySubsequences: false).contains { $0 == ".." || $0 == "." || $0.isEmpty }
+    }
+
+    /// The piece layout rank `rank` holds of `tensor`, from its intervals.
+    public func layout(of tensor: Tensor, rank: Int) -> PieceLayout {
+        PieceLayout(tensor.pieces[rank].intervals.map { $0[0]..<$0[1] })
+    }
+}
+
+// MARK: - SplitRule as JSON
+
+extension SplitRule: Codable {
+    // Encoded as {"kind", "dim", "heads", "parts": [{"size", "split", "heads"}]}; see docs/manifest.md.
+    enum Keys: String, CodingKey { case kind, dim, heads, parts }
+    enum PartKeys: String, CodingKey { case size, split, heads }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: Keys.self)
+        let kind = try c.decode(String.self, forKey: .kind)
+        func dim() throws -> Int {
+            let d = try c.decode(Int.self, forKey: .dim)
+            guard d >= 0 else { throw DecodingError.dataCorruptedError(forKey: .dim, in: c, debugDescription: "negative dim") }
+            return d
+        }
+        func heads() throws -> Int {
+            let h = try c.decode(Int.self, forKey: .heads)
+            guard h > 0 else { throw DecodingError.dataCorruptedError(forKey: .heads, in: c, debugDescription: "heads must be positive") }
+            return h
+        }
+        switch kind {
+        case "replicated": self = .replicated
+        case "column": self = .column(dim: try dim())
+        case "row": self = .row(dim: try dim())
+        case "heads": self = .heads(dim: try dim(), heads: try heads())
+        case "kv_heads": self = .kvHeads(dim: try dim(), heads: try heads())
+        case "out_projection": self = .outProjection(dim: try dim(), heads: try heads())
+        case "vocab": self = .vocab(dim: try dim())
+        case "fused":
+            var list = try c.nestedUnkeyedContainer(forKey: .parts)
+            var parts: [FusedPart] = []
+            while !list.isAtEnd {
+                let p = try list.nestedContainer(keyedBy: PartKeys.self)
+                let size = try p.decode(Int.self, forKey: .size)
+                guard size > 0 else { throw DecodingError.dataCorruptedError(forKey: .size, in: p, debugDescription: "part size must be positive") }
+                let split: FusedPart.Split
+                switch try p.decode(String.self, forKey: .split) {
+                case "even": split = .even
+                case "replicated": split = .replicated
+                case "heads": split = .heads(try p.decode(Int.self, forKey: .heads))
+                case "kv_heads": split = .kvHeads(try p.decode(Int.self, forKey: .heads))
+                case let other: throw DecodingError.dataCorruptedError(forKey: .split, in: p, debugDescription: "unknown part split \"\(other)\"")
+                }
+                if case .heads(let h) = split, h <= 0 { throw DecodingError.dataCorruptedError(forKey: .heads, in: p, debugDescription: "heads must be positive") }
+                if case .kvHeads(let h) = split, h <= 0 { throw DecodingError.dataCorruptedError(forKey: .heads, in: p, debugDescription: "heads must be positive") }
+                parts.append(FusedPart(size: size, split: split))
+            }
+            guard !parts.isEmpty else { throw DecodingError.dataCorruptedError(forKey: .parts, in: c, debugDescription: "fused rule without parts") }
+            self = .fused(dim: try dim(), parts: parts)
+        default:
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown rule kind \"\(kind)\"")
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(kindName, forKey: .kind)
+        if let d = dim { try c.encode(d, forKey: .dim) }
+        switch self {
+        case .heads(_, let h), .kvHeads(_, let h), .outProjection(_, let h): try c.encode(h, forKey: .heads)
+        case .fused(_, let parts):
+            var list = c.nestedUnkeyedContainer(forKey: .parts)
+            for part in parts {
+                var p = list.nestedContainer(keyedBy: PartKeys.self)
+                try p.encode(part.size, forKey: .size)
+                switch part.split {
+                case .even: try p.encode("even", forKey: .split)
+                case .replicated: try p.encode("replicated", forKey: .split)
+                case .heads(let h): try p.encode("heads", forKey: .split); try p.encode(h, forKey: .heads)
+                case .kvHeads(let h): try p.encode("kv_heads", forKey: .split); try p.encode(h, forKey: .heads)
+                }
+            }
+        default: break
+        }
+    }
+}

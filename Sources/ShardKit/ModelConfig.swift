@@ -1,0 +1,85 @@
+/// The parts of a Hugging Face `config.json` that splitting and the reference forward pass need,
+/// read under both old and new spellings.
+public struct ModelConfig: Sendable {
+    public let path: String
+    public let json: JSONValue
+
+    public init(path: String) throws {
+        let file = try ReadOnlyFile(path: path)
+        do {
+            json = try JSONValue.parse(try file.read(count: file.size, at: 0))
+        } catch let e as JSONParseError {
+            throw ShardKitError(.invalidConfig, "\(path): not valid JSON: \(e)")
+        }
+        guard json.objectValue != nil else { throw ShardKitError(.invalidConfig, "\(path): not a JSON object") }
+        self.path = path
+    }
+
+    public init(json: JSONValue, path: String = "config.json") {
+        self.json = json
+        self.path = path
+    }
+
+    public var modelType: String? { json["model_type"]?.stringValue }
+
+    /// The first of `keys` present (top level, then `text_config`), as an integer.
+    public func int(_ keys: String...) -> Int? {
+        for k in keys { if let v = json[k]?.intValue { return v } }
+        for k in keys { if let v = json["text_config"]?[k]?.intValue { return v } }
+        return nil
+    }
+
+    public func double(_ keys: String...) -> Double? {
+        for k in keys { if let v = json[k]?.doubleValue { return v } }
+        for k in keys { if let v = json["text_config"]?[k]?.doubleValue { return v } }
+        return nil
+    }
+
+    public func string(_ keys: String...) -> String? {
+        for k in keys { if let v = json[k]?.stringValue { return v } }
+        return nil
+    }
+
+    public func bool(_ keys: String...) -> Bool? {
+        for k in keys { if let v = json[k]?.boolValue { return v } }
+        return nil
+    }
+
+    /// An integer that must be present; the error names the file and every spelling tried.
+    public func requireInt(_ keys: String...) throws -> Int {
+        for k in keys { if let v = json[k]?.intValue { return v } }
+        for k in keys { if let v = json["text_config"]?[k]?.intValue { return v } }
+        throw ShardKitError(.invalidConfig, "\(path): missing integer \(keys.joined(separator: " / "))")
+    }
+
+    public var hiddenSize: Int? { int("hidden_size", "n_embd", "d_model") }
+    public var attentionHeads: Int? { int("num_attention_heads", "n_head", "num_heads") }
+    /// KV heads; defaults to the attention heads (no GQA) when absent.
+    public var keyValueHeads: Int? { int("num_key_value_heads", "num_kv_heads", "multi_query_group_num") ?? attentionHeads }
+    /// head_dim from config, else hidden / heads.
+    public var headDim: Int? {
+        if let d = int("head_dim"), d > 0 { return d }
+        guard let h = hiddenSize, let n = attentionHeads, n > 0 else { return nil }
+        return h / n
+    }
+    public var layers: Int? { int("num_hidden_layers", "n_layer", "num_layers") }
+    public var vocabSize: Int? { int("vocab_size") }
+    public var intermediateSize: Int? { int("intermediate_size", "n_inner", "ffn_dim") }
+
+    /// rope_theta, at the top level (older configs) or inside `rope_parameters` / `rope_scaling` (newer).
+    public var ropeTheta: Double? {
+        if let v = double("rope_theta", "rotary_emb_base") { return v }
+        if let v = json["rope_parameters"]?["rope_theta"]?.doubleValue { return v }
+        if let v = json["rope_scaling"]?["rope_theta"]?.doubleValue { return v }
+        return nil
+    }
+
+    /// Fraction of each head's dimensions that get rotary embedding (GPT-NeoX rotary_pct, Phi partial_rotary_factor).
+    public var partialRotaryFactor: Double? {
+        if let v = double("partial_rotary_factor", "rotary_pct") { return v }
+        if let v = json["rope_parameters"]?["partial_rotary_factor"]?.doubleValue { return v }
+        return nil
+    }
+
+    public var tieWordEmbeddings: Bool? { bool("tie_word_embeddings") }
+}

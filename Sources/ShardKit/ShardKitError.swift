@@ -1,0 +1,54 @@
+/// Every failure ShardKit reports: a code to switch on and a one-line message that names the file or
+/// tensor involved.
+public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable {
+    public enum Code: String, Sendable {
+        /// A file could not be opened, read, written or renamed (the message carries `strerror`).
+        case io
+        /// A safetensors file is malformed (bad header, offsets, dtype, sizes, truncated data).
+        case invalidSafetensors
+        /// A checkpoint directory is inconsistent (missing config, index naming missing files, ...).
+        case invalidCheckpoint
+        /// config.json is missing a key or names an unknown model type.
+        case invalidConfig
+        /// A split rule cannot be applied (heads not divisible, parts that do not add up, ...).
+        case impossibleSplit
+        /// A tensor matched no rule, or a rule matched no tensor.
+        case unmatchedRule
+        /// A rules file is malformed.
+        case invalidRules
+        /// A manifest is malformed or disagrees with the files it names.
+        case invalidManifest
+        /// Bytes do not match their recorded checksum.
+        case checksumMismatch
+        /// The output exists (use --force) or is not a ShardKit directory.
+        case outputExists
+        /// A caller asked for something that does not exist (tensor name, rank).
+        case notFound
+        /// A verification check failed.
+        case verificationFailed
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+extension ShardKitError {
+    static func io(_ what: String, path: String, errno code: Int32) -> ShardKitError {
+        ShardKitError(.io, "\(path): \(what) failed: \(String(cString: strerror(code)))")
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif

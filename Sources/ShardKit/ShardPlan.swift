@@ -1,0 +1,74 @@
+/// The plan of a shard set: every tensor's rule, and the global intervals each rank holds. Computing
+/// it checks every split before anything is written.
+public struct ShardPlan: Sendable {
+    public struct Tensor: Sendable {
+        public var name: String
+        public var dtype: DType
+        public var shape: [Int]
+        public var rule: SplitRule
+        public var geometry: TensorGeometry
+        /// One layout per rank.
+        public var layouts: [PieceLayout]
+        /// The padded size of the split dimension, when padding is needed.
+        public var paddedSize: Int?
+
+        /// The shape of rank `r`'s piece.
+        public func pieceShape(rank r: Int) -> [Int] {
+            var s = shape
+            if let d = rule.dim { s[d] = layouts[r].length }
+            return s
+        }
+
+        public func pieceBytes(rank r: Int) -> Int { geometry.byteCount(of: layouts[r]) }
+    }
+
+    public let tp: Int
+    public let tensors: [Tensor]
+
+    /// Plans `tensors` (in the order they will be written) with `rules` (one per tensor) for `tp` ranks.
+    public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], tp: Int) throws {
+        guard tp >= 1 else { throw ShardKitError(.impossibleSplit, "TP degree must be at least 1, got \(tp)") }
+        precondition(tensors.count == rules.count)
+        self.tp = tp
+        var planned: [Tensor] = []
+        planned.reserveCapacity(tensors.count)
+        for (t, rule) in zip(tensors, rules) {
+            let geometry = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: rule.dim, tensor: t.name)
+            let layouts = try (0..<tp).map { try rule.layout(rank: $0, of: tp, size: geometry.size, tensor: t.name) }
+            let padded = rule.paddedSize(geometry.size, ranks: tp)
+            for l in layouts where checkedProduct([geometry.outer, l.length, geometry.inner]) == nil {
+                throw ShardKitError(.impossibleSplit, "tensor \(t.name): piece size overflows")
+            }
+            planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, geometry: geometry,
+                                  layouts: layouts, paddedSize: padded != geometry.size ? padded : nil))
+        }
+        self.tensors = planned
+    }
+
+    /// Plans a checkpoint with a rule set.
+    public init(checkpoint: Checkpoint, rules: RuleSet, tp: Int) throws {
+        let list = checkpoint.tensors.map { (name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) }
+        try self.init(tensors: list, rules: try rules.assign(list.map { ($0.name, $0.shape) }), tp: tp)
+    }
+
+    /// Total bytes of each rank's pieces.
+    public var bytesPerRank: [Int] {
+        (0..<tp).map { r in tensors.reduce(0) { $0 + $1.pieceBytes(rank: r) } }
+    }
+
+    public func tensor(named name: String) -> Tensor? { tensors.first { $0.name == name } }
+}
+
+extension ShardPlan {
+    /// The rule set for a checkpoint: the user's rules file (which may extend a preset), else the
+    /// preset chosen by config.json's model_type.
+    public static func rules(for checkpoint: Checkpoint, rulesFile: (json: JSONValue, origin: String)?) throws -> RuleSet {
+        if let rulesFile {
+            return try RulesFile.ruleSet(from: rulesFile.json, origin: rulesFile.origin, config: checkpoint.config)
+        }
+        guard let config = checkpoint.config else {
+            throw ShardKitError(.invalidCheckpoint, "\(FileSystem.join(checkpoint.directory, "config.json")): missing; a preset needs it (or pass --rules)")
+        }
+        return try Preset.rules(for: config)
+    }
+}

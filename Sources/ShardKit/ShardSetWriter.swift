@@ -1,0 +1,244 @@
+import Foundation
+
+/// Progress of a long operation: bytes produced so far out of the total.
+public typealias ProgressHandler = @Sendable (_ done: Int, _ total: Int) -> Void
+
+/// Writes a shard set for a `ShardPlan`: rank files (each `name.tmp`, fsynced, renamed), carried-along
+/// files, then `manifest.json` last. On any error everything it created is removed.
+///
+/// Layout: for tp > 1, `rank-R/model.safetensors` (or `rank-R/model-0000i-of-0000N.safetensors` with
+/// an index when `maxFileSize` cuts it); for tp = 1, an ordinary Hugging Face checkpoint at the top.
+public struct ShardSetWriter {
+    public struct Options: Sendable {
+        public var force = false
+        /// Largest rank file, in bytes (a single tensor larger than this gets a file of its own).
+        public var maxFileSize = 5_000_000_000
+        /// Copy-engine memory budget.
+        public var bufferBudget = 64 << 20
+        /// Output ranks to write (nil: all). A partial run writes no manifest (see `finalize`).
+        public var ranks: [Int]? = nil
+        public init() {}
+    }
+
+    /// Where each piece goes: its file (index into `files[rank]`) and offset.
+    struct FilePlan {
+        var relativePath: String
+        var tensorIndices: [Int]
+        var layout: SafetensorsLayout
+    }
+
+    public let plan: ShardPlan
+    public let directory: String
+    public let options: Options
+
+    public init(plan: ShardPlan, directory: String, options: Options = Options()) {
+        self.plan = plan
+        self.directory = directory
+        self.options = options
+    }
+
+    /// The rank files of rank `r`, tensors assigned in plan order, a new file when `maxFileSize` would be passed.
+    func filePlans(rank r: Int) throws -> [FilePlan] {
+        var groups: [[Int]] = [[]]
+        var size = 0
+        for (i, t) in plan.tensors.enumerated() {
+            let b = t.pieceBytes(rank: r)
+            if !groups[groups.count - 1].isEmpty && size + b > options.maxFileSize {
+                groups.append([])
+                size = 0
+            }
+            groups[groups.count - 1].append(i)
+            size += b
+        }
+        let prefix = plan.tp == 1 ? "" : "rank-\(r)/"
+        var metadata = ["format": "pt"]
+        if plan.tp > 1 { metadata["shardkit_rank"] = String(r); metadata["shardkit_tp"] = String(plan.tp) }
+        return try groups.enumerated().map { (k, indices) in
+            let name = groups.count == 1 ? "model.safetensors"
+                : "model-\(ShardSetWriter.pad5(k + 1))-of-\(ShardSetWriter.pad5(groups.count)).safetensors"
+            let layout = try SafetensorsLayout(
+                tensors: indices.map { (plan.tensors[$0].name, plan.tensors[$0].dtype, plan.tensors[$0].pieceShape(rank: r)) },
+                metadata: metadata)
+            return FilePlan(relativePath: prefix + name, tensorIndices: indices, layout: layout)
+        }
+    }
+
+    static func pad5(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
+
+    /// Prepares the output directory: refuses an existing one without `force`, and with `force` only
+    /// replaces a directory that is empty or looks like ShardKit output.
+    public static func prepare(directory: String, force: Bool, keepExistingRanks: Bool = false) throws {
+        if FileSystem.exists(directory) {
+            guard FileSystem.isDirectory(directory) else {
+                throw ShardKitError(.outputExists, "\(directory): exists and is not a directory")
+            }
+            let entries = try FileSystem.list(directory)
+            if !entries.isEmpty && !keepExistingRanks {
+                guard force else {
+                    throw ShardKitError(.outputExists, "\(directory): already exists; pass --force to replace it")
+                }
+                let ours = entries.contains(Manifest.fileName) || entries.contains { $0.hasPrefix("rank-") || $0.hasSuffix(".tmp") }
+                guard ours else {
+                    throw ShardKitError(.outputExists, "\(directory): not a ShardKit output directory (no manifest.json or rank-*); refusing to replace it")
+                }
+                FileSystem.removeTree(directory)
+            }
+        }
+        try FileSystem.makeDirectories(directory)
+    }
+
+    /// Writes the shard set. `sources(t)` gives the sources for tensor `t` of the plan.
+    /// Returns the manifest (already written unless only some ranks were asked for).
+    @discardableResult
+    public func write(source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
+                      sources: (ShardPlan.Tensor) throws -> [CopySource],
+                      progress: ProgressHandler? = nil) throws -> Manifest {
+        let ranks = options.ranks ?? Array(0..<plan.tp)
+        let existed = FileSystem.exists(directory)
+        try ShardSetWriter.prepare(directory: directory, force: options.force, keepExistingRanks: options.ranks != nil)
+        var created: [String] = []
+        do {
+            let manifest = try writeAll(ranks: ranks, source: source, tool: tool, extraFiles: extraFiles,
+                                        sources: sources, progress: progress, created: &created)
+            return manifest
+        } catch {
+            if options.ranks == nil || !existed {
+                FileSystem.removeTree(directory)
+            } else {
+                for p in created.reversed() { FileSystem.removeTree(p) }
+            }
+            throw error
+        }
+    }
+
+    private func writeAll(ranks: [Int], source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
+                          sources: (ShardPlan.Tensor) throws -> [CopySource],
+                          progress: ProgressHandler?, created: inout [String]) throws -> Manifest {
+        for r in ranks where r < 0 || r >= plan.tp {
+            throw ShardKitError(.notFound, "rank \(r) is out of range 0..<\(plan.tp)")
+        }
+        let files = try (0..<plan.tp).map { try filePlans(rank: $0) }
+        let total = ranks.reduce(0) { $0 + plan.bytesPerRank[$1] }
+        for r in ranks where plan.tp > 1 {
+            let dir = FileSystem.join(directory, "rank-\(r)")
+            if FileSystem.exists(dir) { FileSystem.removeTree(dir) }
+            try FileSystem.makeDirectories(dir)
+            created.append(dir)
+        }
+        // Which file and offset each (tensor, rank) piece goes to.
+        var location = [[(file: Int, offset: Int)]](repeating: [], count: plan.tp)
+        for r in 0..<plan.tp {
+            location[r] = [(Int, Int)](repeating: (0, 0), count: plan.tensors.count)
+            for (k, f) in files[r].enumerated() {
+                for (j, ti) in f.tensorIndices.enumerated() { location[r][ti] = (k, f.layout.entries[j].offset) }
+            }
+        }
+        var open: [Int: (index: Int, file: OutputFile)] = [:]
+        func file(rank r: Int, index k: Int) throws -> OutputFile {
+            if let o = open[r], o.index == k { return o.file }
+            if let o = open[r] { try finish(o.file, rank: r, index: o.index) }
+            let path = FileSystem.join(directory, files[r][k].relativePath)
+            created.append(path)
+            let f = try OutputFile(path: path)
+            try files[r][k].layout.writeHeader(to: f)
+            open[r] = (k, f)
+            return f
+        }
+        func finish(_ f: OutputFile, rank r: Int, index k: Int) throws {
+            try f.commit()
+            open[r] = nil
+        }
+
+        let buffers = CopyBuffers(budget: options.bufferBudget)
+        var checksums = [[String]](repeating: [], count: plan.tp)
+        var done = 0
+        for (ti, t) in plan.tensors.enumerated() {
+            var sinks: [(rank: Int, sink: FileSink)] = []
+            for r in ranks {
+                let loc = location[r][ti]
+                let f = try file(rank: r, index: loc.file)
+                sinks.append((r, FileSink(file: f, offset: loc.offset, count: t.pieceBytes(rank: r),
+                                          bufferSize: min(4 << 20, options.bufferBudget / 8))))
+            }
+            let destinations = sinks.map { CopyDestination(layout: t.layouts[$0.rank], sink: $0.sink) }
+            try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
+                                destinations: destinations, buffers: buffers) { n in
+                done += n
+                progress?(done, total)
+            }
+            for (r, s) in sinks {
+                try s.flush()
+                precondition(s.isComplete, "piece of \(t.name) for rank \(r) incomplete")
+                checksums[r].append(s.crc.hex)
+            }
+        }
+        for (r, o) in open { try finish(o.file, rank: r, index: o.index) }
+
+        // Rank-level index files, so that each rank directory is an ordinary multi-file checkpoint.
+        for r in ranks where files[r].count > 1 {
+            var map: [(String, JSONValue)] = []
+            for f in files[r] {
+                for e in f.layout.entries { map.append((e.name, .string(f.relativePath.lastPathComponent))) }
+            }
+            let json = JSONValue.object([
+                ("metadata", .object([("total_size", .int(plan.bytesPerRank[r]))])),
+                ("weight_map", .object(map.sorted { $0.0 < $1.0 })),
+            ])
+            let dir = plan.tp == 1 ? directory : FileSystem.join(directory, "rank-\(r)")
+            let path = FileSystem.join(dir, Checkpoint.indexName)
+            created.append(path)
+            try ShardSetWriter.writeSmallFile(Array(json.serialized.utf8), to: path)
+        }
+        var extraNames: [String] = []
+        if options.ranks == nil || ranks.contains(0) {
+            for (from, name) in extraFiles {
+                let to = FileSystem.join(directory, name)
+                created.append(to)
+                try FileSystem.copySmallFile(from: from, to: to)
+                extraNames.append(name)
+            }
+        } else {
+            extraNames = extraFiles.map(\.name)
+        }
+
+        var tensors: [String: Manifest.Tensor] = [:]
+        for (ti, t) in plan.tensors.enumerated() {
+            let pieces = (0..<plan.tp).map { r in
+                Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath, shape: t.pieceShape(rank: r),
+                               intervals: t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] },
+                               crc32: ranks.contains(r) ? checksums[r][ti] : "")
+            }
+            tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize, pieces: pieces)
+        }
+        var manifest = Manifest(tp: plan.tp, tool: tool, source: source,
+                                ranks: (0..<plan.tp).map { Manifest.Rank(rank: $0, files: files[$0].map(\.relativePath)) },
+                                extraFiles: extraNames.sorted(), tensors: tensors, order: plan.tensors.map(\.name))
+        if let subset = options.ranks {
+            // A partial run: record this part's pieces for `finalize` instead of the manifest.
+            for r in subset {
+                var part = manifest
+                part.tensors = tensors.mapValues { var t = $0; t.pieces = [t.pieces[r]]; return t }
+                let path = FileSystem.join(directory, "rank-\(r)/part.json")
+                created.append(path)
+                try ShardSetWriter.writeSmallFile(Array(try part.encoded()), to: path)
+            }
+            try FileSystem.syncDirectory(directory)
+            return manifest
+        }
+        try ShardSetWriter.writeManifest(&manifest, directory: directory)
+        return manifest
+    }
+
+    /// Writes `manifest.json` through a temporary file, then fsyncs the directory.
+    static func writeManifest(_ manifest: inout Manifest, directory: String) throws {
+        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName))
+        if manifest.tp > 1 { for r in 0..<manifest.tp { try FileSystem.syncDirectory(FileSystem.join(directory, "rank-\(r)")) } }
+        try FileSystem.syncDirectory(directory)
+    }
+
+    static func writeSmallFile(_ bytes: [UInt8], to path: String) throws {
+        let f = try OutputFile(path: path)
+        try bytes.withUnsafeBytes { try f.write($0, at: 0) }
+        try f.commit()
+    }
+}

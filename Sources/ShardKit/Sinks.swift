@@ -1,0 +1,141 @@
+/// Appends a piece's bytes to an `OutputFile` from a given offset through a bounded buffer, computing
+/// the piece's CRC-32 as the bytes pass.
+public final class FileSink: PieceSink {
+    let file: OutputFile
+    private(set) var position: Int
+    let end: Int
+    public private(set) var crc = CRC32()
+    private var buffer: UnsafeMutableRawBufferPointer
+    private var filled = 0
+    private var flushedTo: Int
+
+    /// A sink for `[offset, offset + count)` of `file`.
+    public init(file: OutputFile, offset: Int, count: Int, bufferSize: Int = 4 << 20) {
+        self.file = file
+        position = offset
+        flushedTo = offset
+        end = offset + count
+        buffer = .allocate(byteCount: max(4096, min(bufferSize, count)), alignment: 64)
+    }
+
+    deinit { buffer.deallocate() }
+
+    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+        guard position + bytes.count <= end else {
+            throw ShardKitError(.io, "\(file.temporaryPath): piece overflows its \(end - flushedTo) bytes (internal error)")
+        }
+        crc.update(bytes)
+        position += bytes.count
+        if filled == 0 && bytes.count >= buffer.count {
+            try file.write(bytes, at: flushedTo)
+            flushedTo += bytes.count
+            return
+        }
+        var rest = bytes
+        while !rest.isEmpty {
+            let n = min(rest.count, buffer.count - filled)
+            (buffer.baseAddress! + filled).copyMemory(from: rest.baseAddress!, byteCount: n)
+            filled += n
+            rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+            if filled == buffer.count { try flush() }
+        }
+    }
+
+    public func appendZeros(_ count: Int) throws {
+        var left = count
+        while left > 0 {
+            let n = min(left, CRC32.zeros.count)
+            try CRC32.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            left -= n
+        }
+    }
+
+    /// Writes what is buffered; call once the piece is complete.
+    public func flush() throws {
+        if filled > 0 {
+            try file.write(UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), at: flushedTo)
+            flushedTo += filled
+            filled = 0
+        }
+    }
+
+    public var isComplete: Bool { position == end }
+}
+
+/// Collects a piece in memory (loaders reading one tensor, tests).
+public final class MemorySink: PieceSink {
+    public private(set) var bytes: [UInt8] = []
+    public private(set) var crc = CRC32()
+    public init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
+    public func append(_ b: UnsafeRawBufferPointer) throws { crc.update(b); bytes.append(contentsOf: b) }
+    public func appendZeros(_ count: Int) throws {
+        crc.updateZeros(count)
+        bytes.append(contentsOf: repeatElement(0, count: count))
+    }
+}
+
+/// Fills a caller's buffer (the loader API's "read my slice into this memory").
+public final class BufferSink: PieceSink {
+    let buffer: UnsafeMutableRawBufferPointer
+    public private(set) var position = 0
+    public init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+    public func append(_ b: UnsafeRawBufferPointer) throws {
+        guard position + b.count <= buffer.count else { throw ShardKitError(.notFound, "destination buffer too small") }
+        (buffer.baseAddress! + position).copyMemory(from: b.baseAddress!, byteCount: b.count)
+        position += b.count
+    }
+    public func appendZeros(_ count: Int) throws {
+        guard position + count <= buffer.count else { throw ShardKitError(.notFound, "destination buffer too small") }
+        (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        position += count
+    }
+}
+
+/// Compares the bytes it receives with a reference stream read from a file, recording the first
+/// differing byte (verification against a source checkpoint).
+public final class ComparingSink: PieceSink {
+    let file: ReadOnlyFile
+    var position: Int
+    let start: Int
+    public private(set) var firstMismatch: Int?
+    private var scratch = [UInt8](repeating: 0, count: 1 << 20)
+
+    public init(file: ReadOnlyFile, offset: Int) {
+        self.file = file
+        position = offset
+        start = offset
+    }
+
+    public func append(_ b: UnsafeRawBufferPointer) throws {
+        var rest = b
+        while !rest.isEmpty {
+            let n = min(rest.count, scratch.count)
+            try scratch.withUnsafeMutableBytes { s in
+                let dst = UnsafeMutableRawBufferPointer(rebasing: s[0..<n])
+                try file.read(into: dst, at: position)
+                if firstMismatch == nil && memcmp(dst.baseAddress!, rest.baseAddress!, n) != 0 {
+                    for i in 0..<n where dst[i] != rest[i] { firstMismatch = position - start + i; break }
+                }
+            }
+            position += n
+            rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+        }
+    }
+
+    public func appendZeros(_ count: Int) throws {
+        var left = count
+        while left > 0 {
+            let n = min(left, CRC32.zeros.count)
+            try CRC32.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            left -= n
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif

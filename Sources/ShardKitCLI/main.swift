@@ -1,0 +1,2 @@
+import ShardKit
+@main struct Main { static func main() {} }
