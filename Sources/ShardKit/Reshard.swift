@@ -1,0 +1,91 @@
+/// `shardkit reshard`: convert a shard set to another TP degree by copying the overlaps of old and
+/// new intervals straight from the old rank files; no whole tensor is rebuilt in memory.
+public enum Reshard {
+    /// Writes `input` re-cut for `tp` ranks into `output`: the same bytes `shard` would write from the
+    /// original checkpoint. Input pieces' checksums are checked as they are read.
+    @discardableResult
+    public static func run(input: ShardSet, tp: Int, output: String, options: ShardSetWriter.Options = .init(),
+                           progress: ProgressHandler? = nil) throws -> Manifest {
+        let m = input.manifest
+        let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
+        let plan = try ShardPlan(tensors: list, rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
+        let files = try input.openAllRanks()
+        let extras = m.extraFiles.map { (from: FileSystem.join(input.directory, $0), name: $0) }
+        for e in extras where !FileSystem.exists(e.from) {
+            throw ShardKitError(.invalidManifest, "\(e.from): listed in extra_files but missing")
+        }
+        return try ShardSetWriter(plan: plan, directory: output, options: options).write(
+            source: m.source, tool: .init(name: "shardkit", version: Shard.toolVersion, operation: "reshard"),
+            extraFiles: extras,
+            sources: { t in try input.sources(for: t.name, files: files) },
+            progress: progress)
+    }
+
+    /// Completes a shard set written in parts (`--ranks`): merges every `rank-R/part.json` into
+    /// `manifest.json`. Refuses while any rank's part is missing.
+    @discardableResult
+    public static func finalize(directory: String) throws -> Manifest {
+        let entries = try FileSystem.list(directory)
+        guard !entries.contains(Manifest.fileName) else {
+            throw ShardKitError(.outputExists, "\(directory): already has manifest.json")
+        }
+        let partNames = entries.filter { $0.hasPrefix("rank-") && FileSystem.exists(FileSystem.join(directory, "\($0)/part.json")) }
+        guard let first = partNames.first else {
+            throw ShardKitError(.invalidManifest, "\(directory): no rank-*/part.json to finalize")
+        }
+        func readPart(_ dir: String) throws -> Manifest {
+            let path = FileSystem.join(directory, "\(dir)/part.json")
+            let f = try ReadOnlyFile(path: path)
+            do {
+                return try JSONDecoderBox.decode(Manifest.self, from: try f.read(count: f.size, at: 0))
+            } catch {
+                throw ShardKitError(.invalidManifest, "\(path): \(Manifest.describe(error))")
+            }
+        }
+        var merged = try readPart(first)
+        let tp = merged.tp
+        var parts: [Manifest] = []
+        for r in 0..<tp {
+            guard FileSystem.exists(FileSystem.join(directory, "rank-\(r)/part.json")) else {
+                throw ShardKitError(.invalidManifest, "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json); write it with --ranks \(r)")
+            }
+            let p = try readPart("rank-\(r)")
+            guard p.tp == tp, p.order == merged.order, p.source == merged.source else {
+                throw ShardKitError(.invalidManifest, "\(directory)/rank-\(r)/part.json: belongs to a different run")
+            }
+            parts.append(p)
+        }
+        for name in merged.order {
+            var t = merged.tensors[name]!
+            t.pieces = try (0..<tp).map { r in
+                guard let pt = parts[r].tensors[name], pt.dtype == t.dtype, pt.shape == t.shape, pt.rule == t.rule,
+                      pt.pieces.count == 1, pt.pieces[0].rank == r else {
+                    throw ShardKitError(.invalidManifest, "\(directory)/rank-\(r)/part.json: tensor \(name) disagrees with the other parts")
+                }
+                return pt.pieces[0]
+            }
+            merged.tensors[name] = t
+        }
+        for r in 0..<tp {
+            for f in merged.ranks[r].files where !FileSystem.exists(FileSystem.join(directory, f)) {
+                throw ShardKitError(.invalidManifest, "\(directory): rank \(r) file \(f) is missing")
+            }
+        }
+        for f in merged.extraFiles where !FileSystem.exists(FileSystem.join(directory, f)) {
+            throw ShardKitError(.invalidManifest, "\(directory): \(f) is missing (it is written with rank 0)")
+        }
+        merged.tool.operation = merged.tool.operation
+        try merged.validate(path: FileSystem.join(directory, Manifest.fileName))
+        try ShardSetWriter.writeManifest(&merged, directory: directory)
+        for r in 0..<tp { FileSystem.removeTree(FileSystem.join(directory, "rank-\(r)/part.json")) }
+        return merged
+    }
+}
+
+import Foundation
+
+enum JSONDecoderBox {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        try JSONDecoder().decode(type, from: Data(bytes))
+    }
+}

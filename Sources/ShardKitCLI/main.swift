@@ -1,2 +1,0 @@
-import ShardKit
-@main struct Main { static func main() {} }
