@@ -24,8 +24,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]),
-        .testTarget(name: "ShardKitTests", dependencies: ["ShardKit"], resources: []),
+        .executableTarget(name: "LoaderExample", dependencies: ["ShardKit"], path: "Examples/LoaderExample"),
+        .testTarget(name: "ShardKitTests", dependencies: ["ShardKit"]),
         .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit"]),
-        .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit"]),
+        .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit", "LoaderExample"]),
     ]
 )

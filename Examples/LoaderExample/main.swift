@@ -1,0 +1,44 @@
+// A tensor-parallel loader's view of ShardKit: read rank r's tensors, zero-copy, from a shard set;
+// then read the same rank's slices straight from the unsharded checkpoint, with no shard step.
+// Usage: loader-example SHARD_DIR CHECKPOINT_DIR RANK
+import ShardKit
+
+let args = CommandLine.arguments
+guard args.count == 4, let rank = Int(args[3]) else {
+    print("usage: loader-example SHARD_DIR CHECKPOINT_DIR RANK")
+    exit(2)
+}
+
+do {
+    // 1. From a shard set: open the manifest, map rank r's files, get views.
+    let shards = try ShardSet(directory: args[1])
+    let view = try shards.rank(rank)
+    var bytes = 0
+    for name in view.names {
+        let t = try view.tensor(name)                 // zero-copy: t.bytes points into the mapped file
+        let rule = view.record(name)!.rule            // how the tensor is split, e.g. .heads(dim: 0, heads: 8)
+        bytes += t.bytes.count
+        if name.hasSuffix("layers.0.self_attn.q_proj.weight") {
+            print("\(name): \(t.dtype.rawValue) \(t.shape) \(rule.kindName)")
+        }
+    }
+    print("rank \(rank) of \(shards.tp): \(view.names.count) tensors, \(bytes) bytes")
+
+    // 2. Straight from the unsharded checkpoint, with the same plan (like safetensors' get_slice).
+    let slicer = try CheckpointSlicer(checkpoint: try Checkpoint(path: args[2]), tp: shards.tp)
+    var same = 0
+    for name in view.names {
+        let piece = try slicer.piece(name, rank: rank)
+        let shard = try view.tensor(name)
+        if piece.shape == shard.shape && piece.bytes.elementsEqual(shard.bytes) { same += 1 }
+    }
+    print("\(same) of \(view.names.count) tensors identical to the shard files")
+    exit(same == view.names.count ? 0 : 1)
+} catch {
+    print("error: \(error)")
+    exit(1)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
