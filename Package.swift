@@ -13,9 +13,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
-        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .target(name: "ShardKit", dependencies: ["CZlib"]),
+        .target(name: "CShardKitChecksum"),
+        .target(name: "ShardKit", dependencies: ["CShardKitChecksum"]),
         .target(name: "ShardKitReference", dependencies: ["ShardKit", "COpenBLAS"]),
         .executableTarget(
             name: "ShardKitCLI",

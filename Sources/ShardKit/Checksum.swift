@@ -1,34 +1,31 @@
-import CZlib
+import CShardKitChecksum
 
-/// CRC-32 (the zlib/PNG polynomial, as Python's `zlib.crc32`), updated as bytes pass.
-public struct CRC32: Sendable, Equatable {
+/// CRC-32C (Castagnoli), updated as bytes pass: the checksum of every piece in a manifest. The same
+/// value as Python's `crc32c.crc32c(data)` (pip package `crc32c`) or `google_crc32c.value(data)`.
+/// Computed with the CPU's CRC32 instruction (SSE4.2, ARMv8) where there is one.
+public struct CRC32C: Sendable, Equatable {
     public private(set) var value: UInt32 = 0
     public init() {}
     public init(value: UInt32) { self.value = value }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
-        guard var p = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
-        var left = bytes.count
-        var crc = UInt(value)
-        while left > 0 {
-            let n = min(left, Int(UInt32.max >> 1))
-            crc = crc32(crc, p, uInt(n))
-            p += n
-            left -= n
-        }
-        value = UInt32(truncatingIfNeeded: crc)
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        value = shardkit_crc32c(value, base, bytes.count)
     }
 
     public mutating func updateZeros(_ count: Int) {
         var left = count
         while left > 0 {
-            let n = min(left, CRC32.zeros.count)
-            CRC32.zeros.withUnsafeBytes { update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            let n = min(left, CRC32C.zeros.count)
+            CRC32C.zeros.withUnsafeBytes { update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             left -= n
         }
     }
 
     static let zeros = [UInt8](repeating: 0, count: 64 * 1024)
+
+    /// True when the hardware instruction is in use.
+    public static var isHardwareAccelerated: Bool { shardkit_crc32c_is_hardware() != 0 }
 
     /// The manifest's spelling: 8 lowercase hex digits.
     public var hex: String {
@@ -37,7 +34,10 @@ public struct CRC32: Sendable, Equatable {
     }
 
     public static func parse(hex: String) -> UInt32? {
-        guard hex.count == 8 else { return nil }
+        guard hex.count == 8, hex.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
         return UInt32(hex, radix: 16)
     }
 }
+
+/// Transitional name kept while the rest of the tree moves to `CRC32C`.
+public typealias CRC32 = CRC32C

@@ -101,7 +101,7 @@ public enum CopyEngine {
                             progress: ((Int) -> Void)? = nil) throws {
         let used = try chooseSources(tensor: tensor, size: g.size, sources: sources, destinations: destinations)
         let chosen = used.map { sources[$0] }
-        var crcs = [CRC32](repeating: CRC32(), count: chosen.count)
+        var crcs = [CRC32C](repeating: CRC32C(), count: chosen.count)
         var extent = g.size
         for s in chosen { extent = max(extent, s.layout.segments.last?.upperBound ?? 0) }
         for d in destinations { extent = max(extent, d.layout.segments.last?.upperBound ?? 0) }
@@ -134,11 +134,11 @@ public enum CopyEngine {
         try verify(crcs, chosen, tensor)
     }
 
-    private static func verify(_ crcs: [CRC32], _ chosen: [CopySource], _ tensor: String) throws {
+    private static func verify(_ crcs: [CRC32C], _ chosen: [CopySource], _ tensor: String) throws {
         for (c, s) in zip(crcs, chosen) {
             if let expected = s.expectedCRC, expected != c.value {
                 throw ShardKitError(.checksumMismatch,
-                    "\(s.label): tensor \(tensor) has crc32 \(c.hex), the manifest says \(CRC32(value: expected).hex)")
+                    "\(s.label): tensor \(tensor) has crc32c \(c.hex), the manifest says \(CRC32C(value: expected).hex)")
             }
         }
     }
@@ -174,7 +174,7 @@ public enum CopyEngine {
     }
 
     /// One unit of work: rows `rows` × global window `window`.
-    private static func unit(_ tensor: String, _ g: TensorGeometry, _ sources: [CopySource], _ crcs: inout [CRC32],
+    private static func unit(_ tensor: String, _ g: TensorGeometry, _ sources: [CopySource], _ crcs: inout [CRC32C],
                              _ destinations: [CopyDestination], _ buffers: CopyBuffers,
                              rows: Range<Int>, window: Range<Int>, _ progress: ((Int) -> Void)?) throws {
         let inner = g.inner

@@ -37,8 +37,8 @@ public struct Manifest: Codable, Sendable, Equatable {
         /// Global `[start, end)` intervals along the split dimension, ascending; indices at or past the
         /// true size are zero padding.
         public var intervals: [[Int]]
-        /// CRC-32 of the piece's bytes, 8 lowercase hex digits.
-        public var crc32: String
+        /// CRC-32C of the piece's bytes, 8 lowercase hex digits.
+        public var crc32c: String
     }
 
     public struct Tensor: Codable, Sendable, Equatable {
@@ -54,7 +54,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var format: String = Manifest.formatName
     public var version: Int = 1
     public var tp: Int
-    public var checksum: String = "crc32"
+    public var checksum: String = "crc32c"
     public var tool: Tool
     public var source: Source
     public var ranks: [Rank]
@@ -115,7 +115,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         func bad(_ m: String) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(m)") }
         guard format == Manifest.formatName else { throw bad("format is \"\(format)\", expected \"\(Manifest.formatName)\"") }
         guard version == 1 else { throw bad("version \(version) is not supported (this ShardKit reads version 1)") }
-        guard checksum == "crc32" else { throw bad("checksum \"\(checksum)\" is not supported") }
+        guard checksum == "crc32c" else { throw bad("checksum \"\(checksum)\" is not supported") }
         guard tp >= 1 else { throw bad("tp must be at least 1") }
         guard ranks.map(\.rank) == Array(0..<tp) else { throw bad("ranks must list 0..<\(tp) in order") }
         var rankFiles: [Set<String>] = []
@@ -149,7 +149,7 @@ public struct Manifest: Codable, Sendable, Equatable {
                 var shape = t.shape
                 if let d = t.rule.dim { shape[d] = expected.length }
                 guard p.shape == shape else { throw bad("tensor \(name): rank \(p.rank) shape \(p.shape), expected \(shape)") }
-                guard CRC32.parse(hex: p.crc32) != nil else { throw bad("tensor \(name): rank \(p.rank) crc32 \"\(p.crc32)\" is not 8 hex digits") }
+                guard CRC32C.parse(hex: p.crc32c) != nil else { throw bad("tensor \(name): rank \(p.rank) crc32c \"\(p.crc32c)\" is not 8 hex digits") }
             }
         }
     }

@@ -62,7 +62,7 @@ public struct ShardSet: Sendable {
             guard let (sf, handle) = files[r][piece.file] else { throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open") }
             let info = try pieceLocation(name, rank: r, files: [piece.file: sf])
             return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
-                              expectedCRC: checkCRC ? CRC32.parse(hex: piece.crc32) : nil,
+                              expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
                               label: "rank \(r) file \(FileSystem.join(directory, piece.file))")
         }
     }

@@ -206,7 +206,7 @@ public struct ShardSetWriter {
             let pieces = (0..<plan.tp).map { r in
                 Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath, shape: t.pieceShape(rank: r),
                                intervals: t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] },
-                               crc32: ranks.contains(r) ? checksums[r][ti] : "")
+                               crc32c: ranks.contains(r) ? checksums[r][ti] : "")
             }
             tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize, pieces: pieces)
         }

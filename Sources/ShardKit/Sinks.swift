@@ -4,7 +4,7 @@ public final class FileSink: PieceSink {
     let file: OutputFile
     private(set) var position: Int
     let end: Int
-    public private(set) var crc = CRC32()
+    public private(set) var crc = CRC32C()
     private var buffer: UnsafeMutableRawBufferPointer
     private var filled = 0
     private var flushedTo: Int
@@ -44,8 +44,8 @@ public final class FileSink: PieceSink {
     public func appendZeros(_ count: Int) throws {
         var left = count
         while left > 0 {
-            let n = min(left, CRC32.zeros.count)
-            try CRC32.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            let n = min(left, CRC32C.zeros.count)
+            try CRC32C.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             left -= n
         }
     }
@@ -65,7 +65,7 @@ public final class FileSink: PieceSink {
 /// Collects a piece in memory (loaders reading one tensor, tests).
 public final class MemorySink: PieceSink {
     public private(set) var bytes: [UInt8] = []
-    public private(set) var crc = CRC32()
+    public private(set) var crc = CRC32C()
     public init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
     public func append(_ b: UnsafeRawBufferPointer) throws { crc.update(b); bytes.append(contentsOf: b) }
     public func appendZeros(_ count: Int) throws {
@@ -125,8 +125,8 @@ public final class ComparingSink: PieceSink {
     public func appendZeros(_ count: Int) throws {
         var left = count
         while left > 0 {
-            let n = min(left, CRC32.zeros.count)
-            try CRC32.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            let n = min(left, CRC32C.zeros.count)
+            try CRC32C.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             left -= n
         }
     }

@@ -49,7 +49,7 @@ public enum Verify {
                     let layout = m.layout(of: t, rank: r)
                     let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
                     let source = CopySource(file: handle, offset: info.offset, layout: layout,
-                                            expectedCRC: CRC32.parse(hex: piece.crc32),
+                                            expectedCRC: CRC32C.parse(hex: piece.crc32c),
                                             label: "rank \(r) file \(sf.path)")
                     // Reading the piece through the copy engine into a sink that discards checks its CRC.
                     try CopyEngine.copy(tensor: name, geometry: g, sources: [source],
@@ -63,19 +63,19 @@ public enum Verify {
             }
         }
         return Check(name: "integrity", status: failures.isEmpty ? "pass" : "fail",
-                     detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(m.ranks.reduce(0) { $0 + $1.files.count }) files checked (crc32)",
+                     detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(m.ranks.reduce(0) { $0 + $1.files.count }) files checked (crc32c)",
                      failures: failures)
     }
 
     /// A piece made only of padding is never chosen as a source by the copy engine; check its CRC here.
     private static func requireFullRead(_ s: CopySource, geometry g: TensorGeometry, tensor: String) throws {
         guard s.layout.segments.allSatisfy({ $0.lowerBound >= g.size }), let expected = s.expectedCRC else { return }
-        var crc = CRC32()
+        var crc = CRC32C()
         let count = g.byteCount(of: s.layout)
         let bytes = try s.file.read(count: count, at: s.offset)
         bytes.withUnsafeBytes { crc.update($0) }
         if crc.value != expected {
-            throw ShardKitError(.checksumMismatch, "\(s.label): tensor \(tensor) has crc32 \(crc.hex), the manifest says \(CRC32(value: expected).hex)")
+            throw ShardKitError(.checksumMismatch, "\(s.label): tensor \(tensor) has crc32c \(crc.hex), the manifest says \(CRC32C(value: expected).hex)")
         }
     }
 

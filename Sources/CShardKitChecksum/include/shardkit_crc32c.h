@@ -1,0 +1,14 @@
+#ifndef SHARDKIT_CRC32C_H
+#define SHARDKIT_CRC32C_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// CRC-32C (Castagnoli, as iSCSI, ext4 and Python's `crc32c` package): continues `crc` over
+/// `length` bytes. Start with 0. Uses the SSE4.2 / ARMv8 CRC32 instruction when the CPU has it,
+/// a table otherwise.
+uint32_t shardkit_crc32c(uint32_t crc, const void *data, size_t length);
+
+/// 1 when the hardware instruction is used.
+int shardkit_crc32c_is_hardware(void);
+
+#endif
