@@ -25,7 +25,7 @@ do {
     print("rank \(rank) of \(shards.tp): \(view.names.count) tensors, \(bytes) bytes")
 
     // 2. Straight from the unsharded checkpoint, with the same plan (like safetensors' get_slice).
-    let slicer = try CheckpointSlicer(checkpoint: try Checkpoint(path: args[2]), tp: shards.tp)
+    let slicer = try RankSlicer(checkpoint: try Checkpoint(path: args[2]), tp: shards.tp)
     var same = 0
     for name in view.names {
         let piece = try slicer.piece(name, rank: rank)

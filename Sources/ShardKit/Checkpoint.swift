@@ -11,6 +11,7 @@ public struct Checkpoint: Sendable {
     public let config: ModelConfig?
     /// Non-weight files worth carrying along to an output directory (config, tokenizer, generation config).
     public let auxiliaryFiles: [String]
+    private let index: [String: Int]
 
     public static let indexName = "model.safetensors.index.json"
 
@@ -58,6 +59,7 @@ public struct Checkpoint: Sendable {
         }
         self.files = files
         self.tensors = tensors
+        self.index = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.info.name, $0) })
         let configPath = FileSystem.join(directory, "config.json")
         config = FileSystem.exists(configPath) ? try ModelConfig(path: configPath) : nil
         if FileSystem.isDirectory(path), FileSystem.exists(FileSystem.join(path, Checkpoint.indexName)) {
@@ -124,6 +126,6 @@ public struct Checkpoint: Sendable {
 
     /// Looks a tensor up by name.
     public func tensor(named name: String) -> (file: Int, info: TensorInfo)? {
-        tensors.first { $0.info.name == name }
+        index[name].map { tensors[$0] }
     }
 }

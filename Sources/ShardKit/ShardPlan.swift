@@ -24,6 +24,7 @@ public struct ShardPlan: Sendable {
 
     public let tp: Int
     public let tensors: [Tensor]
+    private let index: [String: Int]
 
     /// Plans `tensors` (in the order they will be written) with `rules` (one per tensor) for `tp` ranks.
     public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], tp: Int) throws {
@@ -43,6 +44,7 @@ public struct ShardPlan: Sendable {
                                   layouts: layouts, paddedSize: padded != geometry.size ? padded : nil))
         }
         self.tensors = planned
+        self.index = Dictionary(planned.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Plans a checkpoint with a rule set.
@@ -56,7 +58,7 @@ public struct ShardPlan: Sendable {
         (0..<tp).map { r in tensors.reduce(0) { $0 + $1.pieceBytes(rank: r) } }
     }
 
-    public func tensor(named name: String) -> Tensor? { tensors.first { $0.name == name } }
+    public func tensor(named name: String) -> Tensor? { index[name].map { tensors[$0] } }
 }
 
 extension ShardPlan {

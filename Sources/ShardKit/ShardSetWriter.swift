@@ -17,6 +17,8 @@ public struct ShardSetWriter {
         public var bufferBudget = 64 << 20
         /// Output ranks to write (nil: all). A partial run writes no manifest (see `finalize`).
         public var ranks: [Int]? = nil
+        /// Tensors copied at once, each worker with its own share of the buffer budget.
+        public var workers = 2
         public init() {}
     }
 
@@ -91,7 +93,7 @@ public struct ShardSetWriter {
     /// Returns the manifest (already written unless only some ranks were asked for).
     @discardableResult
     public func write(source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
-                      sources: (ShardPlan.Tensor) throws -> [CopySource],
+                      sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
                       progress: ProgressHandler? = nil) throws -> Manifest {
         let ranks = options.ranks ?? Array(0..<plan.tp)
         let existed = FileSystem.exists(directory)
@@ -112,7 +114,7 @@ public struct ShardSetWriter {
     }
 
     private func writeAll(ranks: [Int], source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
-                          sources: (ShardPlan.Tensor) throws -> [CopySource],
+                          sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
                           progress: ProgressHandler?, created: inout [String]) throws -> Manifest {
         for r in ranks where r < 0 || r >= plan.tp {
             throw ShardKitError(.notFound, "rank \(r) is out of range 0..<\(plan.tp)")
@@ -133,46 +135,39 @@ public struct ShardSetWriter {
                 for (j, ti) in f.tensorIndices.enumerated() { location[r][ti] = (k, f.layout.entries[j].offset) }
             }
         }
-        var open: [Int: (index: Int, file: OutputFile)] = [:]
-        func file(rank r: Int, index k: Int) throws -> OutputFile {
-            if let o = open[r], o.index == k { return o.file }
-            if let o = open[r] { try finish(o.file, rank: r, index: o.index) }
-            let path = FileSystem.join(directory, files[r][k].relativePath)
-            created.append(path)
-            let f = try OutputFile(path: path)
-            try files[r][k].layout.writeHeader(to: f)
-            open[r] = (k, f)
-            return f
-        }
-        func finish(_ f: OutputFile, rank r: Int, index k: Int) throws {
-            try f.commit()
-            open[r] = nil
-        }
-
-        let buffers = CopyBuffers(budget: options.bufferBudget)
-        var checksums = [[String]](repeating: [], count: plan.tp)
-        var done = 0
-        for (ti, t) in plan.tensors.enumerated() {
-            var sinks: [(rank: Int, sink: FileSink)] = []
-            for r in ranks {
-                let loc = location[r][ti]
-                let f = try file(rank: r, index: loc.file)
-                sinks.append((r, FileSink(file: f, offset: loc.offset, count: t.pieceBytes(rank: r),
-                                          bufferSize: min(4 << 20, options.bufferBudget / 8))))
+        // Every rank file is created (header first) before the copy starts, and committed (fsync,
+        // rename) once all of its pieces are written.
+        var outputs = [[OutputFile]](repeating: [], count: plan.tp)
+        for r in ranks {
+            for f in files[r] {
+                let path = FileSystem.join(directory, f.relativePath)
+                created.append(path)
+                let out = try OutputFile(path: path)
+                try f.layout.writeHeader(to: out)
+                outputs[r].append(out)
             }
-            let destinations = sinks.map { CopyDestination(layout: t.layouts[$0.rank], sink: $0.sink) }
+        }
+        var checksums = [[String]](repeating: [String](repeating: "", count: plan.tensors.count), count: plan.tp)
+        let sinkBuffer = max(64 << 10, min(1 << 20, options.bufferBudget / 64))
+        let tracker = ProgressTracker(total: total, handler: progress)
+        try ParallelWork.forEach(count: plan.tensors.count, workers: options.workers,
+                                 budget: options.bufferBudget) { ti, buffers in
+            let t = plan.tensors[ti]
+            let sinks = ranks.map { r in
+                (rank: r, sink: FileSink(file: outputs[r][location[r][ti].file], offset: location[r][ti].offset,
+                                         count: t.pieceBytes(rank: r), bufferSize: sinkBuffer))
+            }
             try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
-                                destinations: destinations, buffers: buffers) { n in
-                done += n
-                progress?(done, total)
-            }
-            for (r, s) in sinks {
+                                destinations: sinks.map { CopyDestination(layout: t.layouts[$0.rank], sink: $0.sink) },
+                                buffers: buffers) { tracker.add($0) }
+            let hexes = try sinks.map { (r, s) -> String in
                 try s.flush()
                 precondition(s.isComplete, "piece of \(t.name) for rank \(r) incomplete")
-                checksums[r].append(s.crc.hex)
+                return s.crc.hex
             }
+            return { for (i, r) in ranks.enumerated() { checksums[r][ti] = hexes[i] } }
         }
-        for (r, o) in open { try finish(o.file, rank: r, index: o.index) }
+        for r in ranks { for out in outputs[r] { try out.commit() } }
 
         // Rank-level index files, so that each rank directory is an ordinary multi-file checkpoint.
         for r in ranks where files[r].count > 1 {

@@ -11,6 +11,13 @@ struct ShardKitCommand: ParsableCommand {
         version: Shard.toolVersion,
         subcommands: [ShardCommand.self, PlanCommand.self, ReshardCommand.self, VerifyCommand.self])
 
+    static func main() {
+        // A file-size limit (ulimit -f) then fails the write with EFBIG, reported and cleaned up,
+        // instead of killing the process.
+        signal(SIGXFSZ, SIG_IGN)
+        main(nil as [String]?)
+    }
+
     /// Runs `body`, turning a ShardKitError into a one-line message and exit status 1.
     static func guarded<T>(_ body: () throws -> T) throws -> T {
         do {
