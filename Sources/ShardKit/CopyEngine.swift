@@ -71,6 +71,8 @@ public struct CopyDestination {
 /// Reusable buffers for the copy engine; one per worker.
 public final class CopyBuffers: @unchecked Sendable {
     public let budget: Int
+    /// Target size of one unit of work (a read, its checksum, its writes), within the budget.
+    public var unitBytes = 2 << 20
     var window: UnsafeMutableRawBufferPointer
     var staging: UnsafeMutableRawBufferPointer
 
@@ -107,7 +109,8 @@ public enum CopyEngine {
         for d in destinations { extent = max(extent, d.layout.segments.last?.upperBound ?? 0) }
         let maxLocal = chosen.map(\.layout.length).max() ?? 0
         let rowBytes = max(g.size, maxLocal) * g.inner
-        let half = buffers.budget / 2
+        // Units small enough to stay in cache between the read, the checksum and the write.
+        let half = min(buffers.budget / 2, buffers.unitBytes)
         if g.outer == 0 || extent == 0 { return try verify(crcs, chosen, tensor) }
 
         if rowBytes <= half {

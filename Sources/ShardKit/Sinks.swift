@@ -26,7 +26,7 @@ public final class FileSink: PieceSink {
         }
         crc.update(bytes)
         position += bytes.count
-        if filled == 0 && bytes.count >= buffer.count {
+        if filled == 0 && bytes.count >= min(buffer.count, 64 << 10) {
             try file.write(bytes, at: flushedTo)
             flushedTo += bytes.count
             return
