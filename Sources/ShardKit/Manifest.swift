@@ -19,7 +19,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public struct Tool: Codable, Sendable, Equatable {
         public var name: String
         public var version: String
-        /// "shard", "reshard" or "reshard --finalize".
+        /// "shard" or "reshard" (a run finalized from parts records the operation of its parts).
         public var operation: String
     }
 
@@ -86,7 +86,12 @@ public struct Manifest: Codable, Sendable, Equatable {
         let path = FileSystem.join(directory, fileName)
         guard FileSystem.exists(path) else {
             let unfinished = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
-            throw ShardKitError(.invalidManifest, unfinished
+            let parts = unfinished && ((try? FileSystem.list(directory)) ?? []).contains {
+                $0.hasPrefix("rank-") && FileSystem.exists(FileSystem.join(directory, "\($0)/part.json"))
+            }
+            throw ShardKitError(.invalidManifest, parts
+                ? "\(directory): no manifest.json: ranks written in parts (run `shardkit reshard --finalize \(directory)` once all exist)"
+                : unfinished
                 ? "\(directory): no manifest.json: unfinished run (shard again with --force)"
                 : "\(directory): no manifest.json: not a ShardKit shard set")
         }
@@ -101,11 +106,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     static func describe(_ error: Error) -> String {
+        func where_(_ path: [CodingKey]) -> String {
+            path.isEmpty ? " at the top level" : " at " + path.map(\.stringValue).joined(separator: ".")
+        }
         switch error {
         case DecodingError.keyNotFound(let key, let ctx):
-            return "missing \"\(key.stringValue)\" at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+            return "missing \"\(key.stringValue)\"\(where_(ctx.codingPath))"
         case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx), DecodingError.dataCorrupted(let ctx):
-            return "\(ctx.debugDescription) at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+            return "\(ctx.debugDescription)\(where_(ctx.codingPath))"
         default: return "\(error)"
         }
     }

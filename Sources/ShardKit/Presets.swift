@@ -16,8 +16,9 @@ public enum Preset {
         }
         let origin = "preset \(type)"
         func e(_ pattern: String, _ rule: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
-            // Preset patterns are compile-time constants; a bad one is a programming error.
-            RuleSet.Entry(try! NamePattern(pattern), rule, required: false, origin: origin)
+            // Preset patterns are compile-time constants; a bad one is a programming error. A required
+            // entry that matches nothing means the checkpoint is not what config.json says.
+            RuleSet.Entry(try! NamePattern(pattern), rule, required: !optional, origin: origin)
         }
         let entries: [RuleSet.Entry]
         switch type {

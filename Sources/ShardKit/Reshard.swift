@@ -74,7 +74,6 @@ public enum Reshard {
         for f in merged.extraFiles where !FileSystem.exists(FileSystem.join(directory, f)) {
             throw ShardKitError(.invalidManifest, "\(directory): \(f) is missing (it is written with rank 0)")
         }
-        merged.tool.operation = merged.tool.operation
         try merged.validate(path: FileSystem.join(directory, Manifest.fileName))
         try ShardSetWriter.writeManifest(&merged, directory: directory)
         for r in 0..<tp { FileSystem.removeTree(FileSystem.join(directory, "rank-\(r)/part.json")) }

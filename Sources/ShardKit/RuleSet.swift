@@ -235,7 +235,9 @@ public struct RuleSet: Sendable {
         }
         if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {
             let e = entries[unused]
-            throw ShardKitError(.unmatchedRule, "\(e.origin): pattern \"\(e.pattern)\" matches no tensor")
+            throw ShardKitError(.unmatchedRule, e.origin.hasPrefix("preset")
+                ? "\(e.origin): no tensor matches \"\(e.pattern)\"; is config.json's model_type right? (or pass --rules)"
+                : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor")
         }
         return rules
     }

@@ -50,7 +50,10 @@ public enum RulesFile {
             if kind == .fused {
                 guard let ps = item["parts"]?.arrayValue, !ps.isEmpty else { throw bad("entry \(n): fused rule needs a non-empty \"parts\" list") }
                 for (j, p) in ps.enumerated() {
-                    guard p.objectValue != nil, let pk = p["rule"]?.stringValue else { throw bad("entry \(n) part \(j + 1) has no \"rule\"") }
+                    guard let pfields = p.objectValue, let pk = p["rule"]?.stringValue else { throw bad("entry \(n) part \(j + 1) has no \"rule\"") }
+                    for (k, _) in pfields where !["rule", "heads", "size"].contains(k) {
+                        throw bad("entry \(n) part \(j + 1): unknown key \"\(k)\" (expected rule, heads, size)")
+                    }
                     let ph = try integer(p["heads"], "part \(j + 1) heads", entry: n)
                     let size = try integer(p["size"], "part \(j + 1) size", entry: n)
                     if let size, size <= 0 { throw bad("entry \(n) part \(j + 1): size must be positive") }

@@ -36,6 +36,9 @@ public struct ShardSetWriter {
     public init(plan: ShardPlan, directory: String, options: Options = Options()) {
         self.plan = plan
         self.directory = directory
+        var options = options
+        // Asking for every rank is a whole run.
+        if let r = options.ranks, Set(r) == Set(0..<plan.tp) { options.ranks = nil }
         self.options = options
     }
 
@@ -226,8 +229,10 @@ public struct ShardSetWriter {
 
     /// Writes `manifest.json` through a temporary file, then fsyncs the directory.
     static func writeManifest(_ manifest: inout Manifest, directory: String) throws {
-        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName))
+        // The rank files' renames must be durable before the manifest that vouches for them.
         if manifest.tp > 1 { for r in 0..<manifest.tp { try FileSystem.syncDirectory(FileSystem.join(directory, "rank-\(r)")) } }
+        try FileSystem.syncDirectory(directory)
+        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName))
         try FileSystem.syncDirectory(directory)
     }
 

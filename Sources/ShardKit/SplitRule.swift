@@ -116,7 +116,7 @@ extension SplitRule {
                 return (rank * per * hd)..<((rank + 1) * per * hd)
             }
             guard ranks % heads == 0 else {
-                throw refuse("\(heads) KV heads: \(ranks) ranks is neither a divisor nor a multiple of \(heads)")
+                throw refuse("\(heads) KV heads (\(ranks) is neither a divisor nor a multiple of \(heads))")
             }
             let h = rank * heads / ranks
             return (h * hd)..<((h + 1) * hd)
