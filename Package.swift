@@ -14,8 +14,8 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .target(name: "CShardKitChecksum"),
-        .target(name: "ShardKit", dependencies: ["CShardKitChecksum"]),
+        .target(name: "CShardKitSupport"),
+        .target(name: "ShardKit", dependencies: ["CShardKitSupport"]),
         .target(name: "ShardKitReference", dependencies: ["ShardKit", "COpenBLAS"]),
         .executableTarget(
             name: "ShardKitCLI",

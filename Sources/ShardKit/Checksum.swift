@@ -1,4 +1,4 @@
-import CShardKitChecksum
+import CShardKitSupport
 
 /// CRC-32C (Castagnoli), updated as bytes pass: the checksum of every piece in a manifest. The same
 /// value as Python's `crc32c.crc32c(data)` (pip package `crc32c`) or `google_crc32c.value(data)`.

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -59,6 +60,8 @@ public final class ReadOnlyFile: @unchecked Sendable {
     }
 }
 
+import CShardKitSupport
+
 /// A file written under a temporary name and renamed into place only by `commit()`: a crash or an
 /// error never leaves a file under its final name that looks complete.
 public final class OutputFile: @unchecked Sendable {
@@ -66,6 +69,13 @@ public final class OutputFile: @unchecked Sendable {
     public let temporaryPath: String
     let descriptor: Int32
     private(set) var committed = false
+    /// Writeback is started every `writebackChunk` bytes written, so that dirty pages go to disk
+    /// while the copy goes on instead of all at once in the final fsync.
+    static let writebackChunk = 32 << 20
+    private var unflushedBytes = 0
+    private var lowestUnflushed = Int.max
+    private var highestWritten = 0
+    private let lock = NSLock()
 
     /// Creates `finalPath + ".tmp"` (truncating any leftover) with `open(O_CREAT | O_TRUNC | O_WRONLY)`.
     public init(path: String) throws {
@@ -92,6 +102,23 @@ public final class OutputFile: @unchecked Sendable {
             }
             done += n
         }
+        noteWritten(offset, bytes.count)
+    }
+
+    private func noteWritten(_ offset: Int, _ count: Int) {
+        lock.lock()
+        unflushedBytes += count
+        lowestUnflushed = min(lowestUnflushed, offset)
+        highestWritten = max(highestWritten, offset + count)
+        var range: (Int, Int)?
+        if unflushedBytes >= OutputFile.writebackChunk {
+            range = (lowestUnflushed, highestWritten - lowestUnflushed)
+            unflushedBytes = 0
+            lowestUnflushed = Int.max
+        }
+        lock.unlock()
+        // Best effort: a failure here surfaces again, and is reported, at fsync.
+        if let (from, length) = range { _ = shardkit_start_writeback(descriptor, Int64(from), Int64(length)) }
     }
 
     /// Writes zero bytes over `[offset, offset + count)`.

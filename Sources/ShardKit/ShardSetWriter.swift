@@ -170,7 +170,12 @@ public struct ShardSetWriter {
             }
             return { for (i, r) in ranks.enumerated() { checksums[r][ti] = hexes[i] } }
         }
-        for r in ranks { for out in outputs[r] { try out.commit() } }
+        // fsync + rename every rank file; the fsyncs wait on the disk, so run them side by side.
+        let all = ranks.flatMap { outputs[$0] }
+        try ParallelWork.forEach(count: all.count, workers: min(8, all.count), budget: 4096) { i, _ in
+            try all[i].commit()
+            return {}
+        }
 
         // Rank-level index files, so that each rank directory is an ordinary multi-file checkpoint.
         for r in ranks where files[r].count > 1 {

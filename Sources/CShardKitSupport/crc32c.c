@@ -1,4 +1,4 @@
-#include "shardkit_crc32c.h"
+#include "shardkit_support.h"
 #include <string.h>
 
 static uint32_t table[8][256];

@@ -1,5 +1,5 @@
-#ifndef SHARDKIT_CRC32C_H
-#define SHARDKIT_CRC32C_H
+#ifndef SHARDKIT_SUPPORT_H
+#define SHARDKIT_SUPPORT_H
 #include <stddef.h>
 #include <stdint.h>
 
@@ -10,5 +10,10 @@ uint32_t shardkit_crc32c(uint32_t crc, const void *data, size_t length);
 
 /// 1 when the hardware instruction is used.
 int shardkit_crc32c_is_hardware(void);
+
+/// Starts writeback of `[offset, offset + length)` of `fd` without waiting for it (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that the final fsync finds little left to do.
+/// Returns 0, or -1 with errno set; a no-op returning 0 where the call does not exist.
+int shardkit_start_writeback(int fd, long long offset, long long length);
 
 #endif
