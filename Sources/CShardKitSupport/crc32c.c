@@ -18,7 +18,6 @@ static void build_table(void) {
 
 /* Slicing-by-8 on the already inverted register. */
 static uint32_t software(uint32_t c, const unsigned char *p, size_t n) {
-    if (!table_ready) build_table();
     while (n && ((uintptr_t)p & 7)) { c = table[0][(c ^ *p++) & 0xFF] ^ (c >> 8); n--; }
     while (n >= 8) {
         uint64_t w;
@@ -32,15 +31,94 @@ static uint32_t software(uint32_t c, const unsigned char *p, size_t n) {
     return c;
 }
 
+/* Shifting a CRC past `len` zero bytes is a linear map over GF(2): build it as a 32x32 bit matrix
+   by repeated squaring, then as four byte tables. Used to join CRCs computed side by side. */
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+    return sum;
+}
+
+static void gf2_square(uint32_t *square, const uint32_t *mat) {
+    for (int n = 0; n < 32; n++) square[n] = gf2_times(mat, mat[n]);
+}
+
+/* Operator for `len` zero bytes; `len` a power of two. */
+static void zeros_op(uint32_t *even, size_t len) {
+    uint32_t odd[32];
+    odd[0] = 0x82F63B78u;
+    uint32_t row = 1;
+    for (int n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+    gf2_square(even, odd); /* 2 bits */
+    gf2_square(odd, even); /* 4 bits */
+    do {
+        gf2_square(even, odd);
+        len >>= 1;
+        if (len == 0) return;
+        gf2_square(odd, even);
+        len >>= 1;
+    } while (len);
+    for (int n = 0; n < 32; n++) even[n] = odd[n];
+}
+
+static void zeros_table(uint32_t zeros[4][256], size_t len) {
+    uint32_t op[32];
+    zeros_op(op, len);
+    for (uint32_t n = 0; n < 256; n++) {
+        zeros[0][n] = gf2_times(op, n);
+        zeros[1][n] = gf2_times(op, n << 8);
+        zeros[2][n] = gf2_times(op, n << 16);
+        zeros[3][n] = gf2_times(op, n << 24);
+    }
+}
+
+static inline uint32_t shift(uint32_t zeros[4][256], uint32_t crc) {
+    return zeros[0][crc & 0xFF] ^ zeros[1][(crc >> 8) & 0xFF] ^ zeros[2][(crc >> 16) & 0xFF] ^ zeros[3][crc >> 24];
+}
+
+#define LONG_BLOCK 8192
+#define SHORT_BLOCK 256
+static uint32_t long_zeros[4][256], short_zeros[4][256];
+
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+/* Three independent CRC streams hide the instruction's latency; their results are joined with
+   the zero-shift tables. */
 __attribute__((target("sse4.2")))
 static uint32_t hardware(uint32_t c, const unsigned char *p, size_t n) {
-    uint64_t c64 = c;
-    while (n && ((uintptr_t)p & 7)) { c64 = _mm_crc32_u8((uint32_t)c64, *p++); n--; }
-    while (n >= 8) { uint64_t w; memcpy(&w, p, 8); c64 = _mm_crc32_u64(c64, w); p += 8; n -= 8; }
-    while (n--) c64 = _mm_crc32_u8((uint32_t)c64, *p++);
-    return (uint32_t)c64;
+    uint64_t c0 = c;
+    while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
+    while (n >= 3 * LONG_BLOCK) {
+        uint64_t c1 = 0, c2 = 0;
+        const unsigned char *end = p + LONG_BLOCK;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + LONG_BLOCK, 8); memcpy(&d, p + 2 * LONG_BLOCK, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(long_zeros, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(long_zeros, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * LONG_BLOCK;
+        n -= 3 * LONG_BLOCK;
+    }
+    while (n >= 3 * SHORT_BLOCK) {
+        uint64_t c1 = 0, c2 = 0;
+        const unsigned char *end = p + SHORT_BLOCK;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + SHORT_BLOCK, 8); memcpy(&d, p + 2 * SHORT_BLOCK, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(short_zeros, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(short_zeros, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * SHORT_BLOCK;
+        n -= 3 * SHORT_BLOCK;
+    }
+    while (n >= 8) { uint64_t w; memcpy(&w, p, 8); c0 = _mm_crc32_u64(c0, w); p += 8; n -= 8; }
+    while (n--) c0 = _mm_crc32_u8((uint32_t)c0, *p++);
+    return (uint32_t)c0;
 }
 static int has_hardware(void) { return __builtin_cpu_supports("sse4.2"); }
 #elif defined(__aarch64__) && defined(__ARM_FEATURE_CRC32)
@@ -59,9 +137,19 @@ static int has_hardware(void) { return 0; }
 
 int shardkit_crc32c_is_hardware(void) { return has_hardware(); }
 
+static int mode = -1;
+
+/* Tables and CPU detection, once (the first call may race harmlessly: every thread computes the
+   same tables; `mode` is published last). */
+static void setup(void) {
+    if (!table_ready) build_table();
+    zeros_table(long_zeros, LONG_BLOCK);
+    zeros_table(short_zeros, SHORT_BLOCK);
+    __atomic_store_n(&mode, has_hardware(), __ATOMIC_RELEASE);
+}
+
 uint32_t shardkit_crc32c(uint32_t crc, const void *data, size_t length) {
-    static int mode = -1;
-    if (mode < 0) mode = has_hardware();
+    if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0) setup();
     uint32_t c = ~crc;
     c = mode ? hardware(c, (const unsigned char *)data, length) : software(c, (const unsigned char *)data, length);
     return ~c;
