@@ -24,7 +24,9 @@ struct ShardKitCommand: ParsableCommand {
             return try body()
         } catch let e as ShardKitError {
             Terminal.clearProgress()
-            FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+            // One line, even when a wrapped error (e.g. a YAML parser's) spans several.
+            let line = e.message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
+            FileHandle.standardError.write(Data("error: \(line)\n".utf8))
             throw ExitCode(1)
         }
     }

@@ -1,0 +1,235 @@
+import Foundation
+import ShardKit
+
+/// Elementwise activations, named as in Hugging Face's ACT2FN.
+enum Activation {
+    case silu, geluErf, geluTanh, relu
+
+    init(name: String) throws {
+        switch name {
+        case "silu", "swish": self = .silu
+        case "gelu": self = .geluErf
+        case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": self = .geluTanh
+        case "relu": self = .relu
+        default: throw ShardKitError(.verificationFailed, "activation \"\(name)\" is not supported by the reference forward pass")
+        }
+    }
+
+    func callAsFunction(_ x: Float) -> Float {
+        switch self {
+        case .silu: return x / (1 + Float(exp(Double(-x))))
+        case .geluErf: return Float(0.5 * Double(x) * (1 + erf(Double(x) / 2.0.squareRoot())))
+        case .geluTanh:
+            let d = Double(x)
+            return Float(0.5 * d * (1 + tanh((2 / Double.pi).squareRoot() * (d + 0.044715 * d * d * d))))
+        case .relu: return max(x, 0)
+        }
+    }
+}
+
+enum Norm {
+    /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
+    static func rms(_ x: Act, _ w: Piece, eps: Double, plusOne: Bool, rank: Int) throws -> Act {
+        try checkReplicated(w, width: x.cols, rank: rank)
+        var out = x
+        let n = x.cols
+        for i in 0..<x.rows {
+            var ss = 0.0
+            for j in 0..<n { let v = Double(x.data[i * n + j]); ss += v * v }
+            let inv = Float(1 / (ss / Double(n) + eps).squareRoot())
+            for j in 0..<n {
+                let scale = plusOne ? 1 + w.data[j] : w.data[j]
+                out.data[i * n + j] = (x.data[i * n + j] * inv) * scale
+            }
+        }
+        return out
+    }
+
+    /// LayerNorm over each row: (x − mean) / sqrt(var + eps) · w + b.
+    static func layer(_ x: Act, _ w: Piece, _ b: Piece, eps: Double, rank: Int) throws -> Act {
+        try checkReplicated(w, width: x.cols, rank: rank)
+        try checkReplicated(b, width: x.cols, rank: rank)
+        var out = x
+        let n = x.cols
+        for i in 0..<x.rows {
+            var mean = 0.0
+            for j in 0..<n { mean += Double(x.data[i * n + j]) }
+            mean /= Double(n)
+            var v = 0.0
+            for j in 0..<n { let d = Double(x.data[i * n + j]) - mean; v += d * d }
+            let inv = 1 / (v / Double(n) + eps).squareRoot()
+            for j in 0..<n {
+                out.data[i * n + j] = Float((Double(x.data[i * n + j]) - mean) * inv) * w.data[j] + b.data[j]
+            }
+        }
+        return out
+    }
+
+    static func checkReplicated(_ w: Piece, width: Int, rank: Int) throws {
+        guard w.data.count == width, w.shape == w.globalShape else {
+            throw ShardKitError(.verificationFailed, "rank \(rank): norm weight \(w.name) must be replicated (\(width) values), the rank holds \(w.shape) of \(w.globalShape)")
+        }
+    }
+}
+
+/// Rotary position embedding, Hugging Face's rotate_half convention over the first `dims` dimensions
+/// of each head.
+struct Rope {
+    let dims: Int
+    let cos: [[Float]], sin: [[Float]]
+
+    /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
+    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil) throws {
+        guard dims % 2 == 0, dims > 0 else { throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive") }
+        self.dims = dims
+        let half = dims / 2
+        var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
+        var attentionFactor: Float = 1
+        if let scaling, scaling.objectValue != nil {
+            let type = scaling["rope_type"]?.stringValue ?? scaling["type"]?.stringValue ?? "default"
+            switch type {
+            case "default": break
+            case "dynamic":
+                // Dynamic NTK only changes inv_freq past max_position_embeddings.
+                let maxPos = config?.int("max_position_embeddings") ?? Int.max
+                if (positions.max() ?? 0) + 1 > maxPos {
+                    throw ShardKitError(.verificationFailed, "dynamic rope scaling past max_position_embeddings is not supported")
+                }
+            case "longrope":
+                let original = scaling["original_max_position_embeddings"]?.intValue ?? config?.int("original_max_position_embeddings")
+                guard let original, let short = scaling["short_factor"]?.arrayValue?.compactMap(\.doubleValue),
+                      let long = scaling["long_factor"]?.arrayValue?.compactMap(\.doubleValue), short.count == half, long.count == half else {
+                    throw ShardKitError(.verificationFailed, "longrope scaling needs short_factor/long_factor of \(half) values and original_max_position_embeddings")
+                }
+                let factors = (positions.max() ?? 0) + 1 > original ? long : short
+                inv = (0..<half).map { Float(1.0 / (factors[$0] * pow(theta, Double(2 * $0) / Double(dims)))) }
+                if let a = scaling["attention_factor"]?.doubleValue {
+                    attentionFactor = Float(a)
+                } else {
+                    let maxPos = Double(config?.int("max_position_embeddings") ?? original)
+                    let factor = scaling["factor"]?.doubleValue ?? maxPos / Double(original)
+                    attentionFactor = factor <= 1 ? 1 : Float((1 + log(factor) / log(Double(original))).squareRoot())
+                }
+            case "linear":
+                let f = Float(scaling["factor"]?.doubleValue ?? 1)
+                inv = inv.map { $0 / f }
+            case "llama3":
+                let factor = scaling["factor"]?.doubleValue ?? 8
+                let low = scaling["low_freq_factor"]?.doubleValue ?? 1
+                let high = scaling["high_freq_factor"]?.doubleValue ?? 4
+                let old = scaling["original_max_position_embeddings"]?.doubleValue ?? 8192
+                let lowWave = old / low, highWave = old / high
+                inv = inv.map { f in
+                    let wave = 2 * Double.pi / Double(f)
+                    if wave < highWave { return f }
+                    if wave > lowWave { return Float(Double(f) / factor) }
+                    let smooth = (old / wave - low) / (high - low)
+                    return Float((1 - smooth) * Double(f) / factor + smooth * Double(f))
+                }
+            default:
+                throw ShardKitError(.verificationFailed, "rope scaling type \"\(type)\" is not supported by the reference forward pass")
+            }
+        }
+        cos = positions.map { p in inv.map { Float(Foundation.cos(Double(Float(p) * $0))) * attentionFactor } }
+        sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
+    }
+
+    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place.
+    func apply(_ v: inout [Float], offset: Int, token t: Int) {
+        let half = dims / 2
+        for i in 0..<half {
+            let x1 = v[offset + i], x2 = v[offset + i + half]
+            let c = cos[t][i], s = sin[t][i]
+            v[offset + i] = x1 * c - x2 * s
+            v[offset + i + half] = x2 * c + x1 * s
+        }
+    }
+}
+
+enum Attention {
+    /// Scaled dot-product attention of one rank: its Q heads (labels `head·hd + d`) against the K/V heads
+    /// it holds (labels `kvHead·hd + d`). Q head h uses KV head ⌊h·KV/H⌋; a rank that lacks it cannot
+    /// compute (throws). Output labels are the Q labels of the rank's heads, in head order.
+    /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i).
+    static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, rope: Rope?, causal: Bool,
+                    window: Int? = nil, scale: Float, rank: Int, layer: String) throws -> Act {
+        let T = q.rows
+        guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(heads) heads are not a multiple of \(kvHeads) KV heads") }
+        let group = heads / kvHeads
+        let qHeads = Array(Set(q.labels.map { $0 / hd })).sorted()
+        func gather(_ a: Act, head h: Int, what: String) throws -> [Float] {
+            let wanted = (0..<hd).map { h * hd + $0 }
+            guard let s = a.select(wanted) else {
+                throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): needs \(what) head \(h) (all \(hd) dims), but holds \(what) features \(describe(a.labels))")
+            }
+            return s.data
+        }
+        var outLabels: [Int] = []
+        var heads_: [[Float]] = []
+        var kvCache: [Int: ([Float], [Float])] = [:]
+        for h in qHeads {
+            var qh = try gather(q, head: h, what: "query")
+            let kvh = h / group
+            if kvCache[kvh] == nil {
+                var kh = try gather(k, head: kvh, what: "key")
+                let vh = try gather(v, head: kvh, what: "value")
+                if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t) } }
+                kvCache[kvh] = (kh, vh)
+            }
+            let (kh, vh) = kvCache[kvh]!
+            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
+            var out = [Float](repeating: 0, count: T * hd)
+            var scores = [Float](repeating: 0, count: T)
+            for i in 0..<T {
+                let last = causal ? i : T - 1
+                let first = window.map { max(0, i - $0 + 1) } ?? 0
+                var m = -Float.infinity
+                for j in first...last {
+                    var s: Float = 0
+                    for d in 0..<hd { s += qh[i * hd + d] * kh[j * hd + d] }
+                    scores[j] = s * scale
+                    m = max(m, scores[j])
+                }
+                var sum: Float = 0
+                for j in first...last { scores[j] = Float(exp(Double(scores[j] - m))); sum += scores[j] }
+                for j in first...last {
+                    let p = scores[j] / sum
+                    for d in 0..<hd { out[i * hd + d] += p * vh[j * hd + d] }
+                }
+            }
+            heads_.append(out)
+            outLabels += (0..<hd).map { h * hd + $0 }
+        }
+        let n = outLabels.count
+        var data = [Float](repeating: 0, count: T * n)
+        for (hi, o) in heads_.enumerated() {
+            for i in 0..<T { for d in 0..<hd { data[i * n + hi * hd + d] = o[i * hd + d] } }
+        }
+        return Act(rows: T, labels: outLabels, data: data)
+    }
+}
+
+/// Splits an activation whose labels index a fused output (e.g. [q; k; v]) into its parts, relabelled
+/// by `classify(label) -> (part, label within the part)`.
+func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) -> [Act] {
+    var cols = [[Int]](repeating: [], count: parts), labels = [[Int]](repeating: [], count: parts)
+    for (j, l) in a.labels.enumerated() {
+        let (p, local) = classify(l)
+        cols[p].append(j); labels[p].append(local)
+    }
+    return (0..<parts).map { p in
+        var data = [Float](repeating: 0, count: a.rows * cols[p].count)
+        for i in 0..<a.rows { for (k, c) in cols[p].enumerated() { data[i * cols[p].count + k] = a.data[i * a.cols + c] } }
+        return Act(rows: a.rows, labels: labels[p], data: data)
+    }
+}
+
+/// act(gate) · up, matched by label (SwiGLU / GeGLU): gate and up must hold the same features.
+func gatedProduct(gate: Act, up: Act, act: Activation, rank: Int, what: String) throws -> Act {
+    guard let u = up.select(gate.labels) else {
+        throw ShardKitError(.verificationFailed, "rank \(rank) \(what): gate features \(describe(gate.labels)) and up features \(describe(up.labels)) differ")
+    }
+    var out = gate
+    for i in 0..<out.data.count { out.data[i] = act(gate.data[i]) * u.data[i] }
+    return out
+}

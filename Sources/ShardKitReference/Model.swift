@@ -1,0 +1,352 @@
+import Foundation
+import ShardKit
+
+/// The reference forward pass of one architecture (Hugging Face transformers 4.57 semantics), written
+/// once over G simulated ranks: with a single rank holding full weights it is the plain model; with a
+/// shard set's ranks it is the TP server's computation, collectives included.
+struct Model {
+    typealias Observer = (_ name: String, _ perRank: [Act]) throws -> Void
+
+    let type: String
+    let config: ModelConfig
+    let hidden: Int, heads: Int, kvHeads: Int, headDim: Int, layers: Int, vocab: Int
+    let eps: Double
+
+    static let supported = ["llama", "mistral", "qwen2", "gemma", "mixtral", "phi3", "gpt2", "gpt_neox", "bert"]
+
+    init(config: ModelConfig) throws {
+        guard let type = config.modelType else { throw ShardKitError(.verificationFailed, "\(config.path): no model_type") }
+        guard Model.supported.contains(type) else {
+            throw ShardKitError(.verificationFailed, "model_type \"\(type)\" has no reference forward pass (supported: \(Model.supported.joined(separator: ", "))); use the generic linear check")
+        }
+        func need(_ v: Int?, _ what: String) throws -> Int {
+            guard let v, v > 0 else { throw ShardKitError(.verificationFailed, "\(config.path): missing or invalid \(what)") }
+            return v
+        }
+        self.type = type
+        self.config = config
+        hidden = try need(config.hiddenSize, "hidden_size")
+        heads = try need(config.attentionHeads, "num_attention_heads")
+        kvHeads = try need(config.keyValueHeads, "num_key_value_heads")
+        headDim = try need(config.headDim, "head_dim")
+        layers = try need(config.layers, "num_hidden_layers")
+        vocab = try need(config.vocabSize, "vocab_size")
+        let defaultEps: Double = ["gpt2", "gpt_neox"].contains(type) ? 1e-5 : type == "bert" ? 1e-12 : 1e-6
+        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? defaultEps
+        guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads not a multiple of \(kvHeads) KV heads") }
+    }
+
+    /// "logits" for decoders, "last_hidden_state" for BERT.
+    var outputName: String { type == "bert" ? "last_hidden_state" : "logits" }
+    var outputWidth: Int { type == "bert" ? hidden : vocab }
+
+    /// Runs the pass; `observe` sees every rank's hidden state after the embeddings, after each layer
+    /// and after the final norm. Returns every rank's final output (labels 0..<outputWidth).
+    func forward(_ ctx: TPContext, tokens: [Int], tokenTypes: [Int]?, observe: Observer) throws -> [Act] {
+        switch type {
+        case "gpt2": return try gpt2(ctx, tokens, observe)
+        case "gpt_neox": return try gptNeoX(ctx, tokens, observe)
+        case "bert": return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
+        default: return try llamaFamily(ctx, tokens, observe)
+        }
+    }
+
+    var activation: Activation {
+        get throws {
+            let name = config.string("hidden_activation", "hidden_act", "activation_function")
+                ?? (type == "gpt2" ? "gelu_new" : type == "gemma" ? "gelu_pytorch_tanh" : "silu")
+            return try Activation(name: name)
+        }
+    }
+
+    func rope(_ positions: [Int], factor: Double) throws -> Rope {
+        var dims = Int(Double(headDim) * factor)
+        dims -= dims % 2
+        let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
+        return try Rope(dims: dims, theta: config.ropeTheta ?? 10000, positions: positions, scaling: scaling, config: config)
+    }
+
+    func rmsAll(_ ctx: TPContext, _ h: [Act], _ name: String, plusOne: Bool = false) throws -> [Act] {
+        let w = try ctx.loadAll(name)
+        return try (0..<ctx.G).map { try Norm.rms(h[$0], w[$0], eps: eps, plusOne: plusOne, rank: $0) }
+    }
+
+    func layerNormAll(_ ctx: TPContext, _ h: [Act], _ prefix: String) throws -> [Act] {
+        let w = try ctx.loadAll(prefix + ".weight"), b = try ctx.loadAll(prefix + ".bias")
+        return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b[$0], eps: eps, rank: $0) }
+    }
+
+    func add(_ a: inout [Act], _ b: [Act]) { for r in 0..<a.count { a[r] += b[r] } }
+
+    /// LM head: each rank's vocab rows, all-gathered, padding dropped.
+    func lmHead(_ ctx: TPContext, _ h: [Act], weight: String) throws -> [Act] {
+        var outs: [Act] = []
+        var size = vocab
+        for r in 0..<ctx.G {
+            let w = try ctx.load(weight, rank: r)
+            let (y, partial) = try ctx.linear(h[r], w, bias: nil, rank: r)
+            if partial { throw ShardKitError(.verificationFailed, "rank \(r): \(weight) is split along the hidden dimension; an LM head is vocab-parallel") }
+            size = w.globalShape[0]
+            outs.append(y)
+        }
+        guard size == vocab else {
+            throw ShardKitError(.verificationFailed, "\(weight) has \(size) rows, config.json says vocab_size \(vocab)")
+        }
+        return try ctx.allGather(outs, size: size, what: weight)
+    }
+
+    func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
+                   scale: Float, layer: String) throws -> [Act] {
+        try (0..<q.count).map {
+            try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim, rope: rope,
+                              causal: causal, window: window, scale: scale, rank: $0, layer: layer)
+        }
+    }
+
+    /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
+    /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
+    /// "sliding_attention" (else layers ≥ max_window_layers when use_sliding_window).
+    func slidingWindow(layer i: Int) -> Int? {
+        guard let w = config.int("sliding_window"), w > 0 else { return nil }
+        switch type {
+        case "mistral", "mixtral", "phi3": return w
+        case "qwen2":
+            if let types = config.json["layer_types"]?.arrayValue, i < types.count {
+                return types[i].stringValue == "sliding_attention" ? w : nil
+            }
+            guard config.bool("use_sliding_window") == true else { return nil }
+            return i >= (config.int("max_window_layers") ?? 0) ? w : nil
+        default: return nil
+        }
+    }
+
+    // MARK: Llama, Mistral, Qwen2, Gemma, Mixtral, Phi-3
+
+    func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
+        let G = ctx.G, T = tokens.count
+        let gemma = type == "gemma", phi3 = type == "phi3"
+        let embedName = "model.embed_tokens.weight"
+        var h = try ctx.embed(tokens, table: embedName)
+        if gemma {
+            // Gemma scales by sqrt(hidden) computed in the model dtype.
+            let normalizer = Widen.round(Float(Double(hidden).squareRoot()), to: ctx.weights.dtype(embedName) ?? .f32)
+            for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= normalizer } }
+        }
+        try observe("embeddings", h)
+        let rope = try self.rope(Array(0..<T), factor: phi3 ? (config.partialRotaryFactor ?? 1) : 1)
+        let act = try activation
+        let scale = Float(1 / Double(headDim).squareRoot())
+        let qSize = heads * headDim, kvSize = kvHeads * headDim
+        for i in 0..<layers {
+            let p = "model.layers.\(i)."
+            let x = try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
+            var q: [Act] = [], k: [Act] = [], v: [Act] = []
+            if phi3 {
+                let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight", bias: p + "self_attn.qkv_proj.bias")
+                for a in qkv {
+                    let parts = splitParts(a, parts: 3) { l in
+                        l < qSize ? (0, l) : l < qSize + kvSize ? (1, l - qSize) : (2, l - qSize - kvSize)
+                    }
+                    q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
+                }
+            } else {
+                q = try ctx.column(x, weight: p + "self_attn.q_proj.weight", bias: p + "self_attn.q_proj.bias")
+                k = try ctx.column(x, weight: p + "self_attn.k_proj.weight", bias: p + "self_attn.k_proj.bias")
+                v = try ctx.column(x, weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")
+            }
+            let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
+                                  scale: scale, layer: "layer \(i)")
+            add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"))
+            let x2 = try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
+            let m: [Act]
+            if type == "mixtral" {
+                m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else {
+                var inner: [Act] = []
+                if phi3 {
+                    let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
+                    let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
+                    for (r, a) in gu.enumerated() {
+                        let parts = splitParts(a, parts: 2) { l in l < full / 2 ? (0, l) : (1, l - full / 2) }
+                        inner.append(try gatedProduct(gate: parts[0], up: parts[1], act: act, rank: r, what: p + "mlp"))
+                    }
+                } else {
+                    let gate = try ctx.column(x2, weight: p + "mlp.gate_proj.weight", bias: p + "mlp.gate_proj.bias")
+                    let up = try ctx.column(x2, weight: p + "mlp.up_proj.weight", bias: p + "mlp.up_proj.bias")
+                    for r in 0..<G { inner.append(try gatedProduct(gate: gate[r], up: up[r], act: act, rank: r, what: p + "mlp")) }
+                }
+                m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
+            }
+            add(&h, m)
+            try observe("layers.\(i)", h)
+        }
+        h = try rmsAll(ctx, h, "model.norm.weight", plusOne: gemma)
+        try observe("final_norm", h)
+        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
+    }
+
+    /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,
+    /// top-k, renormalised), runs its TP slice of each selected expert, then one all-reduce.
+    func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation) throws -> [Act] {
+        guard let E = config.int("num_local_experts", "num_experts"), let K = config.int("num_experts_per_tok"), E > 0, K > 0, K <= E else {
+            throw ShardKitError(.verificationFailed, "\(config.path): missing num_local_experts / num_experts_per_tok")
+        }
+        let T = x[0].rows
+        var outs: [Act] = [], partials: [Bool] = []
+        for r in 0..<ctx.G {
+            let gate = try ctx.load(p + "gate.weight", rank: r)
+            let (logits, partial) = try ctx.linear(x[r], gate, bias: nil, rank: r)
+            guard !partial, logits.labels == Array(0..<E) else {
+                throw ShardKitError(.verificationFailed, "rank \(r): router \(p)gate.weight must be replicated (\(E) experts × hidden)")
+            }
+            var chosen = [[(expert: Int, weight: Float)]](repeating: [], count: T)
+            for t in 0..<T {
+                let row = Array(logits.data[(t * E)..<((t + 1) * E)])
+                let m = row.max()!
+                let e = row.map { Float(exp(Double($0 - m))) }
+                let s = e.reduce(0, +)
+                let probs = e.map { $0 / s }
+                let top = probs.enumerated().sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }.prefix(K)
+                let norm = top.reduce(Float(0)) { $0 + $1.element }
+                chosen[t] = top.map { ($0.offset, $0.element / norm) }
+            }
+            var acc = Act(rows: T, width: hidden)
+            var rankPartial: Bool? = nil
+            for e in 0..<E {
+                var rows: [Int] = [], weights: [Float] = []
+                for t in 0..<T { if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) } }
+                if rows.isEmpty { continue }
+                let sub = x[r].rowsSubset(rows)
+                let ep = p + "experts.\(e)."
+                let (g, pg) = try ctx.linear(sub, try ctx.load(ep + "w1.weight", rank: r), bias: nil, rank: r)
+                let (u, pu) = try ctx.linear(sub, try ctx.load(ep + "w3.weight", rank: r), bias: nil, rank: r)
+                if pg || pu { throw ShardKitError(.verificationFailed, "rank \(r): \(ep)w1/w3 must be column-parallel") }
+                let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
+                let (y, py) = try ctx.linear(inner, try ctx.load(ep + "w2.weight", rank: r), bias: nil, rank: r)
+                guard y.labels == Array(0..<hidden) else { throw ShardKitError(.verificationFailed, "rank \(r): \(ep)w2.weight must produce all hidden features") }
+                if let rp = rankPartial, rp != py { throw ShardKitError(.verificationFailed, "rank \(r): experts of \(p) are split inconsistently") }
+                rankPartial = py
+                for (k, t) in rows.enumerated() {
+                    for j in 0..<hidden { acc.data[t * hidden + j] += y.data[k * hidden + j] * weights[k] }
+                }
+            }
+            outs.append(acc); partials.append(rankPartial ?? true)
+        }
+        return try ctx.combine(outs, partial: partials, what: p + "experts")
+    }
+
+    // MARK: GPT-2
+
+    func gpt2(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
+        let pre = ctx.weights.has("transformer.wte.weight") ? "transformer." : ""
+        let T = tokens.count
+        var h = try ctx.embed(tokens, table: pre + "wte.weight")
+        try ctx.addRows(&h, table: pre + "wpe.weight", ids: Array(0..<T))
+        try observe("embeddings", h)
+        let act = try activation
+        let scaled = config.bool("scale_attn_weights") ?? true
+        let byLayer = config.bool("scale_attn_by_inverse_layer_idx") ?? false
+        for i in 0..<layers {
+            let p = pre + "h.\(i)."
+            let x = try layerNormAll(ctx, h, p + "ln_1")
+            let qkv = try ctx.column(x, weight: p + "attn.c_attn.weight", bias: p + "attn.c_attn.bias", conv1D: true)
+            var q: [Act] = [], k: [Act] = [], v: [Act] = []
+            for a in qkv {
+                let parts = splitParts(a, parts: 3) { l in (l / hidden, l % hidden) }
+                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
+            }
+            var scale: Float = scaled ? Float(1 / Double(headDim).squareRoot()) : 1
+            if byLayer { scale /= Float(i + 1) }
+            let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: true, scale: scale, layer: "layer \(i)")
+            add(&h, try ctx.row(a, weight: p + "attn.c_proj.weight", bias: p + "attn.c_proj.bias", conv1D: true))
+            let x2 = try layerNormAll(ctx, h, p + "ln_2")
+            var f = try ctx.column(x2, weight: p + "mlp.c_fc.weight", bias: p + "mlp.c_fc.bias", conv1D: true)
+            for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
+            add(&h, try ctx.row(f, weight: p + "mlp.c_proj.weight", bias: p + "mlp.c_proj.bias", conv1D: true))
+            try observe("layers.\(i)", h)
+        }
+        h = try layerNormAll(ctx, h, pre + "ln_f")
+        try observe("final_norm", h)
+        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : pre + "wte.weight")
+    }
+
+    // MARK: GPT-NeoX
+
+    func gptNeoX(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
+        let T = tokens.count, hd = headDim
+        var h = try ctx.embed(tokens, table: "gpt_neox.embed_in.weight")
+        try observe("embeddings", h)
+        let rope = try self.rope(Array(0..<T), factor: config.double("rotary_pct", "partial_rotary_factor") ?? 1)
+        let act = try activation
+        let parallel = config.bool("use_parallel_residual") ?? true
+        let scale = Float(1 / Double(hd).squareRoot())
+        for i in 0..<layers {
+            let p = "gpt_neox.layers.\(i)."
+            let x = try layerNormAll(ctx, h, p + "input_layernorm")
+            let qkv = try ctx.column(x, weight: p + "attention.query_key_value.weight", bias: p + "attention.query_key_value.bias")
+            var q: [Act] = [], k: [Act] = [], v: [Act] = []
+            for a in qkv {
+                // [heads, 3, head_dim] interleaved.
+                let parts = splitParts(a, parts: 3) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
+                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
+            }
+            let a = try attention(q, k, v, kvHeads: heads, rope: rope, causal: true, scale: scale, layer: "layer \(i)")
+            let attn = try ctx.row(a, weight: p + "attention.dense.weight", bias: p + "attention.dense.bias")
+            func mlp(_ y: [Act]) throws -> [Act] {
+                var f = try ctx.column(y, weight: p + "mlp.dense_h_to_4h.weight", bias: p + "mlp.dense_h_to_4h.bias")
+                for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
+                return try ctx.row(f, weight: p + "mlp.dense_4h_to_h.weight", bias: p + "mlp.dense_4h_to_h.bias")
+            }
+            if parallel {
+                var m = try mlp(try layerNormAll(ctx, h, p + "post_attention_layernorm"))
+                add(&m, attn)
+                add(&m, h)
+                h = m
+            } else {
+                var a2 = attn
+                add(&a2, h)
+                var m = try mlp(try layerNormAll(ctx, a2, p + "post_attention_layernorm"))
+                add(&m, a2)
+                h = m
+            }
+            try observe("layers.\(i)", h)
+        }
+        h = try layerNormAll(ctx, h, "gpt_neox.final_layer_norm")
+        try observe("final_norm", h)
+        return try lmHead(ctx, h, weight: "embed_out.weight")
+    }
+
+    // MARK: BERT
+
+    func bert(_ ctx: TPContext, _ tokens: [Int], _ types: [Int], _ observe: Observer) throws -> [Act] {
+        if let kind = config.string("position_embedding_type"), kind != "absolute" {
+            throw ShardKitError(.verificationFailed, "BERT position_embedding_type \"\(kind)\" is not supported (only absolute)")
+        }
+        let pre = ctx.weights.has("bert.embeddings.word_embeddings.weight") ? "bert." : ""
+        let T = tokens.count
+        var h = try ctx.embed(tokens, table: pre + "embeddings.word_embeddings.weight")
+        try ctx.addRows(&h, table: pre + "embeddings.token_type_embeddings.weight", ids: types)
+        try ctx.addRows(&h, table: pre + "embeddings.position_embeddings.weight", ids: Array(0..<T))
+        h = try layerNormAll(ctx, h, pre + "embeddings.LayerNorm")
+        try observe("embeddings", h)
+        let act = try activation
+        let scale = Float(1 / Double(headDim).squareRoot())
+        for i in 0..<layers {
+            let p = pre + "encoder.layer.\(i)."
+            let q = try ctx.column(h, weight: p + "attention.self.query.weight", bias: p + "attention.self.query.bias")
+            let k = try ctx.column(h, weight: p + "attention.self.key.weight", bias: p + "attention.self.key.bias")
+            let v = try ctx.column(h, weight: p + "attention.self.value.weight", bias: p + "attention.self.value.bias")
+            let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: false, scale: scale, layer: "layer \(i)")
+            var o = try ctx.row(a, weight: p + "attention.output.dense.weight", bias: p + "attention.output.dense.bias")
+            add(&o, h)
+            let h1 = try layerNormAll(ctx, o, p + "attention.output.LayerNorm")
+            var f = try ctx.column(h1, weight: p + "intermediate.dense.weight", bias: p + "intermediate.dense.bias")
+            for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
+            var m = try ctx.row(f, weight: p + "output.dense.weight", bias: p + "output.dense.bias")
+            add(&m, h1)
+            h = try layerNormAll(ctx, m, p + "output.LayerNorm")
+            try observe("layers.\(i)", h)
+        }
+        return h
+    }
+}

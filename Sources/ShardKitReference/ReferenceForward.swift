@@ -1,0 +1,150 @@
+import Foundation
+import ShardKit
+
+/// The numerics half of `shardkit verify`: a reference forward pass computed on the full weights and
+/// again as the shard set's G ranks (each holding only its pieces, laid out as the manifest says),
+/// exchanging partial results through simulated collectives as a Megatron/vLLM TP server does.
+///
+/// Compute is f32 (16- and 8-bit weights widened), matrix products through `cblas_sgemm`; weights are
+/// loaded layer by layer. Comparisons use `ComparisonStats` (relative error = max|a − b| / max|b|).
+public enum ReferenceForward {
+    /// config.json model types with a reference forward pass.
+    public static var supportedModelTypes: [String] { Model.supported }
+
+    /// Runs the full pass (weights from `full`, or reassembled from `shards` when nil: then a wrong
+    /// layout is seen by both passes alike and only the reference comparison can catch it) and the TP
+    /// pass on `shards`, comparing every layer's output and the final output, and both with
+    /// `reference` (a reference.safetensors holding `input_ids` and `logits` or `last_hidden_state`)
+    /// when given. Throws `verificationFailed` for structural impossibilities (a rank lacks the KV head
+    /// its query heads need, pieces that no collective can combine, unsupported architecture);
+    /// numeric disagreement is `passed == false`.
+    public static func verify(shards: ShardSet, full: Checkpoint?, reference: String?, options: NumericsOptions) throws -> NumericsReport {
+        let start = ContinuousClock.now
+        let config: ModelConfig
+        if let c = full?.config {
+            config = c
+        } else {
+            let path = (shards.directory as NSString).appendingPathComponent("config.json")
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw ShardKitError(.verificationFailed, "\(path): missing; the numerics check needs config.json")
+            }
+            config = try ModelConfig(path: path)
+        }
+        let model = try Model(config: config)
+
+        var tokens = options.tokens
+        var types: [Int]? = nil
+        var expected: [Float]? = nil
+        if let reference {
+            let ref = try ReferenceFile(path: reference)
+            let ids = try ref.ints("input_ids")
+            if let tokens, tokens != ids {
+                throw ShardKitError(.verificationFailed, "\(reference): its input_ids differ from the tokens asked for; the reference cannot be compared")
+            }
+            tokens = ids
+            if ref.has("token_type_ids") { types = try ref.ints("token_type_ids") }
+            expected = try ref.floats(model.outputName)
+            guard expected!.count == ids.count * model.outputWidth else {
+                throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) values, expected \(ids.count) × \(model.outputWidth)")
+            }
+        }
+        let input = tokens ?? defaultTokens(vocab: model.vocab)
+        guard !input.isEmpty else { throw ShardKitError(.verificationFailed, "no input tokens") }
+        if let bad = input.first(where: { $0 < 0 || $0 >= model.vocab }) {
+            throw ShardKitError(.verificationFailed, "token id \(bad) outside the vocabulary 0..<\(model.vocab)")
+        }
+
+        let gemm = GemmEngine()
+        let fullWeights: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
+        var snapshots: [String: [Float]] = [:]
+        var order: [String] = []
+        let fullOut = try model.forward(TPContext(weights: fullWeights, gemm: gemm), tokens: input, tokenTypes: types) { name, acts in
+            snapshots[name] = acts[0].data
+            order.append(name)
+        }
+
+        let tol = options.tolerance
+        var stats: [String: ComparisonStats] = [:]
+        func compareRanks(_ acts: [Act], _ want: [Float], name: String, tolerance: Double) throws -> ComparisonStats {
+            var worst: ComparisonStats? = nil
+            for (r, a) in acts.enumerated() {
+                guard a.data.count == want.count, a.labels == Array(0..<a.cols) else {
+                    throw ShardKitError(.verificationFailed, "rank \(r): \(name) has features \(describe(a.labels)), the full pass \(want.count / max(a.rows, 1))")
+                }
+                let s = ComparisonStats.compare(a.data, want, tolerance: tolerance)
+                worst = worst.map { $0.worst(s) } ?? s
+            }
+            return worst!
+        }
+        let tpOut = try model.forward(TPContext(weights: try RankWeights(shards), gemm: gemm), tokens: input, tokenTypes: types) { name, acts in
+            guard let want = snapshots[name] else { throw ShardKitError(.verificationFailed, "TP pass produced \(name), the full pass did not") }
+            stats[name] = try compareRanks(acts, want, name: name, tolerance: tol)
+        }
+        let layers = order.compactMap { n in stats[n].map { LayerComparison(name: n, stats: $0) } }
+        let final = try compareRanks(tpOut, fullOut[0].data, name: model.outputName, tolerance: tol)
+
+        var refStats: ComparisonStats? = nil, refTP: ComparisonStats? = nil, refTol: Double? = nil
+        if let expected {
+            let lowPrecision = shards.manifest.tensors.values.contains { ![.f32, .f64].contains($0.dtype) }
+            let t = lowPrecision ? max(tol, options.lowPrecisionReferenceTolerance) : tol
+            refTol = t
+            refStats = ComparisonStats.compare(fullOut[0].data, expected, tolerance: t)
+            refTP = try compareRanks(tpOut, expected, name: model.outputName, tolerance: t)
+        }
+        var all = layers + [LayerComparison(name: model.outputName, stats: final)]
+        if let refStats { all.append(LayerComparison(name: "reference (full)", stats: refStats)) }
+        if let refTP { all.append(LayerComparison(name: "reference (TP)", stats: refTP)) }
+        let worst = all.max { $0.stats.maxRelError < $1.stats.maxRelError }
+        let passed = all.allSatisfy { $0.stats.passed }
+        return NumericsReport(architecture: model.type, tp: shards.tp, tokens: input.count, layers: layers, final: final,
+                              reference: refStats, referenceTP: refTP, worstLayer: worst?.name, passed: passed,
+                              tolerance: tol, referenceTolerance: refTol,
+                              gemmFlops: gemm.flops, gemmSeconds: gemm.seconds,
+                              gemmGFLOPS: gemm.seconds > 0 ? gemm.flops / gemm.seconds / 1e9 : 0,
+                              seconds: start.duration(to: .now).seconds)
+    }
+
+    /// The default input: 16 deterministic ids covering 0, vocab − 1 and vocab − 2.
+    static func defaultTokens(vocab: Int) -> [Int] {
+        var t = (0..<16).map { ($0 * 7919 + 13) % vocab }
+        t[1] = vocab - 1
+        if vocab > 2 { t[4] = vocab - 2 }
+        t[5] = 0
+        return t
+    }
+}
+
+/// A reference.safetensors: integer inputs and f32 outputs.
+struct ReferenceFile {
+    let file: SafetensorsFile
+    let handle: ReadOnlyFile
+
+    init(path: String) throws {
+        file = try SafetensorsFile(path: path)
+        handle = try ReadOnlyFile(path: path)
+    }
+    func has(_ name: String) -> Bool { file.tensor(named: name) != nil }
+
+    func info(_ name: String) throws -> TensorInfo {
+        guard let t = file.tensor(named: name) else { throw ShardKitError(.verificationFailed, "\(file.path): no tensor \(name)") }
+        return t
+    }
+
+    func ints(_ name: String) throws -> [Int] {
+        let t = try info(name)
+        let bytes = try handle.read(count: t.byteCount, at: t.offset)
+        return try bytes.withUnsafeBytes { p in
+            switch t.dtype {
+            case .i64: return (0..<t.elementCount).map { Int(p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+            case .i32: return (0..<t.elementCount).map { Int(p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
+            default: throw ShardKitError(.verificationFailed, "\(file.path): \(name) is \(t.dtype.rawValue), expected I64 or I32")
+            }
+        }
+    }
+
+    func floats(_ name: String) throws -> [Float] {
+        let t = try info(name)
+        let bytes = try handle.read(count: t.byteCount, at: t.offset)
+        return try bytes.withUnsafeBytes { try Widen.toFloat($0, dtype: t.dtype, count: t.elementCount, name: name) }
+    }
+}

@@ -1,0 +1,175 @@
+import Foundation
+import ShardKit
+import Testing
+@testable import ShardKitReference
+
+/// The f32 fixtures must match Hugging Face within 1e-4 relative error; the bf16 fixture's reference was
+/// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
+/// default option for low-precision weights (1e-3) is what the report applies.
+let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "mistral", "gemma", "phi3", "gpt2", "gpt-neox", "mixtral", "bert"]
+
+@Suite("Reference forward pass")
+struct ReferenceForwardTests {
+    @Test("full pass and TP pass match the reference and each other", arguments: fixtureNames, [1, 2, 4])
+    func fixtureMatches(fixture: String, tp: Int) throws {
+        let (set, ckpt, dir) = try shardFixture(fixture, tp: tp)
+        defer { removeDirectory(dir) }
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: fixturePath(fixture) + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        let ref = try #require(report.reference), refTP = try #require(report.referenceTP)
+        print(String(format: "[numerics] %-20@ tp=%d ref(full) rel %.2e cos %.9f | ref(TP) rel %.2e | TP-vs-full rel %.2e abs %.2e | worst %@",
+                     fixture as NSString, tp, ref.maxRelError, ref.cosine, refTP.maxRelError, report.final.maxRelError,
+                     report.final.maxAbsError, (report.worstLayer ?? "-") as NSString))
+        #expect(report.passed)
+        #expect(ref.maxRelError <= 1e-4)
+        #expect(refTP.maxRelError <= 1e-4)
+        #expect(report.final.maxRelError <= 1e-4)
+        #expect(report.layers.count == 2 + ckpt.config!.layers! - (fixture == "bert" ? 1 : 0))
+        #expect(report.layers.allSatisfy { $0.stats.passed })
+        #expect(report.tp == tp && report.tokens == 7)
+    }
+
+    /// Every intermediate state of the full pass matches HF's output_hidden_states (hidden_states.0 is
+    /// the embeddings, .N layer N's output, the last one after the final norm for decoders).
+    @Test("full pass matches hidden_states", arguments: fixtureNames)
+    func hiddenStatesMatch(fixture: String) throws {
+        let ckpt = try Checkpoint(path: fixturePath(fixture))
+        let model = try Model(config: ckpt.config!)
+        let ref = try ReferenceFile(path: fixturePath(fixture) + "/reference.safetensors")
+        let types = ref.has("token_type_ids") ? try ref.ints("token_type_ids") : nil
+        var states: [String: [Float]] = [:]
+        _ = try model.forward(TPContext(weights: try CheckpointWeights(ckpt), gemm: GemmEngine()), tokens: try ref.ints("input_ids"),
+                              tokenTypes: types) { name, acts in states[name] = acts[0].data }
+        for n in 0...model.layers {
+            let name = n == 0 ? "embeddings" : n == model.layers && fixture != "bert" ? "final_norm" : "layers.\(n - 1)"
+            let s = ComparisonStats.compare(try #require(states[name]), try ref.floats("hidden_states.\(n)"), tolerance: 1e-4)
+            #expect(s.passed, "\(fixture) hidden_states.\(n) vs \(name): rel \(s.maxRelError)")
+        }
+    }
+
+    @Test("full weights reassembled from the shards", arguments: ["gpt2", "phi3"])
+    func reassembledFull(fixture: String) throws {
+        let (set, _, dir) = try shardFixture(fixture, tp: 2)
+        defer { removeDirectory(dir) }
+        let report = try ReferenceForward.verify(shards: set, full: nil, reference: fixturePath(fixture) + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(report.passed)
+        #expect(try #require(report.reference).maxRelError <= 1e-4)
+    }
+
+    @Test("fused QKV split contiguously fails the TP pass", arguments: [
+        ("phi3", "model.layers.0.self_attn.qkv_proj.weight"),
+        ("gpt2", "transformer.h.1.attn.c_attn.weight"),
+        ("phi3", "model.layers.1.mlp.gate_up_proj.weight"),
+    ])
+    func contiguousFusedSplitFails(fixture: String, tensor: String) throws {
+        let (set, ckpt, dir) = try shardFixture(fixture, tp: 2)
+        defer { removeDirectory(dir) }
+        try corruptToContiguousSplit(set, checkpoint: ckpt, name: tensor)
+        let corrupted = try ShardSet(directory: dir)
+        let report = try ReferenceForward.verify(shards: corrupted, full: ckpt, reference: fixturePath(fixture) + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(!report.passed)
+        #expect(!report.final.passed)
+        #expect(report.reference?.passed == true)      // the full pass is still right
+        #expect(report.referenceTP?.passed == false)
+        let generic = try GenericLinearCheck.verify(shards: corrupted, full: ckpt, options: NumericsOptions())
+        #expect(!generic.passed)
+        #expect(generic.worstLayer == tensor)
+    }
+
+    @Test("a perturbed reference fails the reference check")
+    func perturbedReferenceFails() throws {
+        let (set, ckpt, dir) = try shardFixture("llama-gqa", tp: 2)
+        defer { removeDirectory(dir) }
+        let refPath = temporaryPath("perturbed") + ".safetensors"
+        try FileManager.default.copyItem(atPath: fixturePath("llama-gqa") + "/reference.safetensors", toPath: refPath)
+        defer { removeDirectory(refPath) }
+        let logits = try #require(try SafetensorsFile(path: refPath).tensor(named: "logits"))
+        var values = try ReferenceFile(path: refPath).floats("logits")
+        for i in stride(from: 0, to: values.count, by: 3) { values[i] += 1e-2 }
+        let handle = try #require(FileHandle(forUpdatingAtPath: refPath))
+        try handle.seek(toOffset: UInt64(logits.offset))
+        try handle.write(contentsOf: values.withUnsafeBytes { Data($0) })
+        try handle.close()
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: refPath, options: NumericsOptions())
+        #expect(!report.passed)
+        #expect(report.reference?.passed == false)
+        #expect(report.final.passed)
+        #expect(report.worstLayer?.hasPrefix("reference") == true)
+    }
+
+    @Test("default tokens, report encodes as JSON")
+    func defaultTokensAndJSON() throws {
+        let (set, ckpt, dir) = try shardFixture("mixtral", tp: 4)
+        defer { removeDirectory(dir) }
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: nil, options: NumericsOptions())
+        #expect(report.passed && report.tokens == 16 && report.reference == nil)
+        #expect(report.gemmFlops > 0)
+        let json = try JSONEncoder().encode(report)
+        #expect(try JSONDecoder().decode(NumericsReport.self, from: json).final == report.final)
+    }
+
+    @Test("unsupported model type throws")
+    func unsupported() throws {
+        let config = ModelConfig(json: try JSONValue.parse(Array(#"{"model_type": "t5", "hidden_size": 8}"#.utf8)))
+        #expect(throws: ShardKitError.self) { try Model(config: config) }
+        #expect(ReferenceForward.supportedModelTypes.count == 9)
+    }
+
+    @Test("generic linear check passes on correct shard sets", arguments: ["llama-gqa", "gpt2", "gpt-neox", "phi3"], [2, 4])
+    func genericPasses(fixture: String, tp: Int) throws {
+        let (set, ckpt, dir) = try shardFixture(fixture, tp: tp)
+        defer { removeDirectory(dir) }
+        let report = try GenericLinearCheck.verify(shards: set, full: ckpt, options: NumericsOptions())
+        #expect(report.passed, "\(report.worstLayer ?? "") \(report.final)")
+        #expect(report.layers.count > 5)
+        let reassembled = try GenericLinearCheck.verify(shards: set, full: nil, options: NumericsOptions())
+        #expect(reassembled.passed)
+    }
+
+    @Test("sgemm throughput is measured")
+    func throughput() {
+        #expect(ReferenceForward.sgemmThroughput(n: 64) > 0)
+    }
+
+    @Test("fp8 and half tables")
+    func widening() throws {
+        #expect(Widen.e4m3[0x38] == 1 && Widen.e4m3[0x7E] == 448 && Widen.e4m3[0x7F].isNaN && Widen.e4m3[0x01] == Float(pow(2.0, -9)))
+        #expect(Widen.e5m2[0x3C] == 1 && Widen.e5m2[0x7C] == .infinity && Widen.e5m2[0x7B] == 57344)
+        let bf: [UInt16] = [0x3F80, 0xC000]
+        let v = try bf.withUnsafeBytes { try Widen.toFloat($0, dtype: .bf16, count: 2, name: "t") }
+        #expect(v == [1, -2])
+        let h: [UInt16] = [0x3C00, 0x7BFF]
+        #expect(try h.withUnsafeBytes { try Widen.toFloat($0, dtype: .f16, count: 2, name: "t") } == [1, 65504])
+        #expect(Widen.round(55.4256, to: .bf16) == 55.5)
+    }
+}
+
+@Test("print corrupted-layout numbers (informational)")
+func corruptedNumbers() throws {
+    let (set, ckpt, dir) = try shardFixture("phi3", tp: 2)
+    defer { removeDirectory(dir) }
+    try corruptToContiguousSplit(set, checkpoint: ckpt, name: "model.layers.0.self_attn.qkv_proj.weight")
+    let r = try ReferenceForward.verify(shards: try ShardSet(directory: dir), full: ckpt, reference: fixturePath("phi3") + "/reference.safetensors", options: NumericsOptions())
+    for l in r.layers { print("[corrupt] \(l.name) rel \(l.stats.maxRelError) cos \(l.stats.cosine)") }
+    print("[corrupt] final rel \(r.final.maxRelError) cos \(r.final.cosine) refTP \(r.referenceTP!.maxRelError) gemm \(r.gemmGFLOPS) GFLOP/s \(r.seconds)s")
+    #expect(!r.passed)
+}
+
+@Test("sliding window and longrope building blocks")
+func windowAndRope() throws {
+    // One head, hd 2, 3 tokens: with window 1 every token attends only to itself.
+    let q = Act(rows: 3, labels: [0, 1], data: [1, 0, 0, 1, 1, 1])
+    let v = Act(rows: 3, labels: [0, 1], data: [1, 2, 3, 4, 5, 6])
+    let own = try Attention.run(q: q, k: q, v: v, heads: 1, kvHeads: 1, headDim: 2, rope: nil, causal: true, window: 1, scale: 1, rank: 0, layer: "t")
+    #expect(own.data == v.data)
+    let wide = try Attention.run(q: q, k: q, v: v, heads: 1, kvHeads: 1, headDim: 2, rope: nil, causal: true, window: 3, scale: 1, rank: 0, layer: "t")
+    let none = try Attention.run(q: q, k: q, v: v, heads: 1, kvHeads: 1, headDim: 2, rope: nil, causal: true, scale: 1, rank: 0, layer: "t")
+    #expect(wide.data == none.data && wide.data != own.data)
+    // longrope with unit short factors and attention_factor 1 is the default rotary embedding.
+    let scaling = try JSONValue.parse(Array(#"{"type": "longrope", "short_factor": [1, 1], "long_factor": [4, 4], "attention_factor": 1.0, "original_max_position_embeddings": 16}"#.utf8))
+    let lr = try Rope(dims: 4, theta: 10000, positions: [0, 1, 2], scaling: scaling)
+    let plain = try Rope(dims: 4, theta: 10000, positions: [0, 1, 2], scaling: nil)
+    #expect(lr.cos == plain.cos && lr.sin == plain.sin)
+}

@@ -1,0 +1,63 @@
+import Foundation
+import ShardKit
+@testable import ShardKitReference
+
+let fixturesRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.appendingPathComponent("fixtures").path
+}()
+
+func fixturePath(_ name: String) -> String { fixturesRoot + "/" + name }
+
+/// A fresh temporary directory path (not created).
+func temporaryPath(_ tag: String) -> String {
+    NSTemporaryDirectory() + "shardkit-reference-\(tag)-\(UUID().uuidString)"
+}
+
+/// Shards `fixture` with its preset into a temporary directory.
+func shardFixture(_ fixture: String, tp: Int) throws -> (set: ShardSet, checkpoint: Checkpoint, directory: String) {
+    let dir = fixturePath(fixture)
+    let ckpt = try Checkpoint(path: dir)
+    let rules = try ShardPlan.rules(for: ckpt, rulesFile: nil)
+    let out = temporaryPath("\(fixture)-tp\(tp)")
+    try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: tp, output: out, options: ShardSetWriter.Options())
+    return (try ShardSet(directory: out), ckpt, out)
+}
+
+func removeDirectory(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+/// Overwrites every rank's piece of `name` with a naive contiguous split of the full tensor along
+/// `dim` (same piece sizes), and fixes the pieces' CRC-32s in manifest.json: a shard set whose bytes
+/// are laid out wrongly while its manifest claims the right rule.
+func corruptToContiguousSplit(_ set: ShardSet, checkpoint: Checkpoint, name: String) throws {
+    guard let (file, info) = checkpoint.tensor(named: name) else { fatalError("no \(name)") }
+    var manifest = set.manifest
+    let record = manifest.tensors[name]!
+    let dim = record.rule.dim!
+    let full = try ReadOnlyFile(path: checkpoint.files[file].path).read(count: info.byteCount, at: info.offset)
+    let es = info.dtype.size
+    let outer = info.shape[..<dim].reduce(1, *), size = info.shape[dim], inner = info.shape[(dim + 1)...].reduce(1, *) * es
+    var start = 0
+    for r in 0..<set.tp {
+        let piece = record.pieces[r]
+        let len = piece.shape[dim]
+        var bytes: [UInt8] = []
+        for o in 0..<outer {
+            let base = (o * size + start) * inner
+            bytes += full[base..<(base + len * inner)]
+        }
+        start += len
+        let path = set.directory + "/" + piece.file
+        let location = try SafetensorsFile(path: path).tensor(named: name)!
+        precondition(location.byteCount == bytes.count)
+        let handle = FileHandle(forUpdatingAtPath: path)!
+        try handle.seek(toOffset: UInt64(location.offset))
+        try handle.write(contentsOf: Data(bytes))
+        try handle.close()
+        var crc = CRC32C()
+        bytes.withUnsafeBytes { crc.update($0) }
+        manifest.tensors[name]!.pieces[r].crc32c = crc.hex
+    }
+    try manifest.encoded().write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+}
