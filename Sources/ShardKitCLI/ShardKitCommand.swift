@@ -206,6 +206,7 @@ struct ShardCommand: ParsableCommand {
     @Option(name: .long, help: "Output directory.") var out: String
     @OptionGroup var ruleOptions: RuleOptions
     @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
+    @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
     @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
     @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.") var ranks: String?
     @Flag(name: .long, help: "Print a machine-readable summary.") var json = false
@@ -216,6 +217,7 @@ struct ShardCommand: ParsableCommand {
             let rules = try ruleOptions.load(for: checkpoint)
             var options = ShardSetWriter.Options()
             options.force = force
+            if let w = workers { options.workers = w }
             options.ranks = try parseRanks(ranks)
             if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
             let t0 = Terminal.now()
@@ -297,6 +299,7 @@ struct ReshardCommand: ParsableCommand {
     @Option(name: .long, help: "New tensor-parallel degree (1 writes an ordinary HF checkpoint).") var tp: Int?
     @Option(name: .long, help: "Output directory.") var out: String?
     @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
+    @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
     @Option(name: .long, help: "Write only these output ranks (e.g. 0,1 or 2-3).") var ranks: String?
     @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.") var finalize = false
     @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
@@ -313,6 +316,7 @@ struct ReshardCommand: ParsableCommand {
             let set = try ShardSet(directory: input)
             var options = ShardSetWriter.Options()
             options.force = force
+            if let w = workers { options.workers = w }
             options.ranks = try parseRanks(ranks)
             if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
             let t0 = Terminal.now()
