@@ -89,11 +89,13 @@ final class ReassembledWeights: WeightProvider {
 /// intervals (never re-derived).
 final class RankWeights: WeightProvider {
     let shardSet: ShardSet
-    let views: [RankView]
+    /// Each rank's validated files, with a handle for positioned reads (no mapping: pages of mapped
+    /// files would stay in RSS as the pass walks the model).
+    let files: [[String: (SafetensorsFile, ReadOnlyFile)]]
 
     init(_ set: ShardSet) throws {
         self.shardSet = set
-        views = try (0..<set.tp).map { try set.rank($0) }
+        files = try set.openAllRanks()
     }
     var ranks: Int { shardSet.tp }
     func has(_ name: String) -> Bool { shardSet.manifest.tensors[name] != nil }
@@ -101,17 +103,20 @@ final class RankWeights: WeightProvider {
     func globalShape(_ name: String) -> [Int]? { shardSet.manifest.tensors[name]?.shape }
     func load(_ name: String, rank r: Int) throws -> Piece {
         guard let record = shardSet.manifest.tensors[name] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)") }
-        let view = try views[r].tensor(name)
-        let data = try Widen.toFloat(view.bytes, dtype: view.dtype, count: view.shape.reduce(1, *), name: name)
+        let file = record.pieces[r].file
+        guard let (sf, handle) = files[r][file] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): rank \(r) file \(file) is not open") }
+        let info = try shardSet.pieceLocation(name, rank: r, files: [file: sf])
+        let bytes = try handle.read(count: info.byteCount, at: info.offset)
+        let data = try bytes.withUnsafeBytes { try Widen.toFloat($0, dtype: info.dtype, count: info.elementCount, name: name) }
         var index: [Int]? = nil
         if record.rule.dim != nil {
             index = record.pieces[r].intervals.flatMap { Array($0[0]..<$0[1]) }
         }
         let dim = record.rule.dim
-        if let dim, let index, dim < view.shape.count, index.count != view.shape[dim] {
-            throw ShardKitError(.verificationFailed, "tensor \(name) rank \(r): intervals cover \(index.count) indices, the piece has \(view.shape[dim])")
+        if let dim, let index, dim < info.shape.count, index.count != info.shape[dim] {
+            throw ShardKitError(.verificationFailed, "tensor \(name) rank \(r): intervals cover \(index.count) indices, the piece has \(info.shape[dim])")
         }
-        return Piece(name: name, data: data, shape: view.shape, globalShape: record.shape, dtype: record.dtype, dim: dim, index: index)
+        return Piece(name: name, data: data, shape: info.shape, globalShape: record.shape, dtype: record.dtype, dim: dim, index: index)
     }
 }
 
