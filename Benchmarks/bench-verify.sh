@@ -26,9 +26,9 @@ echo "ShardKit verify benchmark ($(date -u +%FT%TZ))"
 describe_build
 echo "source: $SRC ($(gb "$SRC") GB); shards: $OUT (TP=$TP); RUNS=$RUNS (+1 warm-up); page cache warm"
 echo "command:"
-echo "  $SHARDKIT verify $OUT --source $SRC --tokens $TOKENS"
+echo "  $SHARDKIT verify $OUT --source $SRC --tokens $TOKENS --sgemm-baseline"
 
-bench "$RUNS" verify ":" "$(q "$SHARDKIT" verify "$OUT" --source "$SRC" --tokens "$TOKENS")"
+bench "$RUNS" verify ":" "$(q "$SHARDKIT" verify "$OUT" --source "$SRC" --tokens "$TOKENS" --sgemm-baseline)"
 
 echo
 echo "---- output of the first timed run:"

@@ -7,6 +7,8 @@ import ShardKitReference
 struct NumericsSummary: Codable {
     var mode: String
     var report: NumericsReport
+    /// cblas_sgemm on square matrices, when measured (`--sgemm-baseline`).
+    var squareSgemmGFLOPS: Double?
 
     func printHuman() {
         let r = report
@@ -25,6 +27,9 @@ struct NumericsSummary: Codable {
         }
         print(String(format: "    tolerance %.1e (reference %.1e); %.2fs, sgemm %.1f GFLOP/s", r.tolerance,
                      r.referenceTolerance ?? r.tolerance, r.seconds, r.gemmGFLOPS))
+        if let square = squareSgemmGFLOPS {
+            print(String(format: "    square cblas_sgemm (2048): %.1f GFLOP/s; the pass reached %.0f%% of it", square, 100 * r.gemmGFLOPS / square))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardKit
+import ShardKitReference
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -14,6 +15,8 @@ struct VerifyCommand: ParsableCommand {
     @Option(name: .long, help: "Relative tolerance for the numeric checks.") var tolerance: Double?
     @Flag(name: .long, help: "Skip the forward pass (integrity and reconstruction only).") var noNumerics = false
     @Flag(name: .long, help: "Print a machine-readable report.") var json = false
+    @Flag(name: .long, help: "Also measure cblas_sgemm on square 2048x2048 matrices, to compare the pass's matrix-product rate with it.")
+    var sgemmBaseline = false
 
     struct Report: Codable {
         var shards: String
@@ -44,7 +47,8 @@ struct VerifyCommand: ParsableCommand {
                 checks.append(.init(name: "numerics", status: "skipped",
                                     detail: noNumerics ? "--no-numerics" : "skipped because a byte-level check failed", failures: []))
             } else {
-                let (check, summary) = try Numerics.run(set: set, full: checkpoint, reference: reference, tokens: tokens, tolerance: tolerance)
+                var (check, summary) = try Numerics.run(set: set, full: checkpoint, reference: reference, tokens: tokens, tolerance: tolerance)
+                if sgemmBaseline { summary?.squareSgemmGFLOPS = ReferenceForward.sgemmThroughput(n: 2048) }
                 checks.append(check)
                 numerics = summary
             }
