@@ -82,40 +82,37 @@ static uint32_t long_zeros[4][256], short_zeros[4][256];
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
-/* Three independent CRC streams hide the instruction's latency; their results are joined with
-   the zero-shift tables. */
+/* Three independent CRC streams over consecutive blocks hide the instruction's latency; their
+   results are joined with the zero-shift tables for the block size. */
+__attribute__((target("sse4.2")))
+static inline uint64_t three_streams(uint64_t c0, const unsigned char **pp, size_t *np, size_t block, uint32_t zeros[4][256]) {
+    const unsigned char *p = *pp;
+    size_t n = *np;
+    while (n >= 3 * block) {
+        uint64_t c1 = 0, c2 = 0;
+        const unsigned char *end = p + block;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + block, 8); memcpy(&d, p + 2 * block, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(zeros, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(zeros, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * block;
+        n -= 3 * block;
+    }
+    *pp = p;
+    *np = n;
+    return c0;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t hardware(uint32_t c, const unsigned char *p, size_t n) {
     uint64_t c0 = c;
     while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
-    while (n >= 3 * LONG_BLOCK) {
-        uint64_t c1 = 0, c2 = 0;
-        const unsigned char *end = p + LONG_BLOCK;
-        do {
-            uint64_t a, b, d;
-            memcpy(&a, p, 8); memcpy(&b, p + LONG_BLOCK, 8); memcpy(&d, p + 2 * LONG_BLOCK, 8);
-            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
-            p += 8;
-        } while (p < end);
-        c0 = shift(long_zeros, (uint32_t)c0) ^ (uint32_t)c1;
-        c0 = shift(long_zeros, (uint32_t)c0) ^ (uint32_t)c2;
-        p += 2 * LONG_BLOCK;
-        n -= 3 * LONG_BLOCK;
-    }
-    while (n >= 3 * SHORT_BLOCK) {
-        uint64_t c1 = 0, c2 = 0;
-        const unsigned char *end = p + SHORT_BLOCK;
-        do {
-            uint64_t a, b, d;
-            memcpy(&a, p, 8); memcpy(&b, p + SHORT_BLOCK, 8); memcpy(&d, p + 2 * SHORT_BLOCK, 8);
-            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
-            p += 8;
-        } while (p < end);
-        c0 = shift(short_zeros, (uint32_t)c0) ^ (uint32_t)c1;
-        c0 = shift(short_zeros, (uint32_t)c0) ^ (uint32_t)c2;
-        p += 2 * SHORT_BLOCK;
-        n -= 3 * SHORT_BLOCK;
-    }
+    c0 = three_streams(c0, &p, &n, LONG_BLOCK, long_zeros);
+    c0 = three_streams(c0, &p, &n, SHORT_BLOCK, short_zeros);
     while (n >= 8) { uint64_t w; memcpy(&w, p, 8); c0 = _mm_crc32_u64(c0, w); p += 8; n -= 8; }
     while (n--) c0 = _mm_crc32_u8((uint32_t)c0, *p++);
     return (uint32_t)c0;

@@ -1,3 +1,15 @@
+extension PieceSink {
+    /// Zeros (vocab padding) appended as ordinary bytes, a bounded chunk at a time.
+    public func appendZeros(_ count: Int) throws {
+        var left = count
+        while left > 0 {
+            let n = min(left, CRC32C.zeros.count)
+            try CRC32C.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            left -= n
+        }
+    }
+}
+
 /// Appends a piece's bytes to an `OutputFile` from a given offset through a bounded buffer, computing
 /// the piece's CRC-32 as the bytes pass.
 public final class FileSink: PieceSink {
@@ -41,14 +53,6 @@ public final class FileSink: PieceSink {
         }
     }
 
-    public func appendZeros(_ count: Int) throws {
-        var left = count
-        while left > 0 {
-            let n = min(left, CRC32C.zeros.count)
-            try CRC32C.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            left -= n
-        }
-    }
 
     /// Writes what is buffered; call once the piece is complete.
     public func flush() throws {
@@ -122,14 +126,6 @@ public final class ComparingSink: PieceSink {
         }
     }
 
-    public func appendZeros(_ count: Int) throws {
-        var left = count
-        while left > 0 {
-            let n = min(left, CRC32C.zeros.count)
-            try CRC32C.zeros.withUnsafeBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            left -= n
-        }
-    }
 }
 
 #if canImport(Glibc)

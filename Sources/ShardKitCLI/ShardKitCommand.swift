@@ -155,28 +155,59 @@ struct WriteSummary: Codable {
     var output: String
     var tp: Int
     var tensors: Int
+    /// The ranks this run wrote (all of them unless `--ranks` was given).
+    var ranksWritten: [Int]
     var bytesPerRank: [Int]
     var files: [String]
     var seconds: Double
     var bytesPerSecond: Double
     var partial: Bool
 
-    init(output: String, manifest: Manifest, plan bytes: [Int], seconds: Double, partial: Bool) {
+    init(output: String, manifest: Manifest, written: [Int]?, seconds: Double) {
         self.output = output
         tp = manifest.tp
         tensors = manifest.order.count
-        bytesPerRank = bytes
-        files = manifest.ranks.flatMap(\.files)
+        ranksWritten = written ?? Array(0..<manifest.tp)
+        bytesPerRank = (0..<manifest.tp).map { r in
+            manifest.order.reduce(0) { acc, name in
+                let t = manifest.tensors[name]!
+                return acc + t.pieces[r].shape.reduce(t.dtype.size, *)
+            }
+        }
+        files = ranksWritten.flatMap { manifest.ranks[$0].files }
         self.seconds = seconds
-        bytesPerSecond = seconds > 0 ? Double(bytes.reduce(0, +)) / seconds : 0
-        self.partial = partial
+        let perRank = bytesPerRank
+        let bytes = ranksWritten.reduce(0) { $0 + perRank[$1] }
+        bytesPerSecond = seconds > 0 ? Double(bytes) / seconds : 0
+        partial = written != nil
     }
 
-    func printHuman() {
-        print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp), \(tensors) tensors, \(files.count) rank files")
-        for (r, b) in bytesPerRank.enumerated() { print("  rank \(r): \(Terminal.bytes(b))") }
-        print(String(format: "  %.2fs, %@/s", seconds, Terminal.bytes(Int(bytesPerSecond))))
-        if partial { print("  no manifest yet: run `shardkit reshard --finalize \(output)` once every rank is written") }
+    func print(json: Bool) throws {
+        if json { try Terminal.printJSON(self); return }
+        Swift.print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp), \(tensors) tensors, \(files.count) rank files")
+        for r in ranksWritten { Swift.print("  rank \(r): \(Terminal.bytes(bytesPerRank[r]))") }
+        Swift.print(String(format: "  %.2fs, %@/s", seconds, Terminal.bytes(Int(bytesPerSecond))))
+        if partial { Swift.print("  no manifest yet: run `shardkit reshard --finalize \(output)` once every rank is written") }
+    }
+}
+
+/// Options of the commands that write a shard set.
+struct WriteOptions: ParsableArguments {
+    @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
+    @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
+    @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.") var ranks: String?
+    @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
+
+    func writerOptions() throws -> ShardSetWriter.Options {
+        var options = ShardSetWriter.Options()
+        options.force = force
+        options.ranks = try parseRanks(ranks)
+        if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
+        if let w = workers {
+            guard w >= 1 else { throw ValidationError("--workers must be at least 1") }
+            options.workers = w
+        }
+        return options
     }
 }
 
@@ -205,29 +236,19 @@ struct ShardCommand: ParsableCommand {
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
     @OptionGroup var ruleOptions: RuleOptions
-    @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
-    @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
-    @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
-    @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.") var ranks: String?
+    @OptionGroup var writeOptions: WriteOptions
     @Flag(name: .long, help: "Print a machine-readable summary.") var json = false
 
     func run() throws {
         try ShardKitCommand.guarded {
             let checkpoint = try Checkpoint(path: source)
             let rules = try ruleOptions.load(for: checkpoint)
-            var options = ShardSetWriter.Options()
-            options.force = force
-            if let w = workers { options.workers = w }
-            options.ranks = try parseRanks(ranks)
-            if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
+            let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
             let manifest = try Shard.run(checkpoint: checkpoint, sourcePath: source, rules: rules, tp: tp, output: out,
                                          options: options, progress: Terminal.progress(label: "shard"))
             Terminal.clearProgress()
-            let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
-            let summary = WriteSummary(output: out, manifest: manifest, plan: plan.bytesPerRank,
-                                       seconds: Terminal.now() - t0, partial: options.ranks != nil)
-            if json { try Terminal.printJSON(summary) } else { summary.printHuman() }
+            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0).print(json: json)
         }
     }
 }
@@ -298,11 +319,8 @@ struct ReshardCommand: ParsableCommand {
     @Argument(help: "Input shard set directory (or, with --finalize, the directory to finalize).") var input: String
     @Option(name: .long, help: "New tensor-parallel degree (1 writes an ordinary HF checkpoint).") var tp: Int?
     @Option(name: .long, help: "Output directory.") var out: String?
-    @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
-    @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
-    @Option(name: .long, help: "Write only these output ranks (e.g. 0,1 or 2-3).") var ranks: String?
+    @OptionGroup var writeOptions: WriteOptions
     @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.") var finalize = false
-    @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
     @Flag(name: .long, help: "Print a machine-readable summary.") var json = false
 
     func run() throws {
@@ -314,22 +332,12 @@ struct ReshardCommand: ParsableCommand {
             }
             guard let tp, let out else { throw ValidationError("reshard needs --tp and --out (or --finalize)") }
             let set = try ShardSet(directory: input)
-            var options = ShardSetWriter.Options()
-            options.force = force
-            if let w = workers { options.workers = w }
-            options.ranks = try parseRanks(ranks)
-            if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
+            let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
             let manifest = try Reshard.run(input: set, tp: tp, output: out, options: options, progress: Terminal.progress(label: "reshard"))
             Terminal.clearProgress()
-            let bytes = (0..<tp).map { r in manifest.order.reduce(0) { acc, n in
-                let t = manifest.tensors[n]!
-                return acc + (checkedSize(t.pieces[r].shape, t.dtype))
-            } }
-            let summary = WriteSummary(output: out, manifest: manifest, plan: bytes, seconds: Terminal.now() - t0, partial: options.ranks != nil)
-            if json { try Terminal.printJSON(summary) } else { summary.printHuman() }
+            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0).print(json: json)
         }
     }
 }
 
-func checkedSize(_ shape: [Int], _ dtype: DType) -> Int { shape.reduce(dtype.size, *) }
