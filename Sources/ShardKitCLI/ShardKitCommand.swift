@@ -290,11 +290,15 @@ struct PlanCommand: ParsableCommand {
             let report = Report(tp: tp, rules: rules.name, tensors: rows, bytesPerRank: plan.bytesPerRank, sourceBytes: checkpoint.totalBytes)
             if json { try Terminal.printJSON(report); return }
             print("plan for \(source) at tp \(tp) (\(rules.name))")
-            let width = min(60, rows.map(\.name.count).max() ?? 10)
-            for r in rows {
-                let name = r.name.padding(toLength: max(width, r.name.count), withPad: " ", startingAt: 0)
-                let ruleText = describe(r.rule)
-                print("\(name)  \(r.dtype) \(r.shape)  \(ruleText)  per rank \(r.rankShapes[0])\(Set(r.rankShapes).count > 1 ? "…" : "")  \(Terminal.bytes(r.rankBytes[0]))")
+            // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ.
+            let table = [["tensor", "dtype", "shape", "rule", "rank 0 shape", "rank 0 bytes"]] + rows.map { r in
+                [r.name, r.dtype, "\(r.shape)", describe(r.rule),
+                 "\(r.rankShapes[0])\(Set(r.rankShapes).count > 1 ? "…" : "")", Terminal.bytes(r.rankBytes[0])]
+            }
+            let widths = (0..<6).map { c in table.map { $0[c].count }.max() ?? 0 }
+            for line in table {
+                print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }
+                    .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
             }
             print("totals:")
             for (i, b) in plan.bytesPerRank.enumerated() { print("  rank \(i): \(Terminal.bytes(b))") }
