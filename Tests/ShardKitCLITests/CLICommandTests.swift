@@ -161,8 +161,17 @@ struct PlanCommandTests {
             }
             func line(_ name: String) -> String { lines.first { $0.hasPrefix(name + " ") } ?? "" }
             #expect(line("model.layers.0.self_attn.qkv_proj.weight").contains("fused(dim 0, parts [64, 16, 16])"))
-            #expect(line("model.layers.0.self_attn.qkv_proj.weight").contains("per rank [32, 64]"))  // 16 q + 8 k + 8 v rows
-            #expect(line("model.layers.1.mlp.gate_up_proj.weight").contains("per rank [48, 64]"))
+            // Columns: tensor, dtype, shape, rule, rank 0 shape, rank 0 bytes.
+            #expect(lines.count > 1 && lines[1].split(separator: " ", omittingEmptySubsequences: true).starts(with: ["tensor", "dtype", "shape", "rule", "rank", "0", "shape"]))
+            func column(_ name: String, _ header: String) -> String {
+                guard lines.count > 1, let at = lines[1].range(of: header) else { return "" }
+                let l = line(name)
+                let start = lines[1].distance(from: lines[1].startIndex, to: at.lowerBound)
+                return String(l.dropFirst(start).prefix { $0 != " " })
+            }
+            #expect(column("model.layers.0.self_attn.qkv_proj.weight", "rank 0 shape") == "[32,")  // 16 q + 8 k + 8 v rows
+            #expect(line("model.layers.0.self_attn.qkv_proj.weight").contains("[32, 64]   "))
+            #expect(line("model.layers.1.mlp.gate_up_proj.weight").contains("[48, 64]   "))
             #expect(line("model.layers.1.mlp.down_proj.weight").contains("row(dim 1)") && line("model.layers.1.mlp.down_proj.weight").contains("[64, 24]"))
             #expect(line("model.layers.0.self_attn.o_proj.weight").contains("out_projection(dim 1, 8 heads)"))
             #expect(line("model.norm.weight").contains("replicated"))
