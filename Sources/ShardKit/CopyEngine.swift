@@ -21,6 +21,10 @@ public struct TensorGeometry: Sendable, Equatable {
     public init(shape: [Int], elementSize: Int, dim: Int?, tensor: String) throws {
         let k = dim ?? 0
         if shape.isEmpty {
+            // A scalar has no dimension to split (`dim` must be nil, or a piece shape would index []).
+            guard dim == nil else {
+                throw ShardKitError(.impossibleSplit, "tensor \(tensor): a scalar cannot be split along dim \(k)")
+            }
             outer = 1; size = 1; inner = elementSize
             return
         }
@@ -111,7 +115,8 @@ public enum CopyEngine {
         let rowBytes = max(g.size, maxLocal) * g.inner
         // Units small enough to stay in cache between the read, the checksum and the write.
         let half = min(buffers.budget / 2, buffers.unitBytes)
-        if g.outer == 0 || extent == 0 { return try verify(crcs, chosen, tensor) }
+        // No bytes to move (a zero-sized dimension): return before looping over `outer` rows of nothing.
+        if g.outer == 0 || extent == 0 || g.inner == 0 { return try verify(crcs, chosen, tensor) }
 
         if rowBytes <= half {
             // Units of whole outer rows.

@@ -39,3 +39,16 @@ func checkedProduct(_ values: [Int], times factor: Int = 1) -> Int? {
     }
     return total
 }
+
+/// Sum of `values`, or nil on overflow (or a negative value).
+@inlinable
+func checkedSum(_ values: [Int]) -> Int? {
+    var total = 0
+    for v in values {
+        guard v >= 0 else { return nil }
+        let (s, o) = total.addingReportingOverflow(v)
+        if o { return nil }
+        total = s
+    }
+    return total
+}

@@ -125,20 +125,34 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard version == 1 else { throw bad("version \(version) is not supported (this ShardKit reads version 1)") }
         guard checksum == "crc32c" else { throw bad("checksum \"\(checksum)\" is not supported") }
         guard tp >= 1 else { throw bad("tp must be at least 1") }
-        guard ranks.map(\.rank) == Array(0..<tp) else { throw bad("ranks must list 0..<\(tp) in order") }
+        // Counts first: a huge "tp" must be refused, not materialized as 0..<tp.
+        guard ranks.count == tp, ranks.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
+            throw bad("ranks must list 0..<\(tp) in order")
+        }
         var rankFiles: [Set<String>] = []
         for r in ranks {
             for f in r.files where !Manifest.isSafeRelativePath(f) { throw bad("rank \(r.rank) file \"\(f)\" is not a relative path inside the directory") }
             rankFiles.append(Set(r.files))
         }
         for f in extraFiles where !Manifest.isSafeRelativePath(f) { throw bad("extra file \"\(f)\" is not a relative path inside the directory") }
+        // Extra files are copied into a reshard's output after its rank files: one must never land on
+        // a rank file, an index or the manifest (which must be written last, by ShardKit).
+        let allRankFiles = rankFiles.reduce(into: Set<String>()) { $0.formUnion($1) }
+        for f in extraFiles where allRankFiles.contains(f) || f == Manifest.fileName || f.hasPrefix("rank-")
+            || f.lastPathComponent == Checkpoint.indexName || f.hasSuffix(".safetensors") {
+            throw bad("extra file \"\(f)\" would overwrite a rank file, an index or the manifest")
+        }
         guard Set(order) == Set(tensors.keys), order.count == tensors.count else { throw bad("\"order\" must list every tensor once") }
+        // Readers add up piece sizes (progress, totals): the sum over every piece must fit in an Int.
+        var allPieceBytes = 0
         for name in order {
             let t = tensors[name]!
             guard t.shape.allSatisfy({ $0 >= 0 }), checkedProduct(t.shape, times: t.dtype.size) != nil else {
                 throw bad("tensor \(name): invalid shape \(t.shape)")
             }
-            guard t.pieces.map(\.rank) == Array(0..<tp) else { throw bad("tensor \(name): pieces must be ranks 0..<\(tp) in order") }
+            guard t.pieces.count == tp, t.pieces.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
+                throw bad("tensor \(name): pieces must be ranks 0..<\(tp) in order")
+            }
             let size = t.rule.dim.map { $0 < t.shape.count ? t.shape[$0] : -1 } ?? (t.shape.first ?? 1)
             guard size >= 0 else { throw bad("tensor \(name): rule dim \(t.rule.dim!) outside shape \(t.shape)") }
             let padded = t.rule.paddedSize(size, ranks: tp)
@@ -157,6 +171,11 @@ public struct Manifest: Codable, Sendable, Equatable {
                 var shape = t.shape
                 if let d = t.rule.dim { shape[d] = expected.length }
                 guard p.shape == shape else { throw bad("tensor \(name): rank \(p.rank) shape \(p.shape), expected \(shape)") }
+                guard let bytes = checkedProduct(shape, times: t.dtype.size),
+                      case (let sum, false) = allPieceBytes.addingReportingOverflow(bytes) else {
+                    throw bad("tensor \(name): piece sizes overflow")
+                }
+                allPieceBytes = sum
                 guard CRC32C.parse(hex: p.crc32c) != nil else { throw bad("tensor \(name): rank \(p.rank) crc32c \"\(p.crc32c)\" is not 8 hex digits") }
             }
         }

@@ -44,6 +44,11 @@ public enum Reshard {
         }
         var merged = try readPart(first)
         let tp = merged.tp
+        // A part is untrusted until merged and validated: check what the merge below indexes by.
+        guard tp >= 1, tp <= ShardPlan.maxTP, merged.ranks.count == tp,
+              merged.order.count == merged.tensors.count, Set(merged.order) == Set(merged.tensors.keys) else {
+            throw ShardKitError(.invalidManifest, "\(directory)/\(first)/part.json: malformed (tp, ranks or order do not agree)")
+        }
         var parts: [Manifest] = []
         for r in 0..<tp {
             guard FileSystem.exists(FileSystem.join(directory, "rank-\(r)/part.json")) else {

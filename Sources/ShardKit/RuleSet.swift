@@ -141,7 +141,10 @@ public struct RuleSpec: Sendable, Hashable {
         case .fused:
             let n = shape[dim]
             guard !parts.isEmpty else { throw ShardKitError(.invalidRules, "tensor \(tensor): fused rule has no parts") }
-            let known = parts.compactMap(\.size).reduce(0, +)
+            // Sizes and head counts come from rules files and config.json: sums are overflow-checked.
+            guard let known = checkedSum(parts.compactMap(\.size)) else {
+                throw ShardKitError(.impossibleSplit, "tensor \(tensor): fused part sizes \(parts.compactMap(\.size)) overflow")
+            }
             let open = parts.filter { $0.size == nil }
             var sizes = parts.map(\.size)
             if !open.isEmpty {
@@ -154,8 +157,7 @@ public struct RuleSpec: Sendable, Hashable {
                 }
                 let unit: Int
                 if headCounts.allSatisfy({ $0 != nil }) {
-                    let total = headCounts.reduce(0) { $0 + $1! }
-                    guard total > 0, left > 0, left % total == 0 else {
+                    guard let total = checkedSum(headCounts.map { $0! }), total > 0, left > 0, left % total == 0 else {
                         throw ShardKitError(.impossibleSplit,
                             "tensor \(tensor): fused parts with \(headCounts.map { $0! }) heads do not divide the \(left) rows left of dimension \(n)")
                     }
@@ -177,10 +179,10 @@ public struct RuleSpec: Sendable, Hashable {
                 }
             }
             let resolved = zip(parts, sizes).map { FusedPart(size: $1!, split: $0.split) }
-            let total = resolved.reduce(0) { $0 + $1.size }
-            guard total == n else {
+            let total = checkedSum(resolved.map(\.size))
+            guard let total, total == n else {
                 throw ShardKitError(.impossibleSplit,
-                    "tensor \(tensor): fused part sizes \(resolved.map(\.size)) add up to \(total), but dimension \(dim) is \(n)")
+                    "tensor \(tensor): fused part sizes \(resolved.map(\.size)) add up to \(total.map(String.init) ?? "more than \(Int.max)"), but dimension \(dim) is \(n)")
             }
             return .fused(dim: dim, parts: resolved)
         }

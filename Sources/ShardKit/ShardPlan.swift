@@ -22,6 +22,9 @@ public struct ShardPlan: Sendable {
         public func pieceBytes(rank r: Int) -> Int { geometry.byteCount(of: layouts[r]) }
     }
 
+    /// The largest TP degree a plan accepts.
+    public static let maxTP = 1 << 16
+
     public let tp: Int
     public let tensors: [Tensor]
     private let index: [String: Int]
@@ -29,16 +32,26 @@ public struct ShardPlan: Sendable {
     /// Plans `tensors` (in the order they will be written) with `rules` (one per tensor) for `tp` ranks.
     public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], tp: Int) throws {
         guard tp >= 1 else { throw ShardKitError(.impossibleSplit, "TP degree must be at least 1, got \(tp)") }
+        // Every tensor gets one layout per rank: an absurd degree would exhaust memory, not fail.
+        guard tp <= ShardPlan.maxTP else {
+            throw ShardKitError(.impossibleSplit, "TP degree \(tp) is larger than the \(ShardPlan.maxTP) ShardKit supports")
+        }
         precondition(tensors.count == rules.count)
         self.tp = tp
         var planned: [Tensor] = []
         planned.reserveCapacity(tensors.count)
+        // Running bytes per rank: rank files and progress add pieces up, so the sums must fit too.
+        var rankTotals = [Int](repeating: 0, count: tp)
         for (t, rule) in zip(tensors, rules) {
             let geometry = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: rule.dim, tensor: t.name)
             let layouts = try (0..<tp).map { try rule.layout(rank: $0, of: tp, size: geometry.size, tensor: t.name) }
             let padded = rule.paddedSize(geometry.size, ranks: tp)
-            for l in layouts where checkedProduct([geometry.outer, l.length, geometry.inner]) == nil {
-                throw ShardKitError(.impossibleSplit, "tensor \(t.name): piece size overflows")
+            for (r, l) in layouts.enumerated() {
+                guard let bytes = checkedProduct([geometry.outer, l.length, geometry.inner]),
+                      case (let sum, false) = rankTotals[r].addingReportingOverflow(bytes) else {
+                    throw ShardKitError(.impossibleSplit, "tensor \(t.name): piece size overflows")
+                }
+                rankTotals[r] = sum
             }
             planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, geometry: geometry,
                                   layouts: layouts, paddedSize: padded != geometry.size ? padded : nil))

@@ -78,11 +78,17 @@ public struct ShardSetWriter {
                 throw ShardKitError(.outputExists, "\(directory): exists and is not a directory")
             }
             let entries = try FileSystem.list(directory)
-            if !entries.isEmpty && !keepExistingRanks {
+            let ours = entries.contains(Manifest.fileName) || entries.contains { $0.hasPrefix("rank-") || $0.hasSuffix(".tmp") }
+            // A partial run adds ranks to a directory of parts; it must not write into a finished shard
+            // set (whose manifest would then vouch for rewritten files) nor into someone else's directory.
+            if !entries.isEmpty && keepExistingRanks && !entries.contains(Manifest.fileName) {
+                guard ours else {
+                    throw ShardKitError(.outputExists, "\(directory): not a ShardKit output directory (no manifest.json or rank-*); refusing to write into it")
+                }
+            } else if !entries.isEmpty {
                 guard force else {
                     throw ShardKitError(.outputExists, "\(directory): already exists; pass --force to replace it")
                 }
-                let ours = entries.contains(Manifest.fileName) || entries.contains { $0.hasPrefix("rank-") || $0.hasSuffix(".tmp") }
                 guard ours else {
                     throw ShardKitError(.outputExists, "\(directory): not a ShardKit output directory (no manifest.json or rank-*); refusing to replace it")
                 }
@@ -165,7 +171,9 @@ public struct ShardSetWriter {
                                 buffers: buffers) { tracker.add($0) }
             let hexes = try sinks.map { (r, s) -> String in
                 try s.flush()
-                precondition(s.isComplete, "piece of \(t.name) for rank \(r) incomplete")
+                guard s.isComplete else {
+                    throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) incomplete (internal error)")
+                }
                 return s.crc.hex
             }
             return { for (i, r) in ranks.enumerated() { checksums[r][ti] = hexes[i] } }

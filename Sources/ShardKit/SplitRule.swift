@@ -101,7 +101,9 @@ extension SplitRule {
         guard rank >= 0 && rank < ranks else { throw ShardKitError(.notFound, "rank \(rank) out of range 0..<\(ranks)") }
         func even(_ n: Int, what: String) throws -> Range<Int> {
             guard n % ranks == 0 else { throw refuse("\(what) of size \(n) (\(n) % \(ranks) = \(n % ranks))") }
-            return (rank * n / ranks)..<((rank + 1) * n / ranks)
+            // rank·(n/G), not rank·n/G: the product stays within n and cannot overflow.
+            let per = n / ranks
+            return (rank * per)..<((rank + 1) * per)
         }
         func byHeads(_ n: Int, heads: Int, kv: Bool) throws -> Range<Int> {
             guard heads > 0, n % heads == 0 else {
@@ -133,14 +135,16 @@ extension SplitRule {
         case .kvHeads(_, let h):
             return PieceLayout([try byHeads(size, heads: h, kv: true)])
         case .vocab:
-            let padded = (size + ranks - 1) / ranks * ranks
+            guard let padded = SplitRule.checkedPaddedSize(size, ranks: ranks) else {
+                throw refuse("vocab dimension \(size) (padding it to a multiple of \(ranks) overflows)")
+            }
             let per = padded / ranks
             return PieceLayout([(rank * per)..<((rank + 1) * per)])
         case .fused(_, let parts):
-            let total = parts.reduce(0) { $0 + $1.size }
-            guard total == size else {
+            let total = checkedSum(parts.map(\.size))
+            guard let total, total == size else {
                 throw ShardKitError(.impossibleSplit,
-                    "tensor \(tensor): fused parts \(parts.map(\.size)) add up to \(total), but the dimension is \(size)")
+                    "tensor \(tensor): fused parts \(parts.map(\.size)) add up to \(total.map(String.init) ?? "more than \(Int.max)"), but the dimension is \(size)")
             }
             var segments: [Range<Int>] = []
             var base = 0
@@ -165,8 +169,18 @@ extension SplitRule {
     }
 
     /// The dimension's size once padded for `ranks` (only vocab rules pad).
+    /// (A size whose padding would overflow gives `Int.max`; `layout` refuses it.)
     public func paddedSize(_ size: Int, ranks: Int) -> Int {
-        if case .vocab = self { return (size + ranks - 1) / ranks * ranks }
+        if case .vocab = self { return SplitRule.checkedPaddedSize(size, ranks: ranks) ?? Int.max }
         return size
+    }
+
+    /// `size` rounded up to a multiple of `ranks`, nil on overflow (or a non-positive `ranks`).
+    static func checkedPaddedSize(_ size: Int, ranks: Int) -> Int? {
+        guard ranks >= 1, size >= 0 else { return nil }
+        let (q, r) = size.quotientAndRemainder(dividingBy: ranks)
+        if r == 0 { return size }
+        let (p, overflow) = (q + 1).multipliedReportingOverflow(by: ranks)
+        return overflow ? nil : p
     }
 }

@@ -215,10 +215,11 @@ func parseRanks(_ text: String?) throws -> [Int]? {
     guard let text else { return nil }
     var ranks: [Int] = []
     for part in text.split(separator: ",") {
-        let bounds = part.split(separator: "-")
-        if bounds.count == 2, let a = Int(bounds[0]), let b = Int(bounds[1]), a <= b {
+        // Empty pieces kept, so that "-1" or "1-" is refused rather than read as 1.
+        let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+        if bounds.count == 2, let a = Int(bounds[0]), let b = Int(bounds[1]), a >= 0, a <= b, b <= ShardPlan.maxTP {
             ranks += Array(a...b)
-        } else if bounds.count == 1, let a = Int(bounds[0]) {
+        } else if bounds.count == 1, let a = Int(bounds[0]), a >= 0 {
             ranks.append(a)
         } else {
             throw ValidationError("--ranks takes a list like 0,1 or 2-3")
@@ -259,8 +260,10 @@ func parseSize(_ text: String) throws -> Int {
     if t.hasSuffix("B") { t.removeLast() }
     var factor = 1
     if let last = t.last, let f = units[last] { factor = f; t.removeLast() }
-    guard let n = Int(t), n > 0 else { throw ValidationError("--max-file-size: cannot read \"\(text)\"") }
-    return n * factor
+    guard let n = Int(t), n > 0, case (let bytes, false) = n.multipliedReportingOverflow(by: factor) else {
+        throw ValidationError("--max-file-size: cannot read \"\(text)\"")
+    }
+    return bytes
 }
 
 struct PlanCommand: ParsableCommand {

@@ -34,6 +34,11 @@ struct Model {
         let defaultEps: Double = ["gpt2", "gpt_neox"].contains(type) ? 1e-5 : type == "bert" ? 1e-12 : 1e-6
         eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? defaultEps
         guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads not a multiple of \(kvHeads) KV heads") }
+        // The pass multiplies these (q/kv widths, buffer sizes): absurd values must fail here, not trap.
+        guard !heads.multipliedReportingOverflow(by: headDim).overflow,
+              !hidden.multipliedReportingOverflow(by: 4).overflow else {
+            throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads × head_dim \(headDim) (hidden \(hidden)) is too large")
+        }
     }
 
     /// "logits" for decoders, "last_hidden_state" for BERT.
@@ -60,7 +65,10 @@ struct Model {
     }
 
     func rope(_ positions: [Int], factor: Double) throws -> Rope {
-        var dims = Int(Double(headDim) * factor)
+        guard factor > 0, factor <= 1 else {
+            throw ShardKitError(.verificationFailed, "\(config.path): partial rotary factor \(factor) is not in (0, 1]")
+        }
+        var dims = factor == 1 ? headDim : Int(Double(headDim) * factor)
         dims -= dims % 2
         let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
         return try Rope(dims: dims, theta: config.ropeTheta ?? 10000, positions: positions, scaling: scaling, config: config)
