@@ -24,11 +24,18 @@ public struct Checkpoint: Sendable {
             let indexPath = FileSystem.join(path, Checkpoint.indexName)
             if FileSystem.exists(indexPath) {
                 fileNames = try Checkpoint.readIndex(indexPath)
+            } else if entries.contains("model.safetensors") {
+                fileNames = ["model.safetensors"]
             } else {
-                fileNames = entries.filter { $0.hasSuffix(".safetensors") && $0 != "reference.safetensors" }
-                guard !fileNames.isEmpty else {
-                    throw ShardKitError(.invalidCheckpoint, "\(path): no .safetensors files and no \(Checkpoint.indexName)")
+                // Without an index or model.safetensors, a lone .safetensors file is the checkpoint;
+                // several are ambiguous (adapters, reference outputs, ...).
+                let candidates = entries.filter { $0.hasSuffix(".safetensors") }
+                guard candidates.count == 1 else {
+                    throw ShardKitError(.invalidCheckpoint, candidates.isEmpty
+                        ? "\(path): no .safetensors files and no \(Checkpoint.indexName)"
+                        : "\(path): several .safetensors files (\(candidates.joined(separator: ", "))) and no \(Checkpoint.indexName); give the file's path")
                 }
+                fileNames = candidates
             }
             auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
         } else {
@@ -68,7 +75,7 @@ public struct Checkpoint: Sendable {
     }
 
     static func isAuxiliary(_ name: String) -> Bool {
-        if name == indexName || name == "reference.safetensors" || name.hasSuffix(".safetensors") { return false }
+        if name == indexName || name.hasSuffix(".safetensors") { return false }
         if name == "config.json" || name == "generation_config.json" { return true }
         if name.hasPrefix("tokenizer") || name.hasPrefix("special_tokens_map") || name.hasPrefix("vocab.")
             || name.hasPrefix("merges") || name == "added_tokens.json" || name.hasSuffix(".model")
