@@ -4,7 +4,7 @@ import ShardKit
 
 // MARK: - Public report types
 
-/// Options of the numerics check (`shardkit verify --numerics`).
+/// Options of the numerics check of `shardkit verify`.
 public struct NumericsOptions: Sendable {
     /// Pass threshold on the relative error `max|a − b| / max|b|` (b = the full-weights pass) of every
     /// TP-vs-full comparison, and of the full-vs-reference comparison when all weights are stored as
