@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+import ShardKit
+
+/// `shardkit verify` end to end through the binary: exit status, report, and the generic mode.
+@Suite("verify command")
+struct VerifyCommandTests {
+    @Test("passes on a good shard set with --source and --reference; --json parses; exit 0")
+    func passes() throws {
+        try withTempDir { dir in
+            let out = dir + "/tp2"
+            #expect(try CLI.run(["shard", Fixtures.path("qwen2-bias"), "--tp", "2", "--out", out]).status == 0)
+            let r = try CLI.run(["verify", out, "--source", Fixtures.path("qwen2-bias"),
+                                 "--reference", Fixtures.path("qwen2-bias") + "/reference.safetensors", "--json"])
+            #expect(r.status == 0, "\(r)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            #expect(json?["passed"] as? Bool == true)
+            let checks = (json?["checks"] as? [[String: Any]])?.map { "\($0["name"]!)=\($0["status"]!)" }
+            #expect(checks == ["integrity=pass", "reconstruction=pass", "numerics=pass"])
+            let numerics = json?["numerics"] as? [String: Any]
+            #expect(numerics?["mode"] as? String == "forward pass")
+            let report = numerics?["report"] as? [String: Any]
+            let reference = report?["reference"] as? [String: Any]
+            #expect((reference?["maxRelError"] as? Double).map { $0 < 1e-4 } == true)
+        }
+    }
+
+    @Test("a flipped byte in a rank file fails integrity and reconstruction: exit 1, failures named")
+    func flippedByte() throws {
+        try withTempDir { dir in
+            let out = dir + "/tp2"
+            #expect(try CLI.run(["shard", Fixtures.path("llama-gqa"), "--tp", "2", "--out", out]).status == 0)
+            let file = out + "/rank-1/model.safetensors"
+            var bytes = try readBytes(file)
+            bytes[bytes.count - 100] ^= 0x01
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+            let r = try CLI.run(["verify", out, "--source", Fixtures.path("llama-gqa")])
+            #expect(r.status == 1, "\(r)")
+            #expect(r.stdout.contains("FAIL    integrity"))
+            #expect(r.stdout.contains("FAIL    reconstruction"))
+            #expect(r.stdout.contains("rank-1/model.safetensors"))
+            #expect(r.stdout.contains("SKIPPED numerics"))
+            #expect(r.stdout.hasSuffix("FAILED\n"))
+        }
+    }
+
+    @Test("an architecture without a forward pass gets the generic per-weight check")
+    func genericMode() throws {
+        try withTempDir { dir in
+            // llama-gqa renamed to an unknown model type: only a rules file can shard it.
+            let src = dir + "/mystery"
+            try copyFixture("llama-gqa", to: src)
+            let configPath = src + "/config.json"
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath))) as! [String: Any]
+            config["model_type"] = "mystery"
+            try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: configPath))
+            try llamaRulesJSON.write(toFile: dir + "/rules.json", atomically: true, encoding: .utf8)
+            let out = dir + "/tp4"
+            let s = try CLI.run(["shard", src, "--tp", "4", "--out", out, "--rules", dir + "/rules.json"])
+            #expect(s.status == 0, "\(s)")
+            let r = try CLI.run(["verify", out, "--source", src, "--json"])
+            #expect(r.status == 0, "\(r)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            let numerics = json?["numerics"] as? [String: Any]
+            #expect(numerics?["mode"] as? String == "generic linear check")
+            let layers = (numerics?["report"] as? [String: Any])?["layers"] as? [[String: Any]]
+            // Every split weight is checked: 2 layers × 7 linear weights + embedding + LM head.
+            #expect((layers?.count ?? 0) >= 16)
+            // A reference needs a forward pass.
+            let refused = try CLI.run(["verify", out, "--reference", Fixtures.path("llama-gqa") + "/reference.safetensors"])
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("needs a forward pass"))
+        }
+    }
+
+    @Test("an unfinished directory fails with a message saying so")
+    func unfinished() throws {
+        try withTempDir { dir in
+            let out = dir + "/tp2"
+            #expect(try CLI.run(["shard", Fixtures.path("llama-gqa"), "--tp", "2", "--out", out]).status == 0)
+            try FileManager.default.removeItem(atPath: out + "/manifest.json")
+            let r = try CLI.run(["verify", out])
+            #expect(r.status == 1)
+            #expect(r.stderr.hasPrefix("error: ") && r.stderr.contains("unfinished run"))
+        }
+    }
+}
