@@ -71,7 +71,7 @@ public final class OutputFile: @unchecked Sendable {
     private(set) var committed = false
     /// Writeback is started every `writebackChunk` bytes written, so that dirty pages go to disk
     /// while the copy goes on instead of all at once in the final fsync.
-    static let writebackChunk = 32 << 20
+    static let writebackChunk = 2 << 20
     private var unflushedBytes = 0
     private var lowestUnflushed = Int.max
     private var highestWritten = 0
