@@ -216,13 +216,38 @@ public enum CopyEngine {
                 crcs[si].update(UnsafeRawBufferPointer(dst))
                 continue
             }
+            if rows.count == 1 {
+                // One row: each segment's part of the window is contiguous both in the file and in W,
+                // so read it straight into place (padding past the true size into staging, for the
+                // checksum only). Segments ascend, so the source is still read in order.
+                var local = rows.lowerBound * L
+                for seg in s.layout.segments {
+                    let lo = max(seg.lowerBound, window.lowerBound), hi = min(seg.upperBound, window.upperBound)
+                    if lo < hi {
+                        let at = s.offset + (local + lo - seg.lowerBound) * inner
+                        let dataHi = max(lo, min(hi, g.size))
+                        if lo < dataHi {
+                            let dst = UnsafeMutableRawBufferPointer(rebasing: W[((lo - wLow) * inner)..<((dataHi - wLow) * inner)])
+                            try s.file.read(into: dst, at: at)
+                            crcs[si].update(UnsafeRawBufferPointer(dst))
+                        }
+                        if dataHi < hi {
+                            let pad = UnsafeMutableRawBufferPointer(rebasing: buffers.staging[0..<((hi - dataHi) * inner)])
+                            try s.file.read(into: pad, at: at + (dataHi - lo) * inner)
+                            crcs[si].update(UnsafeRawBufferPointer(pad))
+                        }
+                    }
+                    local += seg.count
+                }
+                continue
+            }
             let stage = UnsafeMutableRawBufferPointer(rebasing: buffers.staging[0..<count])
             try s.file.read(into: stage, at: s.offset + start)
             crcs[si].update(UnsafeRawBufferPointer(stage))
             // Scatter each segment's part of the window into W.
             for (ri, _) in rows.enumerated() {
                 var local = 0
-                let rowBase = rows.count == 1 ? -a * inner : ri * L * inner
+                let rowBase = ri * L * inner
                 for seg in s.layout.segments {
                     let lo = max(seg.lowerBound, wLow), hi = min(seg.upperBound, wLow + wLen)
                     if lo < hi {
