@@ -35,13 +35,14 @@ struct NumericsSummary: Codable {
 
 enum Numerics {
     static func run(set: ShardSet, full: Checkpoint?, reference: String?, tokens: Int, tolerance: Double?) throws -> (Verify.Check, NumericsSummary?) {
+        guard tokens >= 1 else { throw ShardKitError(.verificationFailed, "--tokens must be at least 1") }
         var options = NumericsOptions()
         if let tolerance { options.tolerance = tolerance }
-        let modelType = full?.config?.modelType ?? (try? ModelConfig(path: FileSystem_join(set.directory, "config.json")))?.modelType
+        let modelType = full?.config?.modelType ?? (try? ModelConfig(path: (set.directory as NSString).appendingPathComponent("config.json")))?.modelType
         let report: NumericsReport
         let mode: String
         if let modelType, ReferenceForward.supportedModelTypes.contains(modelType) {
-            if reference == nil { options.tokens = defaultTokens(count: tokens, set: set) }
+            options.tokenCount = tokens
             report = try ReferenceForward.verify(shards: set, full: full, reference: reference, options: options)
             mode = "forward pass"
         } else {
@@ -60,16 +61,4 @@ enum Numerics {
         return (Verify.Check(name: "numerics", status: report.passed ? "pass" : "fail", detail: detail, failures: failures),
                 NumericsSummary(mode: mode, report: report))
     }
-
-    /// A fixed deterministic input of `count` tokens spread over the vocabulary (first and last ids included).
-    static func defaultTokens(count: Int, set: ShardSet) -> [Int]? {
-        let vocab = set.manifest.tensors.values.compactMap { t -> Int? in
-            if case .vocab(let d) = t.rule { return t.shape[d] }
-            return nil
-        }.min()
-        guard let vocab, vocab > 1, count > 0 else { return nil }
-        return (0..<count).map { i in i == 0 ? 0 : i == 1 ? vocab - 1 : (i * 7919 + 13) % vocab }
-    }
 }
-
-func FileSystem_join(_ a: String, _ b: String) -> String { a.hasSuffix("/") ? a + b : a + "/" + b }

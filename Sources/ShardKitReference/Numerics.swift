@@ -14,8 +14,10 @@ public struct NumericsOptions: Sendable {
     /// (the reference may have been computed from rounded weights or in that dtype). Default 1e-3.
     public var lowPrecisionReferenceTolerance: Double = 1e-3
     /// Input token ids. nil: the reference file's `input_ids` when a reference is given, else a fixed
-    /// deterministic sequence of 16 ids in `0..<vocab_size` (including 0 and vocab_size − 1).
+    /// deterministic sequence of `tokenCount` ids in `0..<vocab_size` (including 0 and vocab_size − 1).
     public var tokens: [Int]? = nil
+    /// Length of the default input (without `tokens` or a reference).
+    public var tokenCount = 16
     public init() {}
 }
 

@@ -48,7 +48,7 @@ public enum ReferenceForward {
                 throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) values, expected \(ids.count) × \(model.outputWidth)")
             }
         }
-        let input = tokens ?? defaultTokens(vocab: model.vocab)
+        let input = tokens ?? defaultTokens(count: options.tokenCount, vocab: model.vocab)
         guard !input.isEmpty else { throw ShardKitError(.verificationFailed, "no input tokens") }
         if let bad = input.first(where: { $0 < 0 || $0 >= model.vocab }) {
             throw ShardKitError(.verificationFailed, "token id \(bad) outside the vocabulary 0..<\(model.vocab)")
@@ -105,11 +105,13 @@ public enum ReferenceForward {
     }
 
     /// The default input: 16 deterministic ids covering 0, vocab − 1 and vocab − 2.
-    static func defaultTokens(vocab: Int) -> [Int] {
-        var t = (0..<16).map { ($0 * 7919 + 13) % vocab }
-        t[1] = vocab - 1
-        if vocab > 2 { t[4] = vocab - 2 }
-        t[5] = 0
+    /// A fixed deterministic input of `count` ids spread over the vocabulary, including 0, V − 1 and
+    /// V − 2 (the last vocab rows, where padding and the last rank's range begin).
+    static func defaultTokens(count: Int, vocab: Int) -> [Int] {
+        var t = (0..<max(count, 1)).map { ($0 * 7919 + 13) % vocab }
+        let edges = [(1, vocab - 1), (4, vocab - 2), (5, 0)]
+        for (i, id) in edges where i < t.count && id >= 0 { t[i] = id }
+        if t.count < 6 { t[0] = 0 }
         return t
     }
 }
