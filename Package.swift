@@ -25,8 +25,9 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]),
         .executableTarget(name: "LoaderExample", dependencies: ["ShardKit"], path: "Examples/LoaderExample"),
-        .testTarget(name: "ShardKitTests", dependencies: ["ShardKit"]),
-        .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit"]),
-        .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit", "LoaderExample"]),
+        .target(name: "ShardKitTestSupport", path: "Tests/ShardKitTestSupport"),
+        .testTarget(name: "ShardKitTests", dependencies: ["ShardKit", "ShardKitTestSupport"]),
+        .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit", "ShardKitTestSupport"]),
+        .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit", "LoaderExample", "ShardKitTestSupport"]),
     ]
 )

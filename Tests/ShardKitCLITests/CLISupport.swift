@@ -1,50 +1,7 @@
 import Foundation
 import Testing
 import ShardKit
-
-enum Fixtures {
-    static let repoRoot: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // CLISupport.swift, ShardKitCLITests, Tests
-        return url.path
-    }()
-    static let root = repoRoot + "/fixtures"
-    static func path(_ name: String) -> String { root + "/" + name }
-    static func bad(_ name: String) -> String { root + "/bad/" + name }
-}
-
-/// Runs `body` with a fresh empty directory that is removed afterwards.
-func withTempDir<T>(_ body: (String) throws -> T) throws -> T {
-    var template = Array((NSTemporaryDirectory() + "shardkit-cli-test-XXXXXX").utf8CString)
-    let dir: String = template.withUnsafeMutableBufferPointer { buf in
-        guard let p = mkdtemp(buf.baseAddress!) else { return "" }
-        return String(cString: p)
-    }
-    precondition(!dir.isEmpty, "mkdtemp failed")
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    return try body(dir)
-}
-
-func exists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
-func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
-func same<T: Equatable>(_ a: T, _ b: T) -> Bool { a == b }
-
-func listFiles(_ dir: String) -> [String] {
-    guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
-    var files: [String] = []
-    while let rel = e.nextObject() as? String {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: dir + "/" + rel, isDirectory: &isDir), !isDir.boolValue { files.append(rel) }
-    }
-    return files.sorted()
-}
-
-func copyFixture(_ name: String, to: String, skipping: Set<String> = []) throws {
-    try FileManager.default.createDirectory(atPath: to, withIntermediateDirectories: true)
-    for f in try FileManager.default.contentsOfDirectory(atPath: Fixtures.path(name)) where !skipping.contains(f) {
-        try FileManager.default.copyItem(atPath: Fixtures.path(name) + "/" + f, toPath: to + "/" + f)
-    }
-}
+@_exported import ShardKitTestSupport
 
 /// Every tensor of a checkpoint (directory or file), read with ShardKit's validated reader.
 func checkpointTensors(_ path: String) throws -> [String: (shape: [Int], bytes: [UInt8])] {

@@ -3,7 +3,7 @@ import Testing
 
 /// docs/library.md shows Examples/LoaderExample/main.swift verbatim, and the example runs.
 @Suite struct LibraryDocTests {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root = URL(fileURLWithPath: Fixtures.repoRoot)
 
     @Test func docShowsTheExampleVerbatim() throws {
         let example = try String(contentsOf: Self.root.appendingPathComponent("Examples/LoaderExample/main.swift"), encoding: .utf8)

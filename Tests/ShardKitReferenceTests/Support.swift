@@ -1,14 +1,9 @@
 import Foundation
 import ShardKit
+@_exported import ShardKitTestSupport
 @testable import ShardKitReference
 
-let fixturesRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { url.deleteLastPathComponent() }
-    return url.appendingPathComponent("fixtures").path
-}()
-
-func fixturePath(_ name: String) -> String { fixturesRoot + "/" + name }
+func fixturePath(_ name: String) -> String { Fixtures.path(name) }
 
 /// A fresh temporary directory path (not created).
 func temporaryPath(_ tag: String) -> String {

@@ -1,20 +1,7 @@
 import Foundation
 import Testing
 import ShardKit
-
-// MARK: - Fixtures
-
-/// Paths into the repository's `fixtures/` directory, found from this file's location.
-enum Fixtures {
-    static let repoRoot: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // Support.swift, ShardKitTests, Tests
-        return url.path
-    }()
-    static let root = repoRoot + "/fixtures"
-    static func path(_ name: String) -> String { root + "/" + name }
-    static func bad(_ name: String) -> String { root + "/bad/" + name }
-}
+@_exported import ShardKitTestSupport
 
 /// One fixture and the TP degrees (of 1, 2, 4, 8) its head counts allow, written out by hand from
 /// fixtures/README.md: G must divide H, KV must divide or be divided by G, and every column/row
@@ -49,49 +36,6 @@ struct FixtureTP: Sendable, CustomTestStringConvertible {
 }
 
 let allowedPairs: [FixtureTP] = allFixtures.flatMap { f in f.allowed.map { FixtureTP(fixture: f.name, tp: $0) } }
-
-// MARK: - Temporary directories
-
-/// Runs `body` with a fresh empty directory that is removed afterwards (whatever happens).
-func withTempDir<T>(_ body: (String) throws -> T) throws -> T {
-    var template = Array((NSTemporaryDirectory() + "shardkit-test-XXXXXX").utf8CString)
-    let dir: String = template.withUnsafeMutableBufferPointer { buf in
-        guard let p = mkdtemp(buf.baseAddress!) else { return "" }
-        return String(cString: p)
-    }
-    precondition(!dir.isEmpty, "mkdtemp failed")
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    return try body(dir)
-}
-
-func exists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
-
-func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
-
-func writeBytes(_ bytes: [UInt8], to path: String) throws {
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
-}
-
-/// Every regular file under `dir`, as paths relative to it, sorted.
-func listFiles(_ dir: String) -> [String] {
-    guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
-    var files: [String] = []
-    while let rel = e.nextObject() as? String {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: dir + "/" + rel, isDirectory: &isDir), !isDir.boolValue {
-            files.append(rel)
-        }
-    }
-    return files.sorted()
-}
-
-/// Copies a fixture directory (its files, not subdirectories) to `to`.
-func copyFixture(_ name: String, to: String, skipping: Set<String> = []) throws {
-    try FileManager.default.createDirectory(atPath: to, withIntermediateDirectories: true)
-    for f in try FileManager.default.contentsOfDirectory(atPath: Fixtures.path(name)) where !skipping.contains(f) {
-        try FileManager.default.copyItem(atPath: Fixtures.path(name) + "/" + f, toPath: to + "/" + f)
-    }
-}
 
 // MARK: - An independent safetensors reader (Foundation's JSON, no ShardKit code)
 
@@ -265,8 +209,6 @@ func expectShardKitError(_ error: (any Error)?, _ code: ShardKitError.Code, _ wo
     }
 }
 
-/// Equality that does not make #expect print megabytes of operands on failure.
-func same<T: Equatable>(_ a: T, _ b: T) -> Bool { a == b }
 
 /// Runs `body`, returning the error it throws (nil if none).
 func caught(_ body: () throws -> Void) -> (any Error)? {
