@@ -124,16 +124,29 @@ enum Widen {
 
     /// `count` elements of `dtype` at `bytes`, widened to f32 (bf16: bits << 16; f16 via Float16;
     /// fp8 via tables; f64 narrowed).
+    static func canWiden(_ dtype: DType) -> Bool {
+        [.f32, .bf16, .f16, .f64, .f8e4m3, .f8e5m2, .f8e8m0].contains(dtype)
+    }
+
     static func toFloat(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, name: String) throws -> [Float] {
+        if count == 0 { return [] }
+        return try [Float](unsafeUninitializedCapacity: count) { out, n in
+            try toFloat(bytes, dtype: dtype, count: count, into: out.baseAddress!, name: name)
+            n = count
+        }
+    }
+
+    /// Widens `count` elements of `dtype` from `bytes` into `out`.
+    static func toFloat(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, into out: UnsafeMutablePointer<Float>, name: String) throws {
         guard bytes.count == count * dtype.size else {
             throw ShardKitError(.verificationFailed, "tensor \(name): \(bytes.count) bytes for \(count) \(dtype.rawValue) elements")
         }
-        if count == 0 { return [] }
-        return try [Float](unsafeUninitializedCapacity: count) { out, n in
+        if count == 0 { return }
+        do {
             let p = bytes.baseAddress!
             switch dtype {
             case .f32:
-                memcpy(out.baseAddress!, p, count * 4)
+                memcpy(out, p, count * 4)
             case .bf16:
                 for i in 0..<count { out[i] = Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16) }
             case .f16:
@@ -154,7 +167,6 @@ enum Widen {
             default:
                 throw ShardKitError(.verificationFailed, "tensor \(name): dtype \(dtype.rawValue) is not a floating-point type the reference forward pass can read")
             }
-            n = count
         }
     }
 
@@ -186,6 +198,85 @@ final class GemmEngine {
         let start = ContinuousClock.now
         cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                     1, a, Int32(k), b, Int32(transB ? k : n), 0, c, Int32(n))
+        seconds += start.duration(to: .now).seconds
+        flops += 2 * Double(m) * Double(n) * Double(k)
+    }
+
+    /// Elements of B widened per tile (4 MiB of f32): stays in cache between widening and the product,
+    /// and is large enough that each cblas_sgemm call is worth its overhead.
+    static let tileElements = 1024 * 1024
+    private var tile = [Float](repeating: 0, count: GemmEngine.tileElements)
+
+    /// C = A · op(B) with B as stored (any float dtype). An f32 B is used in place; otherwise B is
+    /// widened a cache-sized tile at a time and each tile multiplied at once, so the f32 copy of a
+    /// large weight never goes through main memory: over output rows of an `[n×k]` B (`transB`), or
+    /// over input rows of a `[k×n]` B, accumulating.
+    func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: PieceStorage, transB: Bool,
+                  c: UnsafeMutablePointer<Float>) {
+        precondition(b.count == n * k, "weight \(b.name) has \(b.count) elements, expected \(n) × \(k)")
+        if b.dtype == .f32 {
+            b.raw.withUnsafeBytes { multiply(m: m, n: n, k: k, a: a, b: $0.baseAddress!.assumingMemoryBound(to: Float.self), transB: transB, c: c) }
+            return
+        }
+        if m == 0 || n == 0 { return }
+        if k == 0 { c.initialize(repeating: 0, count: m * n); return }
+        tile.withUnsafeMutableBufferPointer { t in
+            let scratch = t.baseAddress!
+            if transB {
+                let rows = max(1, GemmEngine.tileElements / k)
+                var j = 0
+                while j < n {
+                    let nb = min(rows, n - j)
+                    if nb * k > GemmEngine.tileElements { break }
+                    b.widen(from: j * k, count: nb * k, into: scratch)
+                    let start = ContinuousClock.now
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(nb), Int32(k),
+                                1, a, Int32(k), scratch, Int32(k), 0, c + j, Int32(n))
+                    seconds += start.duration(to: .now).seconds
+                    flops += 2 * Double(m) * Double(nb) * Double(k)
+                    j += nb
+                }
+                if j < n {
+                    // One row longer than a tile: widen the rest whole.
+                    let rest = b.floats
+                    rest.withUnsafeBufferPointer {
+                        multiply(m: m, n: n - j, k: k, a: a, b: $0.baseAddress! + j * k, transB: true, c: c + j, ldc: n)
+                    }
+                }
+            } else {
+                let rows = max(1, GemmEngine.tileElements / n)
+                var i = 0
+                while i < k {
+                    let kb = min(rows, k - i)
+                    if kb * n > GemmEngine.tileElements { break }
+                    b.widen(from: i * n, count: kb * n, into: scratch)
+                    let start = ContinuousClock.now
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(kb),
+                                1, a + i, Int32(k), scratch, Int32(n), i == 0 ? 0 : 1, c, Int32(n))
+                    seconds += start.duration(to: .now).seconds
+                    flops += 2 * Double(m) * Double(n) * Double(kb)
+                    i += kb
+                }
+                if i < k {
+                    let rest = b.floats
+                    let startC = ContinuousClock.now
+                    rest.withUnsafeBufferPointer {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k - i),
+                                    1, a + i, Int32(k), $0.baseAddress! + i * n, Int32(n), i == 0 ? 0 : 1, c, Int32(n))
+                    }
+                    seconds += startC.duration(to: .now).seconds
+                    flops += 2 * Double(m) * Double(n) * Double(k - i)
+                }
+            }
+        }
+    }
+
+    /// The plain product into a C with leading dimension `ldc`.
+    private func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, transB: Bool,
+                          c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let start = ContinuousClock.now
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                    1, a, Int32(k), b, Int32(transB ? k : n), 0, c, Int32(ldc))
         seconds += start.duration(to: .now).seconds
         flops += 2 * Double(m) * Double(n) * Double(k)
     }

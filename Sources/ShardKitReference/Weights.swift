@@ -1,10 +1,47 @@
 import Foundation
 import ShardKit
 
-/// One rank's piece of a tensor (or a whole tensor), widened to f32.
+/// A tensor's bytes as stored, widened to f32 only where needed: whole on first use of `floats`, or
+/// a range at a time (`widen`) so that a matrix product can widen cache-sized tiles.
+final class PieceStorage {
+    let raw: [UInt8]
+    let dtype: DType
+    let name: String
+
+    /// Checks up front that `dtype` can be widened, so that later widening cannot fail.
+    init(raw: [UInt8], dtype: DType, count: Int, name: String) throws {
+        guard raw.count == count * dtype.size else {
+            throw ShardKitError(.verificationFailed, "tensor \(name): \(raw.count) bytes for \(count) \(dtype.rawValue) elements")
+        }
+        guard Widen.canWiden(dtype) else {
+            throw ShardKitError(.verificationFailed, "tensor \(name): dtype \(dtype.rawValue) is not a floating-point type the reference forward pass can read")
+        }
+        self.raw = raw
+        self.dtype = dtype
+        self.name = name
+    }
+
+    var count: Int { raw.count / dtype.size }
+
+    lazy var floats: [Float] = {
+        raw.withUnsafeBytes { try! Widen.toFloat($0, dtype: dtype, count: count, name: name) }
+    }()
+
+    /// Widens elements `[from, from + count)` into `out`.
+    func widen(from: Int, count n: Int, into out: UnsafeMutablePointer<Float>) {
+        raw.withUnsafeBytes { bytes in
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[(from * dtype.size)..<((from + n) * dtype.size)])
+            try! Widen.toFloat(slice, dtype: dtype, count: n, into: out, name: name)
+        }
+    }
+}
+
+/// One rank's piece of a tensor (or a whole tensor); its values widen to f32 on use.
 struct Piece {
     var name: String
-    var data: [Float]
+    let storage: PieceStorage
+    /// The values as f32 (widened on first use).
+    var data: [Float] { storage.floats }
     /// The shape of `data`.
     var shape: [Int]
     /// The tensor's global (unpadded) shape.
@@ -22,6 +59,12 @@ struct Piece {
     }
     /// True when this piece holds only part of dimension `d`.
     func isPartial(along d: Int) -> Bool { dim == d && shape[d] < globalShape[d] }
+
+    init(name: String, raw: [UInt8], shape: [Int], globalShape: [Int], dtype: DType, dim: Int?, index: [Int]?) throws {
+        self.name = name
+        self.storage = try PieceStorage(raw: raw, dtype: dtype, count: shape.reduce(1, *), name: name)
+        self.shape = shape; self.globalShape = globalShape; self.dtype = dtype; self.dim = dim; self.index = index
+    }
 }
 
 /// Where a forward pass gets its weights: one "rank" holding everything, or G ranks of a shard set.
@@ -56,8 +99,7 @@ final class CheckpointWeights: WeightProvider {
             throw ShardKitError(.verificationFailed, "\(checkpoint.directory): the full checkpoint has no tensor \(name)")
         }
         let bytes = try handles[file].read(count: info.byteCount, at: info.offset)
-        let data = try bytes.withUnsafeBytes { try Widen.toFloat($0, dtype: info.dtype, count: info.elementCount, name: name) }
-        return Piece(name: name, data: data, shape: info.shape, globalShape: info.shape, dtype: info.dtype, dim: nil, index: nil)
+        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: info.shape, dtype: info.dtype, dim: nil, index: nil)
     }
 }
 
@@ -79,9 +121,7 @@ final class ReassembledWeights: WeightProvider {
         guard let t = shardSet.manifest.tensors[name] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)") }
         let sink = MemorySink()
         try shardSet.reassemble(name, files: files, into: sink, buffers: buffers)
-        let count = t.shape.reduce(1, *)
-        let data = try sink.bytes.withUnsafeBytes { try Widen.toFloat($0, dtype: t.dtype, count: count, name: name) }
-        return Piece(name: name, data: data, shape: t.shape, globalShape: t.shape, dtype: t.dtype, dim: nil, index: nil)
+        return try Piece(name: name, raw: sink.bytes, shape: t.shape, globalShape: t.shape, dtype: t.dtype, dim: nil, index: nil)
     }
 }
 
@@ -107,7 +147,6 @@ final class RankWeights: WeightProvider {
         guard let (sf, handle) = files[r][file] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): rank \(r) file \(file) is not open") }
         let info = try shardSet.pieceLocation(name, rank: r, files: [file: sf])
         let bytes = try handle.read(count: info.byteCount, at: info.offset)
-        let data = try bytes.withUnsafeBytes { try Widen.toFloat($0, dtype: info.dtype, count: info.elementCount, name: name) }
         var index: [Int]? = nil
         if record.rule.dim != nil {
             index = record.pieces[r].intervals.flatMap { Array($0[0]..<$0[1]) }
@@ -116,7 +155,7 @@ final class RankWeights: WeightProvider {
         if let dim, let index, dim < info.shape.count, index.count != info.shape[dim] {
             throw ShardKitError(.verificationFailed, "tensor \(name) rank \(r): intervals cover \(index.count) indices, the piece has \(info.shape[dim])")
         }
-        return Piece(name: name, data: data, shape: info.shape, globalShape: record.shape, dtype: record.dtype, dim: dim, index: index)
+        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: record.shape, dtype: record.dtype, dim: dim, index: index)
     }
 }
 
@@ -192,11 +231,9 @@ struct TPContext {
         }
         var y = Act(rows: x.rows, labels: outLabels, data: [Float](repeating: 0, count: x.rows * outLabels.count))
         xs.data.withUnsafeBufferPointer { a in
-            w.data.withUnsafeBufferPointer { b in
-                y.data.withUnsafeMutableBufferPointer { c in
-                    gemm.multiply(m: x.rows, n: outLabels.count, k: inLabels.count, a: a.baseAddress!, b: b.baseAddress!,
-                                  transB: !conv1D, c: c.baseAddress!)
-                }
+            y.data.withUnsafeMutableBufferPointer { c in
+                gemm.multiply(m: x.rows, n: outLabels.count, k: inLabels.count, a: a.baseAddress!, b: w.storage,
+                              transB: !conv1D, c: c.baseAddress!)
             }
         }
         let partial = w.isPartial(along: inDim)
@@ -303,7 +340,7 @@ struct TPContext {
                     throw ShardKitError(.verificationFailed, "token id \(tok) outside the vocabulary 0..<\(e.globalShape[0])")
                 }
                 if let row = rowOf[tok] {
-                    for j in 0..<width { a.data[t * width + j] = e.data[row * width + j] }
+                    a.data.withUnsafeMutableBufferPointer { e.storage.widen(from: row * width, count: width, into: $0.baseAddress! + t * width) }
                 }
             }
             outs.append(a)
