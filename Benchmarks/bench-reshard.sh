@@ -43,13 +43,16 @@ bench "$RUNS" \
   reshard-2 "rm -rf '$OUT2'" "$(q "$SHARDKIT" reshard "$IN" --tp 2 --out "$OUT2" --force)" \
   cp-out2 "rm -rf '$CP_DST'" "$(q cp -r "$OUT2" "$CP_DST")" \
   cpsync-out2 "rm -rf '$CP_DST'" "$(q bash -c "cp -r '$OUT2' '$CP_DST' && sync")" \
-  reshard-8 "rm -rf '$OUT8'" "$(q "$SHARDKIT" reshard "$OUT2" --tp 8 --out "$OUT8" --force)"
+  reshard-8 "rm -rf '$OUT8'" "$(q "$SHARDKIT" reshard "$OUT2" --tp 8 --out "$OUT8" --force)" \
+  nosync-2 "rm -rf '$OUT2'" "$(q "$SHARDKIT" reshard "$IN" --tp 2 --out "$OUT2" --force --no-sync)" \
+  nosync-8 "rm -rf '$OUT8'" "$(q "$SHARDKIT" reshard "$OUT2" --tp 8 --out "$OUT8" --force --no-sync)"
 rm -rf "$CP_DST"
 echo "outputs: tp2 $(gb "$OUT2") GB ($(find "$OUT2" -name '*.safetensors' | wc -l) .safetensors), tp8 $(gb "$OUT8") GB ($(find "$OUT8" -name '*.safetensors' | wc -l) .safetensors)"
 
 report "reshard (input $(gb "$IN") GB)" \
   "cp-in:cp -r IN(tp$TP)" "cpsync-in:cp -r IN(tp$TP) && sync" "reshard-2:shardkit reshard IN(tp$TP) --tp 2" \
   "cp-out2:cp -r OUT2(tp2)" "cpsync-out2:cp -r OUT2(tp2) && sync" "reshard-8:shardkit reshard OUT2(tp2) --tp 8" \
-  -- "reshard-2/cp=reshard-2/cp-in" "reshard-2/(cp+sync)=reshard-2/cpsync-in" \
-     "reshard-8/cp=reshard-8/cp-out2" "reshard-8/(cp+sync)=reshard-8/cpsync-out2"
+  "nosync-2:reshard IN(tp$TP) --tp 2 --no-sync" "nosync-8:reshard OUT2(tp2) --tp 8 --no-sync" \
+  -- "reshard-2/(cp+sync)=reshard-2/cpsync-in" "reshard-2 --no-sync/cp=nosync-2/cp-in" "reshard-2/cp=reshard-2/cp-in" \
+     "reshard-8/(cp+sync)=reshard-8/cpsync-out2" "reshard-8 --no-sync/cp=nosync-8/cp-out2" "reshard-8/cp=reshard-8/cp-out2"
 echo "(raw per-run data and command logs: $RESULTS)"

@@ -26,6 +26,7 @@ echo "commands:"
 echo "  cp -r $SRC $CP_DST"
 echo "  bash -c 'cp -r $SRC $CP_DST && sync'"
 echo "  $SHARDKIT shard $SRC --tp $TP --out $OUT --force"
+echo "  $SHARDKIT shard $SRC --tp $TP --out $OUT --force --no-sync   (no fsync, like cp -r)"
 
 for model in small big; do
   if [ $model = small ]; then M=$SRC; else M=$BIG; fi
@@ -33,17 +34,18 @@ for model in small big; do
   bench "$RUNS" \
     "cp-$model" "rm -rf '$CP_DST'" "$(q cp -r "$M" "$CP_DST")" \
     "cpsync-$model" "rm -rf '$CP_DST'" "$(q bash -c "cp -r '$M' '$CP_DST' && sync")" \
-    "shard-$model" "rm -rf '$OUT'" "$(q "$SHARDKIT" shard "$M" --tp "$TP" --out "$OUT" --force)"
+    "shard-$model" "rm -rf '$OUT'" "$(q "$SHARDKIT" shard "$M" --tp "$TP" --out "$OUT" --force)" \
+    "nosync-$model" "rm -rf '$OUT'" "$(q "$SHARDKIT" shard "$M" --tp "$TP" --out "$OUT" --force --no-sync)"
   echo "  $model: shard output $(gb "$OUT") GB in $(find "$OUT" -type f | wc -l) files ($(find "$OUT" -name '*.safetensors' | wc -l) .safetensors)"
 done
 rm -rf "$CP_DST"
 
 report "llama-${LAYERS}L ($(gb "$SRC") GB), TP=$TP" \
-  "cp-small:cp -r" "cpsync-small:cp -r && sync" "shard-small:shardkit shard --tp $TP" \
-  -- "shard/cp=shard-small/cp-small" "shard/(cp+sync)=shard-small/cpsync-small"
+  "cp-small:cp -r" "cpsync-small:cp -r && sync" "shard-small:shardkit shard --tp $TP" "nosync-small:shardkit shard --tp $TP --no-sync" \
+  -- "shard/(cp+sync)=shard-small/cpsync-small" "shard --no-sync/cp=nosync-small/cp-small" "shard/cp=shard-small/cp-small"
 report "llama-${LAYERS_BIG}L ($(gb "$BIG") GB), TP=$TP" \
-  "cp-big:cp -r" "cpsync-big:cp -r && sync" "shard-big:shardkit shard --tp $TP" \
-  -- "shard/cp=shard-big/cp-big" "shard/(cp+sync)=shard-big/cpsync-big"
+  "cp-big:cp -r" "cpsync-big:cp -r && sync" "shard-big:shardkit shard --tp $TP" "nosync-big:shardkit shard --tp $TP --no-sync" \
+  -- "shard/(cp+sync)=shard-big/cpsync-big" "shard --no-sync/cp=nosync-big/cp-big" "shard/cp=shard-big/cp-big"
 "$PYTHON" - "$RESULTS" "$LAYERS" "$LAYERS_BIG" "$(gb "$SRC")" "$(gb "$BIG")" <<'PY'
 import statistics, sys
 res, ls, lb, gs, gbig = sys.argv[1:]

@@ -77,8 +77,12 @@ public final class OutputFile: @unchecked Sendable {
     private var highestWritten = 0
     private let lock = NSLock()
 
+    /// False skips the writeback hints and the `fsync` of `commit()` (the rename still happens last).
+    public let durable: Bool
+
     /// Creates `finalPath + ".tmp"` (truncating any leftover) with `open(O_CREAT | O_TRUNC | O_WRONLY)`.
-    public init(path: String) throws {
+    public init(path: String, durable: Bool = true) throws {
+        self.durable = durable
         finalPath = path
         temporaryPath = path + ".tmp"
         let fd = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -106,6 +110,7 @@ public final class OutputFile: @unchecked Sendable {
     }
 
     private func noteWritten(_ offset: Int, _ count: Int) {
+        guard durable else { return }
         lock.lock()
         unflushedBytes += count
         lowestUnflushed = min(lowestUnflushed, offset)
@@ -135,9 +140,11 @@ public final class OutputFile: @unchecked Sendable {
         }
     }
 
-    /// `fsync`s the data and renames the temporary file to its final name.
+    /// `fsync`s the data (when durable) and renames the temporary file to its final name.
     public func commit() throws {
-        guard fsync(descriptor) == 0 else { throw ShardKitError.io("fsync", path: temporaryPath, errno: errno) }
+        if durable {
+            guard fsync(descriptor) == 0 else { throw ShardKitError.io("fsync", path: temporaryPath, errno: errno) }
+        }
         guard rename(temporaryPath, finalPath) == 0 else {
             throw ShardKitError.io("rename", path: temporaryPath, errno: errno)
         }
@@ -220,10 +227,10 @@ enum FileSystem {
     }
 
     /// Copies a small file whole (config.json, tokenizer files) through an `OutputFile`.
-    static func copySmallFile(from source: String, to destination: String) throws {
+    static func copySmallFile(from source: String, to destination: String, durable: Bool = true) throws {
         let input = try ReadOnlyFile(path: source)
         let bytes = try input.read(count: input.size, at: 0)
-        let out = try OutputFile(path: destination)
+        let out = try OutputFile(path: destination, durable: durable)
         try bytes.withUnsafeBytes { try out.write($0, at: 0) }
         try out.commit()
     }

@@ -19,6 +19,10 @@ public struct ShardSetWriter {
         public var ranks: [Int]? = nil
         /// Tensors copied at once, each worker with its own share of the buffer budget.
         public var workers = 2
+        /// fsync every file and directory before the manifest (crash safety). False (`--no-sync`)
+        /// leaves the data to the kernel's writeback: a finished run is still complete, but a power
+        /// loss soon after can leave a manifest whose files did not reach the disk.
+        public var durable = true
         public init() {}
     }
 
@@ -151,7 +155,7 @@ public struct ShardSetWriter {
             for f in files[r] {
                 let path = FileSystem.join(directory, f.relativePath)
                 created.append(path)
-                let out = try OutputFile(path: path)
+                let out = try OutputFile(path: path, durable: options.durable)
                 try f.layout.writeHeader(to: out)
                 outputs[r].append(out)
             }
@@ -198,14 +202,14 @@ public struct ShardSetWriter {
             let dir = plan.tp == 1 ? directory : FileSystem.join(directory, "rank-\(r)")
             let path = FileSystem.join(dir, Checkpoint.indexName)
             created.append(path)
-            try ShardSetWriter.writeSmallFile(Array(json.serialized.utf8), to: path)
+            try ShardSetWriter.writeSmallFile(Array(json.serialized.utf8), to: path, durable: options.durable)
         }
         var extraNames: [String] = []
         if options.ranks == nil || ranks.contains(0) {
             for (from, name) in extraFiles {
                 let to = FileSystem.join(directory, name)
                 created.append(to)
-                try FileSystem.copySmallFile(from: from, to: to)
+                try FileSystem.copySmallFile(from: from, to: to, durable: options.durable)
                 extraNames.append(name)
             }
         } else {
@@ -231,26 +235,28 @@ public struct ShardSetWriter {
                 part.tensors = tensors.mapValues { var t = $0; t.pieces = [t.pieces[r]]; return t }
                 let path = FileSystem.join(directory, "rank-\(r)/part.json")
                 created.append(path)
-                try ShardSetWriter.writeSmallFile(Array(try part.encoded()), to: path)
+                try ShardSetWriter.writeSmallFile(Array(try part.encoded()), to: path, durable: options.durable)
             }
-            try FileSystem.syncDirectory(directory)
+            if options.durable { try FileSystem.syncDirectory(directory) }
             return manifest
         }
-        try ShardSetWriter.writeManifest(&manifest, directory: directory)
+        try ShardSetWriter.writeManifest(&manifest, directory: directory, durable: options.durable)
         return manifest
     }
 
     /// Writes `manifest.json` through a temporary file, then fsyncs the directory.
-    static func writeManifest(_ manifest: inout Manifest, directory: String) throws {
+    static func writeManifest(_ manifest: inout Manifest, directory: String, durable: Bool = true) throws {
         // The rank files' renames must be durable before the manifest that vouches for them.
-        if manifest.tp > 1 { for r in 0..<manifest.tp { try FileSystem.syncDirectory(FileSystem.join(directory, "rank-\(r)")) } }
-        try FileSystem.syncDirectory(directory)
-        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName))
-        try FileSystem.syncDirectory(directory)
+        if durable {
+            if manifest.tp > 1 { for r in 0..<manifest.tp { try FileSystem.syncDirectory(FileSystem.join(directory, "rank-\(r)")) } }
+            try FileSystem.syncDirectory(directory)
+        }
+        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName), durable: durable)
+        if durable { try FileSystem.syncDirectory(directory) }
     }
 
-    static func writeSmallFile(_ bytes: [UInt8], to path: String) throws {
-        let f = try OutputFile(path: path)
+    static func writeSmallFile(_ bytes: [UInt8], to path: String, durable: Bool = true) throws {
+        let f = try OutputFile(path: path, durable: durable)
         try bytes.withUnsafeBytes { try f.write($0, at: 0) }
         try f.commit()
     }

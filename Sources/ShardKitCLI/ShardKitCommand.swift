@@ -197,10 +197,13 @@ struct WriteOptions: ParsableArguments {
     @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
     @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.") var ranks: String?
     @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
+    @Flag(name: .long, help: "Skip fsync: faster, but a power loss soon after can leave a manifest whose files never reached the disk.")
+    var noSync = false
 
     func writerOptions() throws -> ShardSetWriter.Options {
         var options = ShardSetWriter.Options()
         options.force = force
+        options.durable = !noSync
         options.ranks = try parseRanks(ranks)
         if let m = maxFileSize { options.maxFileSize = try parseSize(m) }
         if let w = workers {

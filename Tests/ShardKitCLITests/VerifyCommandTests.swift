@@ -85,3 +85,20 @@ struct VerifyCommandTests {
         }
     }
 }
+
+@Suite("no-sync writes")
+struct NoSyncTests {
+    @Test("--no-sync writes the same bytes and manifest as a durable run")
+    func sameBytes() throws {
+        try withTempDir { dir in
+            #expect(try CLI.run(["shard", Fixtures.path("phi3"), "--tp", "2", "--out", dir + "/a"]).status == 0)
+            #expect(try CLI.run(["shard", Fixtures.path("phi3"), "--tp", "2", "--out", dir + "/b", "--no-sync"]).status == 0)
+            #expect(listFiles(dir + "/a") == listFiles(dir + "/b"))
+            for f in listFiles(dir + "/a") where f != "manifest.json" {
+                #expect(same(try readBytes(dir + "/a/" + f), try readBytes(dir + "/b/" + f)), "\(f) differs")
+            }
+            let a = try ShardSet(directory: dir + "/a").manifest, b = try ShardSet(directory: dir + "/b").manifest
+            #expect(a.tensors == b.tensors && a.ranks == b.ranks)
+        }
+    }
+}
