@@ -195,22 +195,19 @@ final class GemmEngine {
                   c: UnsafeMutablePointer<Float>) {
         if m == 0 || n == 0 { return }
         if k == 0 { c.initialize(repeating: 0, count: m * n); return }
-        let start = ContinuousClock.now
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    1, a, Int32(k), b, Int32(transB ? k : n), 0, c, Int32(n))
-        seconds += start.duration(to: .now).seconds
-        flops += 2 * Double(m) * Double(n) * Double(k)
+        sgemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: transB ? k : n, transB: transB, beta: 0, c: c, ldc: n)
     }
 
     /// Elements of B widened per tile (4 MiB of f32): stays in cache between widening and the product,
     /// and is large enough that each cblas_sgemm call is worth its overhead.
     static let tileElements = 1024 * 1024
-    private var tile = [Float](repeating: 0, count: GemmEngine.tileElements)
+    private var tile: [Float] = []
 
     /// C = A · op(B) with B as stored (any float dtype). An f32 B is used in place; otherwise B is
-    /// widened a cache-sized tile at a time and each tile multiplied at once, so the f32 copy of a
-    /// large weight never goes through main memory: over output rows of an `[n×k]` B (`transB`), or
-    /// over input rows of a `[k×n]` B, accumulating.
+    /// widened a cache-sized tile of whole rows at a time and each tile multiplied at once, so the f32
+    /// copy of a large weight never goes through main memory. The tiles are rows of B as stored:
+    /// output features of an `[n×k]` B (`transB`, each tile fills some columns of C), input features
+    /// of a `[k×n]` B (each tile adds its share to all of C).
     func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: PieceStorage, transB: Bool,
                   c: UnsafeMutablePointer<Float>) {
         precondition(b.count == n * k, "weight \(b.name) has \(b.count) elements, expected \(n) × \(k)")
@@ -220,63 +217,31 @@ final class GemmEngine {
         }
         if m == 0 || n == 0 { return }
         if k == 0 { c.initialize(repeating: 0, count: m * n); return }
+        let rowLength = transB ? k : n, rowCount = transB ? n : k
+        let rowsPerTile = max(1, GemmEngine.tileElements / rowLength)
+        if tile.count < rowsPerTile * rowLength { tile = [Float](repeating: 0, count: rowsPerTile * rowLength) }
         tile.withUnsafeMutableBufferPointer { t in
-            let scratch = t.baseAddress!
-            if transB {
-                let rows = max(1, GemmEngine.tileElements / k)
-                var j = 0
-                while j < n {
-                    let nb = min(rows, n - j)
-                    if nb * k > GemmEngine.tileElements { break }
-                    b.widen(from: j * k, count: nb * k, into: scratch)
-                    let start = ContinuousClock.now
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(nb), Int32(k),
-                                1, a, Int32(k), scratch, Int32(k), 0, c + j, Int32(n))
-                    seconds += start.duration(to: .now).seconds
-                    flops += 2 * Double(m) * Double(nb) * Double(k)
-                    j += nb
+            var row = 0
+            while row < rowCount {
+                let rows = min(rowsPerTile, rowCount - row)
+                b.widen(from: row * rowLength, count: rows * rowLength, into: t.baseAddress!)
+                if transB {
+                    sgemm(m: m, n: rows, k: k, a: a, lda: k, b: t.baseAddress!, ldb: k, transB: true, beta: 0, c: c + row, ldc: n)
+                } else {
+                    sgemm(m: m, n: n, k: rows, a: a + row, lda: k, b: t.baseAddress!, ldb: n, transB: false,
+                          beta: row == 0 ? 0 : 1, c: c, ldc: n)
                 }
-                if j < n {
-                    // One row longer than a tile: widen the rest whole.
-                    let rest = b.floats
-                    rest.withUnsafeBufferPointer {
-                        multiply(m: m, n: n - j, k: k, a: a, b: $0.baseAddress! + j * k, transB: true, c: c + j, ldc: n)
-                    }
-                }
-            } else {
-                let rows = max(1, GemmEngine.tileElements / n)
-                var i = 0
-                while i < k {
-                    let kb = min(rows, k - i)
-                    if kb * n > GemmEngine.tileElements { break }
-                    b.widen(from: i * n, count: kb * n, into: scratch)
-                    let start = ContinuousClock.now
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(kb),
-                                1, a + i, Int32(k), scratch, Int32(n), i == 0 ? 0 : 1, c, Int32(n))
-                    seconds += start.duration(to: .now).seconds
-                    flops += 2 * Double(m) * Double(n) * Double(kb)
-                    i += kb
-                }
-                if i < k {
-                    let rest = b.floats
-                    let startC = ContinuousClock.now
-                    rest.withUnsafeBufferPointer {
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k - i),
-                                    1, a + i, Int32(k), $0.baseAddress! + i * n, Int32(n), i == 0 ? 0 : 1, c, Int32(n))
-                    }
-                    seconds += startC.duration(to: .now).seconds
-                    flops += 2 * Double(m) * Double(n) * Double(k - i)
-                }
+                row += rows
             }
         }
     }
 
-    /// The plain product into a C with leading dimension `ldc`.
-    private func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, transB: Bool,
-                          c: UnsafeMutablePointer<Float>, ldc: Int) {
+    /// One timed `cblas_sgemm`: C = A · op(B) + beta · C, row-major.
+    private func sgemm(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                       transB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         let start = ContinuousClock.now
         cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    1, a, Int32(k), b, Int32(transB ? k : n), 0, c, Int32(ldc))
+                    1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         seconds += start.duration(to: .now).seconds
         flops += 2 * Double(m) * Double(n) * Double(k)
     }
