@@ -86,7 +86,8 @@ struct Rope {
         var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
         var attentionFactor: Float = 1
         if let scaling, scaling.objectValue != nil {
-            let type = scaling["rope_type"]?.stringValue ?? scaling["type"]?.stringValue ?? "default"
+            var type = scaling["rope_type"]?.stringValue ?? scaling["type"]?.stringValue ?? "default"
+            if type == "su" || type == "yarn", config?.modelType == "phi3" { type = "longrope" }     // Phi3Config's renaming
             switch type {
             case "default": break
             case "dynamic":
@@ -96,18 +97,21 @@ struct Rope {
                     throw ShardKitError(.verificationFailed, "dynamic rope scaling past max_position_embeddings is not supported")
                 }
             case "longrope":
-                let original = scaling["original_max_position_embeddings"]?.intValue ?? config?.int("original_max_position_embeddings")
-                guard let original, let short = scaling["short_factor"]?.arrayValue?.compactMap(\.doubleValue),
+                // As transformers 4.57: the config's original_max_position_embeddings (then factor is
+                // max_position_embeddings / it), else max_position_embeddings and rope_scaling's factor.
+                let maxPosition = config?.int("max_position_embeddings")
+                let topOriginal = config?.int("original_max_position_embeddings")
+                let original = topOriginal ?? maxPosition ?? scaling["original_max_position_embeddings"]?.intValue
+                guard let original, original > 0, let short = scaling["short_factor"]?.arrayValue?.compactMap(\.doubleValue),
                       let long = scaling["long_factor"]?.arrayValue?.compactMap(\.doubleValue), short.count == half, long.count == half else {
-                    throw ShardKitError(.verificationFailed, "longrope scaling needs short_factor/long_factor of \(half) values and original_max_position_embeddings")
+                    throw ShardKitError(.verificationFailed, "longrope scaling needs short_factor/long_factor of \(half) values and max_position_embeddings")
                 }
                 let factors = (positions.max() ?? 0) + 1 > original ? long : short
                 inv = (0..<half).map { Float(1.0 / (factors[$0] * pow(theta, Double(2 * $0) / Double(dims)))) }
                 if let a = scaling["attention_factor"]?.doubleValue {
                     attentionFactor = Float(a)
                 } else {
-                    let maxPos = Double(config?.int("max_position_embeddings") ?? original)
-                    let factor = scaling["factor"]?.doubleValue ?? maxPos / Double(original)
+                    let factor = topOriginal != nil ? Double(maxPosition ?? original) / Double(original) : scaling["factor"]?.doubleValue ?? 1
                     attentionFactor = factor <= 1 ? 1 : Float((1 + log(factor) / log(Double(original))).squareRoot())
                 }
             case "linear":
@@ -211,10 +215,14 @@ enum Attention {
 
 /// Splits an activation whose labels index a fused output (e.g. [q; k; v]) into its parts, relabelled
 /// by `classify(label) -> (part, label within the part)`.
-func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) -> [Act] {
+/// A label outside the parts (a fused tensor larger than config.json implies) throws.
+func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) throws -> [Act] {
     var cols = [[Int]](repeating: [], count: parts), labels = [[Int]](repeating: [], count: parts)
     for (j, l) in a.labels.enumerated() {
         let (p, local) = classify(l)
+        guard p >= 0 && p < parts else {
+            throw ShardKitError(.verificationFailed, "fused output feature \(l) is past its \(parts) parts; the tensor's shape disagrees with config.json")
+        }
         cols[p].append(j); labels[p].append(local)
     }
     return (0..<parts).map { p in

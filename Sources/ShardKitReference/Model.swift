@@ -31,7 +31,8 @@ struct Model {
         headDim = try need(config.headDim, "head_dim")
         layers = try need(config.layers, "num_hidden_layers")
         vocab = try need(config.vocabSize, "vocab_size")
-        let defaultEps: Double = ["gpt2", "gpt_neox"].contains(type) ? 1e-5 : type == "bert" ? 1e-12 : 1e-6
+        // transformers 4.57's config defaults, for a config.json that omits the key.
+        let defaultEps: Double = ["gpt2", "gpt_neox", "mixtral", "phi3"].contains(type) ? 1e-5 : type == "bert" ? 1e-12 : 1e-6
         eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? defaultEps
         guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads not a multiple of \(kvHeads) KV heads") }
         // The pass multiplies these (q/kv widths, buffer sizes): absurd values must fail here, not trap.
@@ -58,20 +59,21 @@ struct Model {
 
     var activation: Activation {
         get throws {
-            let name = config.string("hidden_activation", "hidden_act", "activation_function")
-                ?? (type == "gpt2" ? "gelu_new" : type == "gemma" ? "gelu_pytorch_tanh" : "silu")
+            // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there).
+            let defaults = ["gpt2": "gelu_new", "gemma": "gelu_pytorch_tanh", "gpt_neox": "gelu", "bert": "gelu"]
+            let name = config.string("hidden_act", "activation_function") ?? defaults[type] ?? "silu"
             return try Activation(name: name)
         }
     }
 
-    func rope(_ positions: [Int], factor: Double) throws -> Rope {
+    func rope(_ positions: [Int], factor: Double, theta: Double? = nil) throws -> Rope {
         guard factor > 0, factor <= 1 else {
             throw ShardKitError(.verificationFailed, "\(config.path): partial rotary factor \(factor) is not in (0, 1]")
         }
         var dims = factor == 1 ? headDim : Int(Double(headDim) * factor)
         dims -= dims % 2
         let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
-        return try Rope(dims: dims, theta: config.ropeTheta ?? 10000, positions: positions, scaling: scaling, config: config)
+        return try Rope(dims: dims, theta: theta ?? config.ropeTheta ?? 10000, positions: positions, scaling: scaling, config: config)
     }
 
     func rmsAll(_ ctx: TPContext, _ h: [Act], _ name: String, plusOne: Bool = false) throws -> [Act] {
@@ -84,7 +86,15 @@ struct Model {
         return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b[$0], eps: eps, rank: $0) }
     }
 
-    func add(_ a: inout [Act], _ b: [Act]) { for r in 0..<a.count { a[r] += b[r] } }
+    /// Residual add; states of different widths (tensor shapes that disagree with each other) throw.
+    func add(_ a: inout [Act], _ b: [Act], _ what: @autoclosure () -> String) throws {
+        for r in 0..<a.count {
+            guard a[r].labels == b[r].labels, a[r].rows == b[r].rows else {
+                throw ShardKitError(.verificationFailed, "rank \(r) \(what()): adds features \(describe(b[r].labels)) to a hidden state of features \(describe(a[r].labels))")
+            }
+            a[r] += b[r]
+        }
+    }
 
     /// LM head: each rank's vocab rows, all-gathered, padding dropped.
     func lmHead(_ ctx: TPContext, _ h: [Act], weight: String) throws -> [Act] {
@@ -113,17 +123,18 @@ struct Model {
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
-    /// "sliding_attention" (else layers ≥ max_window_layers when use_sliding_window).
+    /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
         case "mistral", "mixtral", "phi3": return w
         case "qwen2":
+            // Qwen2Config drops sliding_window unless use_sliding_window (default false).
+            guard config.bool("use_sliding_window") == true else { return nil }
             if let types = config.json["layer_types"]?.arrayValue, i < types.count {
                 return types[i].stringValue == "sliding_attention" ? w : nil
             }
-            guard config.bool("use_sliding_window") == true else { return nil }
-            return i >= (config.int("max_window_layers") ?? 0) ? w : nil
+            return i >= (config.int("max_window_layers") ?? 28) ? w : nil
         default: return nil
         }
     }
@@ -152,7 +163,7 @@ struct Model {
             if phi3 {
                 let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight", bias: p + "self_attn.qkv_proj.bias")
                 for a in qkv {
-                    let parts = splitParts(a, parts: 3) { l in
+                    let parts = try splitParts(a, parts: 3) { l in
                         l < qSize ? (0, l) : l < qSize + kvSize ? (1, l - qSize) : (2, l - qSize - kvSize)
                     }
                     q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
@@ -164,7 +175,7 @@ struct Model {
             }
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
                                   scale: scale, layer: "layer \(i)")
-            add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"))
+            try add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"), p + "self_attn.o_proj")
             let x2 = try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
             let m: [Act]
             if type == "mixtral" {
@@ -175,7 +186,7 @@ struct Model {
                     let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
                     let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
                     for (r, a) in gu.enumerated() {
-                        let parts = splitParts(a, parts: 2) { l in l < full / 2 ? (0, l) : (1, l - full / 2) }
+                        let parts = try splitParts(a, parts: 2) { l in l < full / 2 ? (0, l) : (1, l - full / 2) }
                         inner.append(try gatedProduct(gate: parts[0], up: parts[1], act: act, rank: r, what: p + "mlp"))
                     }
                 } else {
@@ -185,7 +196,7 @@ struct Model {
                 }
                 m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
             }
-            add(&h, m)
+            try add(&h, m, p + "mlp")
             try observe("layers.\(i)", h)
         }
         h = try rmsAll(ctx, h, "model.norm.weight", plusOne: gemma)
@@ -260,17 +271,17 @@ struct Model {
             let qkv = try ctx.column(x, weight: p + "attn.c_attn.weight", bias: p + "attn.c_attn.bias", conv1D: true)
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             for a in qkv {
-                let parts = splitParts(a, parts: 3) { l in (l / hidden, l % hidden) }
+                let parts = try splitParts(a, parts: 3) { l in (l / hidden, l % hidden) }
                 q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
             }
             var scale: Float = scaled ? Float(1 / Double(headDim).squareRoot()) : 1
             if byLayer { scale /= Float(i + 1) }
             let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: true, scale: scale, layer: "layer \(i)")
-            add(&h, try ctx.row(a, weight: p + "attn.c_proj.weight", bias: p + "attn.c_proj.bias", conv1D: true))
+            try add(&h, try ctx.row(a, weight: p + "attn.c_proj.weight", bias: p + "attn.c_proj.bias", conv1D: true), p + "attn.c_proj")
             let x2 = try layerNormAll(ctx, h, p + "ln_2")
             var f = try ctx.column(x2, weight: p + "mlp.c_fc.weight", bias: p + "mlp.c_fc.bias", conv1D: true)
             for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
-            add(&h, try ctx.row(f, weight: p + "mlp.c_proj.weight", bias: p + "mlp.c_proj.bias", conv1D: true))
+            try add(&h, try ctx.row(f, weight: p + "mlp.c_proj.weight", bias: p + "mlp.c_proj.bias", conv1D: true), p + "mlp.c_proj")
             try observe("layers.\(i)", h)
         }
         h = try layerNormAll(ctx, h, pre + "ln_f")
@@ -284,7 +295,10 @@ struct Model {
         let T = tokens.count, hd = headDim
         var h = try ctx.embed(tokens, table: "gpt_neox.embed_in.weight")
         try observe("embeddings", h)
-        let rope = try self.rope(Array(0..<T), factor: config.double("rotary_pct", "partial_rotary_factor") ?? 1)
+        // GPTNeoXConfig sets partial_rotary_factor from rotary_pct (default 0.25) and rope_theta from
+        // rotary_emb_base (default 10000), whatever config.json says under the newer names.
+        let rope = try self.rope(Array(0..<T), factor: config.double("rotary_pct") ?? 0.25,
+                                 theta: config.double("rotary_emb_base") ?? 10000)
         let act = try activation
         let parallel = config.bool("use_parallel_residual") ?? true
         let scale = Float(1 / Double(hd).squareRoot())
@@ -295,7 +309,7 @@ struct Model {
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             for a in qkv {
                 // [heads, 3, head_dim] interleaved.
-                let parts = splitParts(a, parts: 3) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
+                let parts = try splitParts(a, parts: 3) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
                 q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
             }
             let a = try attention(q, k, v, kvHeads: heads, rope: rope, causal: true, scale: scale, layer: "layer \(i)")
@@ -307,21 +321,21 @@ struct Model {
             }
             if parallel {
                 var m = try mlp(try layerNormAll(ctx, h, p + "post_attention_layernorm"))
-                add(&m, attn)
-                add(&m, h)
+                try add(&m, attn, p + "attention.dense")
+                try add(&m, h, p + "residual")
                 h = m
             } else {
                 var a2 = attn
-                add(&a2, h)
+                try add(&a2, h, p + "residual")
                 var m = try mlp(try layerNormAll(ctx, a2, p + "post_attention_layernorm"))
-                add(&m, a2)
+                try add(&m, a2, p + "mlp")
                 h = m
             }
             try observe("layers.\(i)", h)
         }
         h = try layerNormAll(ctx, h, "gpt_neox.final_layer_norm")
         try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: "embed_out.weight")
+        return try lmHead(ctx, h, weight: ctx.weights.has("embed_out.weight") ? "embed_out.weight" : "gpt_neox.embed_in.weight")
     }
 
     // MARK: BERT
@@ -346,12 +360,12 @@ struct Model {
             let v = try ctx.column(h, weight: p + "attention.self.value.weight", bias: p + "attention.self.value.bias")
             let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: false, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "attention.output.dense.weight", bias: p + "attention.output.dense.bias")
-            add(&o, h)
+            try add(&o, h, p + "attention.output")
             let h1 = try layerNormAll(ctx, o, p + "attention.output.LayerNorm")
             var f = try ctx.column(h1, weight: p + "intermediate.dense.weight", bias: p + "intermediate.dense.bias")
             for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
             var m = try ctx.row(f, weight: p + "output.dense.weight", bias: p + "output.dense.bias")
-            add(&m, h1)
+            try add(&m, h1, p + "output")
             h = try layerNormAll(ctx, m, p + "output.LayerNorm")
             try observe("layers.\(i)", h)
         }

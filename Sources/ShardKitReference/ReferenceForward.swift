@@ -53,6 +53,9 @@ public enum ReferenceForward {
         if let bad = input.first(where: { $0 < 0 || $0 >= model.vocab }) {
             throw ShardKitError(.verificationFailed, "token id \(bad) outside the vocabulary 0..<\(model.vocab)")
         }
+        if let types, types.count != input.count {
+            throw ShardKitError(.verificationFailed, "\(reference ?? "reference"): token_type_ids has \(types.count) values, input_ids \(input.count)")
+        }
 
         let gemm = GemmEngine()
         let fullWeights: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
@@ -85,6 +88,9 @@ public enum ReferenceForward {
 
         var refStats: ComparisonStats? = nil, refTP: ComparisonStats? = nil, refTol: Double? = nil
         if let expected {
+            guard fullOut[0].data.count == expected.count else {
+                throw ShardKitError(.verificationFailed, "the full pass's \(model.outputName) has \(fullOut[0].data.count) values, the reference \(expected.count); config.json disagrees with the tensors' shapes")
+            }
             let lowPrecision = shards.manifest.tensors.values.contains { ![.f32, .f64].contains($0.dtype) }
             let t = lowPrecision ? max(tol, options.lowPrecisionReferenceTolerance) : tol
             refTol = t

@@ -243,6 +243,7 @@ struct TPContext {
 
     /// Adds the bias values of `y`'s output labels (labels at or past `trueSize` are padding).
     func addBias(_ y: inout Act, _ bias: Piece, trueSize: Int, rank: Int) throws {
+        guard bias.shape.count == 1 else { throw ShardKitError(.verificationFailed, "tensor \(bias.name): expected a 1-D bias, got shape \(bias.shape)") }
         let labels = bias.labels(along: 0)
         var map: [Int: Float] = [:]
         for (i, l) in labels.enumerated() { map[l] = bias.data[i] }
@@ -306,9 +307,12 @@ struct TPContext {
     }
 
     /// All-gather along features: every rank receives features `0..<size` (labels at or past `size` are
-    /// padding and dropped). Throws when some feature is on no rank.
+    /// padding and dropped), keeping its own values for the features it holds (so a replicated piece is
+    /// checked on every rank) and taking the others from the first rank that holds them. Throws when
+    /// some feature is on no rank.
     func allGather(_ outs: [Act], size: Int, what: String) throws -> [Act] {
         let rows = outs[0].rows
+        guard outs.allSatisfy({ $0.rows == rows }) else { throw ShardKitError(.verificationFailed, "\(what): ranks differ in row count") }
         var data = [Float](repeating: 0, count: rows * size)
         var seen = [Bool](repeating: false, count: size)
         for o in outs {
@@ -320,13 +324,19 @@ struct TPContext {
         if let missing = seen.firstIndex(of: false) {
             throw ShardKitError(.verificationFailed, "\(what): output feature \(missing) is on no rank")
         }
-        return Array(repeating: Act(rows: rows, labels: Array(0..<size), data: data), count: outs.count)
+        return outs.map { o in
+            var own = data
+            for (j, l) in o.labels.enumerated() where l < size {
+                for i in 0..<rows { own[i * size + l] = o.data[i * o.cols + j] }
+            }
+            return Act(rows: rows, labels: Array(0..<size), data: own)
+        }
     }
 
     /// Vocab-parallel embedding lookup: each rank looks up the tokens in its rows (zeros otherwise),
-    /// then all-reduce.
+    /// then all-reduce; a table replicated on every rank is looked up locally, without one.
     func embed(_ tokens: [Int], table: String) throws -> [Act] {
-        var outs: [Act] = []
+        var outs: [Act] = [], partial: [Bool] = []
         for r in 0..<G {
             let e = try load(table, rank: r)
             guard e.shape.count == 2 else { throw ShardKitError(.verificationFailed, "\(table): expected a 2-D embedding, got \(e.shape)") }
@@ -343,9 +353,9 @@ struct TPContext {
                     a.data.withUnsafeMutableBufferPointer { e.storage.widen(from: row * width, count: width, into: $0.baseAddress! + t * width) }
                 }
             }
-            outs.append(a)
+            outs.append(a); partial.append(e.isPartial(along: 0))
         }
-        return try allReduce(outs, what: table)
+        return try combine(outs, partial: partial, what: table)
     }
 
     /// Replicated lookup (position / token-type embeddings) added to every rank's state.
