@@ -20,12 +20,31 @@ public enum GenericLinearCheck {
     public static func verify(shards: ShardSet, full: Checkpoint?, options: NumericsOptions) throws -> NumericsReport {
         let start = ContinuousClock.now
         let fullW: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
-        let ranks = try RankWeights(shards)
-        let ctx = TPContext(weights: ranks, gemm: GemmEngine())
-        let tol = options.tolerance
+        let ctx = TPContext(weights: try RankWeights(shards), gemm: GemmEngine())
+        let layers = try check(shards: shards, names: shards.manifest.order, full: fullW, ctx: ctx, tolerance: options.tolerance)
+        guard !layers.isEmpty else {
+            throw ShardKitError(.verificationFailed, "\(shards.directory): no split floating-point tensor of rank 1 or 2 to check")
+        }
+        let worst = layers.max { $0.stats.maxRelError < $1.stats.maxRelError }!
+        var final = layers[0].stats
+        for l in layers.dropFirst() { final = final.worst(l.stats) }
+        let config = full?.config
+        return NumericsReport(architecture: config?.modelType ?? shards.manifest.source.modelType ?? "generic", tp: shards.tp,
+                              tokens: vectors, layers: layers, final: final, reference: nil, referenceTP: nil,
+                              worstLayer: worst.name, passed: final.passed, tolerance: options.tolerance, referenceTolerance: nil,
+                              gemmFlops: ctx.gemm.flops, gemmSeconds: ctx.gemm.seconds,
+                              gemmGFLOPS: ctx.gemm.seconds > 0 ? ctx.gemm.flops / ctx.gemm.seconds / 1e9 : 0,
+                              seconds: start.duration(to: .now).seconds)
+    }
+
+    /// Checks each split floating-point tensor of rank 1 or 2 among `names` (others are skipped);
+    /// one comparison per tensor. `ctx` holds the ranks' weights.
+    static func check(shards: ShardSet, names: [String], full fullW: WeightProvider, ctx: TPContext, tolerance tol: Double) throws -> [LayerComparison] {
+        let ranks = ctx.weights
+        let position = Dictionary(uniqueKeysWithValues: shards.manifest.order.enumerated().map { ($1, $0) })
         var layers: [LayerComparison] = []
-        for (index, name) in shards.manifest.order.enumerated() {
-            let t = shards.manifest.tensors[name]!
+        for name in names {
+            guard let t = shards.manifest.tensors[name], let index = position[name] else { continue }
             guard let d = t.rule.dim, t.dtype.isFloatingPoint, t.shape.count <= 2, t.shape.allSatisfy({ $0 > 0 }) else { continue }
             guard fullW.has(name) else { throw ShardKitError(.verificationFailed, "the full checkpoint has no tensor \(name)") }
             let w = try fullW.load(name, rank: 0)
@@ -66,19 +85,7 @@ public enum GenericLinearCheck {
             }
             layers.append(LayerComparison(name: name, stats: ComparisonStats.compare(got, want, tolerance: tol)))
         }
-        guard !layers.isEmpty else {
-            throw ShardKitError(.verificationFailed, "\(shards.directory): no split floating-point tensor of rank 1 or 2 to check")
-        }
-        let worst = layers.max { $0.stats.maxRelError < $1.stats.maxRelError }!
-        var final = layers[0].stats
-        for l in layers.dropFirst() { final = final.worst(l.stats) }
-        let config = full?.config
-        return NumericsReport(architecture: config?.modelType ?? shards.manifest.source.modelType ?? "generic", tp: shards.tp,
-                              tokens: vectors, layers: layers, final: final, reference: nil, referenceTP: nil,
-                              worstLayer: worst.name, passed: final.passed, tolerance: tol, referenceTolerance: nil,
-                              gemmFlops: ctx.gemm.flops, gemmSeconds: ctx.gemm.seconds,
-                              gemmGFLOPS: ctx.gemm.seconds > 0 ? ctx.gemm.flops / ctx.gemm.seconds / 1e9 : 0,
-                              seconds: start.duration(to: .now).seconds)
+        return layers
     }
 
     /// Second and later copies of a feature (a KV head replicated on several ranks) are compared too.

@@ -79,11 +79,13 @@ public enum ReferenceForward {
             }
             return worst!
         }
-        let tpOut = try model.forward(TPContext(weights: try RankWeights(shards), gemm: gemm), tokens: input, tokenTypes: types) { name, acts in
+        let rankWeights = try RankWeights(shards)
+        let tpContext = TPContext(weights: rankWeights, gemm: gemm)
+        let tpOut = try model.forward(tpContext, tokens: input, tokenTypes: types) { name, acts in
             guard let want = snapshots[name] else { throw ShardKitError(.verificationFailed, "TP pass produced \(name), the full pass did not") }
             stats[name] = try compareRanks(acts, want, name: name, tolerance: tol)
         }
-        let layers = order.compactMap { n in stats[n].map { LayerComparison(name: n, stats: $0) } }
+        var layers = order.compactMap { n in stats[n].map { LayerComparison(name: n, stats: $0) } }
         let final = try compareRanks(tpOut, fullOut[0].data, name: model.outputName, tolerance: tol)
 
         var refStats: ComparisonStats? = nil, refTP: ComparisonStats? = nil, refTol: Double? = nil
@@ -97,6 +99,12 @@ public enum ReferenceForward {
             refStats = ComparisonStats.compare(fullOut[0].data, expected, tolerance: t)
             refTP = try compareRanks(tpOut, expected, name: model.outputName, tolerance: t)
         }
+        // Split weights the pass never read (experts no token was routed to, a pooler, ...) are checked
+        // one by one as linear maps, so that no wrong layout goes unseen.
+        let unread = shards.manifest.order.filter { !rankWeights.loaded.contains($0) }
+        let unreadChecks = try GenericLinearCheck.check(shards: shards, names: unread, full: fullWeights, ctx: tpContext, tolerance: tol)
+            .map { LayerComparison(name: "weight \($0.name) (not read by the pass)", stats: $0.stats) }
+        layers += unreadChecks
         var all = layers + [LayerComparison(name: model.outputName, stats: final)]
         if let refStats { all.append(LayerComparison(name: "reference (full)", stats: refStats)) }
         if let refTP { all.append(LayerComparison(name: "reference (TP)", stats: refTP)) }

@@ -132,6 +132,8 @@ final class RankWeights: WeightProvider {
     /// Each rank's validated files, with a handle for positioned reads (no mapping: pages of mapped
     /// files would stay in RSS as the pass walks the model).
     let files: [[String: (SafetensorsFile, ReadOnlyFile)]]
+    /// Names of the tensors loaded so far (what a forward pass actually read).
+    private(set) var loaded = Set<String>()
 
     init(_ set: ShardSet) throws {
         self.shardSet = set
@@ -147,6 +149,7 @@ final class RankWeights: WeightProvider {
         guard let (sf, handle) = files[r][file] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): rank \(r) file \(file) is not open") }
         let info = try shardSet.pieceLocation(name, rank: r, files: [file: sf])
         let bytes = try handle.read(count: info.byteCount, at: info.offset)
+        loaded.insert(name)
         var index: [Int]? = nil
         if record.rule.dim != nil {
             index = record.pieces[r].intervals.flatMap { Array($0[0]..<$0[1]) }
