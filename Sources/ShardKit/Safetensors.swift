@@ -29,6 +29,7 @@ public struct SafetensorsFile: Sendable {
     /// Byte offset where the data area begins (8 + N).
     public let dataStart: Int
     public let fileSize: Int
+    private let index: [String: Int]
 
     /// Opens and validates the file at `path`.
     public init(path: String) throws {
@@ -65,6 +66,8 @@ public struct SafetensorsFile: Sendable {
         self.tensors = parsed.tensors.map {
             TensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape, offset: dataStart + $0.begin, byteCount: $0.end - $0.begin)
         }
+        // Names are unique (the parser refuses duplicate keys).
+        self.index = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.name, $0) })
     }
 
     struct ParsedEntry { var name: String; var dtype: DType; var shape: [Int]; var begin: Int; var end: Int }
@@ -127,7 +130,7 @@ public struct SafetensorsFile: Sendable {
         return (entries, metadata, cursor)
     }
 
-    public func tensor(named name: String) -> TensorInfo? { tensors.first { $0.name == name } }
+    public func tensor(named name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
 }
 
 /// Lays out and writes a safetensors file whose tensors are streamed in afterwards: the header is
