@@ -199,24 +199,9 @@ struct UnreadWeightTests {
 
         // Swap rank 0's and rank 1's bytes of that w1 and make the checksums match again.
         var manifest = set.manifest
-        var pieces: [(path: String, offset: Int, bytes: [UInt8])] = []
-        for r in 0..<2 {
-            let piece = manifest.tensors[name]!.pieces[r]
-            let path = set.directory + "/" + piece.file
-            let info = try #require(try SafetensorsFile(path: path).tensor(named: name))
-            pieces.append((path, info.offset, try ReadOnlyFile(path: path).read(count: info.byteCount, at: info.offset)))
-        }
-        #expect(pieces[0].bytes != pieces[1].bytes)
-        for r in 0..<2 {
-            let bytes = pieces[1 - r].bytes
-            let handle = try #require(FileHandle(forUpdatingAtPath: pieces[r].path))
-            try handle.seek(toOffset: UInt64(pieces[r].offset))
-            try handle.write(contentsOf: Data(bytes))
-            try handle.close()
-            var crc = CRC32C()
-            bytes.withUnsafeBytes { crc.update($0) }
-            manifest.tensors[name]!.pieces[r].crc32c = crc.hex
-        }
+        let pieces = try (0..<2).map { try pieceBytes(set, name: name, rank: $0) }
+        #expect(pieces[0] != pieces[1])
+        for r in 0..<2 { try overwritePiece(set, &manifest, name: name, rank: r, with: pieces[1 - r]) }
         try manifest.encoded().write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
 
         let broken = try ReferenceForward.verify(shards: try ShardSet(directory: set.directory), full: ckpt, reference: reference,

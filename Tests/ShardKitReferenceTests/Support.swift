@@ -43,16 +43,29 @@ func corruptToContiguousSplit(_ set: ShardSet, checkpoint: Checkpoint, name: Str
             bytes += full[base..<(base + len * inner)]
         }
         start += len
-        let path = set.directory + "/" + piece.file
-        let location = try SafetensorsFile(path: path).tensor(named: name)!
-        precondition(location.byteCount == bytes.count)
-        let handle = FileHandle(forUpdatingAtPath: path)!
-        try handle.seek(toOffset: UInt64(location.offset))
-        try handle.write(contentsOf: Data(bytes))
-        try handle.close()
-        var crc = CRC32C()
-        bytes.withUnsafeBytes { crc.update($0) }
-        manifest.tensors[name]!.pieces[r].crc32c = crc.hex
+        try overwritePiece(set, &manifest, name: name, rank: r, with: bytes)
     }
     try manifest.encoded().write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+}
+
+/// The bytes of rank `r`'s piece of `name` as stored.
+func pieceBytes(_ set: ShardSet, name: String, rank r: Int) throws -> [UInt8] {
+    let path = set.directory + "/" + set.manifest.tensors[name]!.pieces[r].file
+    let info = try SafetensorsFile(path: path).tensor(named: name)!
+    return try ReadOnlyFile(path: path).read(count: info.byteCount, at: info.offset)
+}
+
+/// Overwrites rank `r`'s piece of `name` in its file with `bytes` (same size) and records their CRC-32C
+/// in `manifest` (the caller writes the manifest out): wrong bytes with matching checksums.
+func overwritePiece(_ set: ShardSet, _ manifest: inout Manifest, name: String, rank r: Int, with bytes: [UInt8]) throws {
+    let path = set.directory + "/" + manifest.tensors[name]!.pieces[r].file
+    let location = try SafetensorsFile(path: path).tensor(named: name)!
+    precondition(location.byteCount == bytes.count)
+    let handle = FileHandle(forUpdatingAtPath: path)!
+    try handle.seek(toOffset: UInt64(location.offset))
+    try handle.write(contentsOf: Data(bytes))
+    try handle.close()
+    var crc = CRC32C()
+    bytes.withUnsafeBytes { crc.update($0) }
+    manifest.tensors[name]!.pieces[r].crc32c = crc.hex
 }
