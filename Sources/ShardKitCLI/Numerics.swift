@@ -25,8 +25,9 @@ struct NumericsSummary: Codable {
         if let w = r.worstLayer, let s = r.layers.first(where: { $0.name == w })?.stats {
             print(String(format: "    worst: %@ (max rel %.3e) of %d comparisons", w, s.maxRelError, r.layers.count))
         }
-        print(String(format: "    tolerance %.1e (reference %.1e); %.2fs, sgemm %.1f GFLOP/s", r.tolerance,
-                     r.referenceTolerance ?? r.tolerance, r.seconds, r.gemmGFLOPS))
+        print(String(format: "    tolerance %.1e (reference %.1e); %.2fs", r.tolerance, r.referenceTolerance ?? r.tolerance, r.seconds))
+        print(String(format: "    matrix products: %.2f GFLOP; sgemm %.1f GFLOP/s on %d threads (%.1f GFLOP/s with widening to f32)",
+                     r.gemmFlops / 1e9, r.gemmGFLOPS, r.gemmWorkers, r.productGFLOPS))
         if let square = squareSgemmGFLOPS {
             print(String(format: "    square cblas_sgemm (2048): %.1f GFLOP/s; the pass reached %.0f%% of it", square, 100 * r.gemmGFLOPS / square))
         }

@@ -18,6 +18,10 @@ public enum GenericLinearCheck {
     static let vectors = 4
 
     public static func verify(shards: ShardSet, full: Checkpoint?, options: NumericsOptions) throws -> NumericsReport {
+        try GemmEngine.withSingleThreadedBLAS { try run(shards: shards, full: full, options: options) }
+    }
+
+    private static func run(shards: ShardSet, full: Checkpoint?, options: NumericsOptions) throws -> NumericsReport {
         let start = ContinuousClock.now
         let fullW: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
         let ctx = TPContext(weights: try RankWeights(shards), gemm: GemmEngine())
@@ -32,8 +36,9 @@ public enum GenericLinearCheck {
         return NumericsReport(architecture: config?.modelType ?? shards.manifest.source.modelType ?? "generic", tp: shards.tp,
                               tokens: vectors, layers: layers, final: final, reference: nil, referenceTP: nil,
                               worstLayer: worst.name, passed: final.passed, tolerance: options.tolerance, referenceTolerance: nil,
-                              gemmFlops: ctx.gemm.flops, gemmSeconds: ctx.gemm.seconds,
-                              gemmGFLOPS: ctx.gemm.seconds > 0 ? ctx.gemm.flops / ctx.gemm.seconds / 1e9 : 0,
+                              gemmFlops: ctx.gemm.flops, gemmWorkers: ctx.gemm.workers,
+                              gemmSeconds: ctx.gemm.threadSeconds / Double(ctx.gemm.workers),
+                              gemmGFLOPS: ctx.gemm.gflops, productGFLOPS: ctx.gemm.productGFLOPS,
                               seconds: start.duration(to: .now).seconds)
     }
 

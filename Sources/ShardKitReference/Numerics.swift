@@ -1,6 +1,7 @@
 import COpenBLAS
 import Foundation
 import ShardKit
+import Synchronization
 
 // MARK: - Public report types
 
@@ -92,11 +93,17 @@ public struct NumericsReport: Codable, Sendable {
     /// Tolerances actually applied (TP vs full; vs reference).
     public var tolerance: Double
     public var referenceTolerance: Double?
-    /// Floating-point operations done in `cblas_sgemm` by both passes, the time spent there, and the
-    /// resulting rate (compare with `ReferenceForward.sgemmThroughput(n:)` on square matrices).
+    /// Floating-point operations done in `cblas_sgemm` by both passes.
     public var gemmFlops: Double
+    /// Threads that ran the products, each calling single-threaded `cblas_sgemm`.
+    public var gemmWorkers: Int
+    /// Seconds inside `cblas_sgemm` per worker (summed over workers, divided by their number).
     public var gemmSeconds: Double
+    /// The sgemm rate with every worker running products, `gemmFlops / gemmSeconds`: compare with
+    /// `ReferenceForward.sgemmThroughput(n:)`, square matrices on the same cores.
     public var gemmGFLOPS: Double
+    /// The products' rate per wall second including widening weights to f32 and gathering outputs.
+    public var productGFLOPS: Double
     /// Wall time of the whole check.
     public var seconds: Double
 }
@@ -185,67 +192,155 @@ enum Widen {
 
 // MARK: - GEMM with accounting
 
-/// Runs `cblas_sgemm` and counts its flops and time.
+/// Weight products `C = A · op(B)` through `cblas_sgemm`, with their flops and time counted.
+///
+/// The activations `A` have one row per token: 16 rows by default, far too few for one sgemm call to
+/// reach square-matrix efficiency (a 16-row product is dominated by OpenBLAS packing the weight, and
+/// its own threads split it badly). So a product is cut into tiles of whole output features of the
+/// weight, small enough to stay in a core's L2 cache between widening and use; `workers` threads each
+/// widen a tile and multiply it with a single-threaded sgemm, in the transposed form
+/// `Cᵀ[tile] = B[tile] · Aᵀ`, which OpenBLAS runs much faster than `A · B[tile]ᵀ` when A is short.
+/// Results do not depend on the number of workers: tile boundaries depend only on the shapes.
 final class GemmEngine {
-    var flops = 0.0
-    var seconds = 0.0
+    /// Threads running products at once (each with single-threaded BLAS; see `withSingleThreadedBLAS`).
+    let workers: Int
+    /// Floating-point operations done in `cblas_sgemm`.
+    private(set) var flops = 0.0
+    /// Seconds inside `cblas_sgemm`, summed over the workers.
+    private(set) var threadSeconds = 0.0
+    /// Wall seconds of the products (widening, sgemm and scattering, workers overlapping).
+    private(set) var productSeconds = 0.0
 
-    /// C[m×n] = A[m×k] · op(B), all row-major; `transB`: B is stored [n×k] (an `[out, in]` weight).
-    func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, transB: Bool,
-                  c: UnsafeMutablePointer<Float>) {
-        if m == 0 || n == 0 { return }
-        if k == 0 { c.initialize(repeating: 0, count: m * n); return }
-        sgemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: transB ? k : n, transB: transB, beta: 0, c: c, ldc: n)
+    /// The sgemm rate with all workers running products: flops / (sgemm thread-seconds / workers),
+    /// the figure comparable with a multi-threaded square sgemm on the same cores.
+    var gflops: Double { threadSeconds > 0 ? flops / (threadSeconds / Double(workers)) / 1e9 : 0 }
+    /// The products' rate counting everything they do (widening included), per wall second.
+    var productGFLOPS: Double { productSeconds > 0 ? flops / productSeconds / 1e9 : 0 }
+
+    /// Most elements of B in one tile: 512 KiB of f32, half a core's L2 cache here.
+    static let tileElements = 128 * 1024
+
+    /// Weight rows (output features) per tile: about as many as A has rows (tokens), rounded up to a
+    /// multiple of 8, and at most `tileElements`. Measured here at 16 tokens: 16-row tiles reach
+    /// 160–180 GFLOP/s, 64-row tiles 150, 512 KiB tiles 115–150; at 64 and 256 tokens tiles of 64
+    /// rows or 512 KiB are best and 16-row tiles lose 15–20% (OpenBLAS repacks Aᵀ for every call).
+    static func rowsPerTile(m: Int, n: Int, k: Int) -> Int {
+        let wanted = max(8, (m + 7) / 8 * 8)
+        return max(1, min(n, wanted, tileElements / max(k, 1)))
     }
 
-    /// Elements of B widened per tile (4 MiB of f32): stays in cache between widening and the product,
-    /// and is large enough that each cblas_sgemm call is worth its overhead.
-    static let tileElements = 1024 * 1024
-    private var tile: [Float] = []
+    /// One worker's buffers and counters.
+    private final class Worker {
+        var tile: [Float] = []
+        var transposedOut: [Float] = []
+        var flops = 0.0
+        var seconds = 0.0
+    }
+    private let slots: [Worker]
 
-    /// C = A · op(B) with B as stored (any float dtype). An f32 B is used in place; otherwise B is
-    /// widened a cache-sized tile of whole rows at a time and each tile multiplied at once, so the f32
-    /// copy of a large weight never goes through main memory. The tiles are rows of B as stored:
-    /// output features of an `[n×k]` B (`transB`, each tile fills some columns of C), input features
-    /// of a `[k×n]` B (each tile adds its share to all of C).
+    init(workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        self.workers = max(1, workers)
+        slots = (0..<self.workers).map { _ in Worker() }
+    }
+
+    /// OpenBLAS's current thread count per call.
+    static var blasThreads: Int { Int(openblas_get_num_threads()) }
+
+    /// Runs `body` with OpenBLAS using one thread per call (the engine's workers are the parallelism),
+    /// then restores OpenBLAS's previous thread count.
+    static func withSingleThreadedBLAS<T>(_ body: () throws -> T) rethrows -> T {
+        let previous = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(previous) }
+        return try body()
+    }
+
+    /// C[m×n] = A[m×k] · op(B), all row-major, with B as stored (any float dtype): `transB`, B is
+    /// `[n×k]` (an `[out, in]` weight); otherwise `[k×n]` (GPT-2's Conv1D). An f32 B is used in
+    /// place; any other dtype is widened one tile at a time, so the f32 copy of a large weight never
+    /// goes through main memory.
     func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: PieceStorage, transB: Bool,
                   c: UnsafeMutablePointer<Float>) {
         precondition(b.count == n * k, "weight \(b.name) has \(b.count) elements, expected \(n) × \(k)")
-        if b.dtype == .f32 {
-            b.raw.withUnsafeBytes { multiply(m: m, n: n, k: k, a: a, b: $0.baseAddress!.assumingMemoryBound(to: Float.self), transB: transB, c: c) }
-            return
-        }
         if m == 0 || n == 0 { return }
         if k == 0 { c.initialize(repeating: 0, count: m * n); return }
-        let rowLength = transB ? k : n, rowCount = transB ? n : k
-        let rowsPerTile = max(1, GemmEngine.tileElements / rowLength)
-        if tile.count < rowsPerTile * rowLength { tile = [Float](repeating: 0, count: rowsPerTile * rowLength) }
-        tile.withUnsafeMutableBufferPointer { t in
-            var row = 0
-            while row < rowCount {
-                let rows = min(rowsPerTile, rowCount - row)
-                b.widen(from: row * rowLength, count: rows * rowLength, into: t.baseAddress!)
-                if transB {
-                    sgemm(m: m, n: rows, k: k, a: a, lda: k, b: t.baseAddress!, ldb: k, transB: true, beta: 0, c: c + row, ldc: n)
-                } else {
-                    sgemm(m: m, n: n, k: rows, a: a + row, lda: k, b: t.baseAddress!, ldb: n, transB: false,
-                          beta: row == 0 ? 0 : 1, c: c, ldc: n)
+        let start = ContinuousClock.now
+        // Aᵀ [k×m], the right-hand side of every tile's product.
+        var at = [Float](repeating: 0, count: k * m)
+        for i in 0..<m { for j in 0..<k { at[j * m + i] = a[i * k + j] } }
+        let rowsPerTile = GemmEngine.rowsPerTile(m: m, n: n, k: k)
+        let tiles = (n + rowsPerTile - 1) / rowsPerTile
+        b.raw.withUnsafeBytes { raw in
+            at.withUnsafeBufferPointer { at in
+                let job = TileJob(m: m, n: n, k: k, rowsPerTile: rowsPerTile, tiles: tiles, at: at.baseAddress!, b: b,
+                                  f32: b.dtype == .f32 ? raw.baseAddress!.assumingMemoryBound(to: Float.self) : nil,
+                                  transB: transB, c: c, slots: slots)
+                let used = min(workers, tiles)
+                if used == 1 { job.run(worker: 0) } else { DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) } }
+            }
+        }
+        flops = slots.reduce(0) { $0 + $1.flops }
+        threadSeconds = slots.reduce(0) { $0 + $1.seconds }
+        productSeconds += start.duration(to: .now).seconds
+    }
+
+    /// One product shared by the workers: each takes the next tile until none is left. Workers write
+    /// disjoint columns of `c` and only their own slot.
+    private struct TileJob: @unchecked Sendable {
+        let m, n, k, rowsPerTile, tiles: Int
+        let at: UnsafePointer<Float>
+        let b: PieceStorage
+        /// B itself when stored as f32 (used in place).
+        let f32: UnsafePointer<Float>?
+        let transB: Bool
+        let c: UnsafeMutablePointer<Float>
+        let slots: [Worker]
+        let queue = TileQueue()
+
+        func run(worker w: Int) {
+            let slot = slots[w]
+            if f32 == nil && slot.tile.count < rowsPerTile * k { slot.tile = [Float](repeating: 0, count: rowsPerTile * k) }
+            if slot.transposedOut.count < rowsPerTile * m { slot.transposedOut = [Float](repeating: 0, count: rowsPerTile * m) }
+            while true {
+                let t = queue.take()
+                if t >= tiles { return }
+                let first = t * rowsPerTile, rows = min(rowsPerTile, n - first)
+                slot.tile.withUnsafeMutableBufferPointer { tile in
+                    // op(B)[first ..< first + rows, 0 ..< k] as a pointer, its row stride and whether
+                    // it is stored transposed.
+                    let (tileA, lda, transA): (UnsafePointer<Float>, Int, Bool)
+                    if transB {
+                        if let f32 { (tileA, lda, transA) = (f32 + first * k, k, false) } else {
+                            b.widen(from: first * k, count: rows * k, into: tile.baseAddress!)
+                            (tileA, lda, transA) = (UnsafePointer(tile.baseAddress!), k, false)
+                        }
+                    } else if let f32 {
+                        (tileA, lda, transA) = (f32 + first, n, true)
+                    } else {
+                        for j in 0..<k { b.widen(from: j * n + first, count: rows, into: tile.baseAddress! + j * rows) }
+                        (tileA, lda, transA) = (UnsafePointer(tile.baseAddress!), rows, true)
+                    }
+                    slot.transposedOut.withUnsafeMutableBufferPointer { out in
+                        let t0 = ContinuousClock.now
+                        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, CblasNoTrans,
+                                    Int32(rows), Int32(m), Int32(k), 1, tileA, Int32(lda),
+                                    at, Int32(m), 0, out.baseAddress!, Int32(m))
+                        slot.seconds += t0.duration(to: .now).seconds
+                        slot.flops += 2 * Double(rows) * Double(m) * Double(k)
+                        for r in 0..<rows { for i in 0..<m { c[i * n + first + r] = out[r * m + i] } }
+                    }
                 }
-                row += rows
             }
         }
     }
-
-    /// One timed `cblas_sgemm`: C = A · op(B) + beta · C, row-major.
-    private func sgemm(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                       transB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        let start = ContinuousClock.now
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-        seconds += start.duration(to: .now).seconds
-        flops += 2 * Double(m) * Double(n) * Double(k)
-    }
 }
+
+/// Hands out tile numbers 0, 1, 2, ... to worker threads.
+private final class TileQueue: Sendable {
+    private let next = Mutex(0)
+    func take() -> Int { next.withLock { i in defer { i += 1 }; return i } }
+}
+
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }

@@ -19,6 +19,10 @@ public enum ReferenceForward {
     /// its query heads need, pieces that no collective can combine, unsupported architecture);
     /// numeric disagreement is `passed == false`.
     public static func verify(shards: ShardSet, full: Checkpoint?, reference: String?, options: NumericsOptions) throws -> NumericsReport {
+        try GemmEngine.withSingleThreadedBLAS { try run(shards: shards, full: full, reference: reference, options: options) }
+    }
+
+    private static func run(shards: ShardSet, full: Checkpoint?, reference: String?, options: NumericsOptions) throws -> NumericsReport {
         let start = ContinuousClock.now
         let config: ModelConfig
         if let c = full?.config {
@@ -113,8 +117,9 @@ public enum ReferenceForward {
         return NumericsReport(architecture: model.type, tp: shards.tp, tokens: input.count, layers: layers, final: final,
                               reference: refStats, referenceTP: refTP, worstLayer: worst?.name, passed: passed,
                               tolerance: tol, referenceTolerance: refTol,
-                              gemmFlops: gemm.flops, gemmSeconds: gemm.seconds,
-                              gemmGFLOPS: gemm.seconds > 0 ? gemm.flops / gemm.seconds / 1e9 : 0,
+                              gemmFlops: gemm.flops, gemmWorkers: gemm.workers,
+                              gemmSeconds: gemm.threadSeconds / Double(gemm.workers),
+                              gemmGFLOPS: gemm.gflops, productGFLOPS: gemm.productGFLOPS,
                               seconds: start.duration(to: .now).seconds)
     }
 
