@@ -1,11 +1,40 @@
-/// A full (unsharded) checkpoint: one safetensors file, or a Hugging Face multi-file checkpoint
-/// (`model.safetensors.index.json` + `model-0000N-of-0000M.safetensors`), read as one set of tensors.
+/// One weights file of a checkpoint, validated: a safetensors file or a PyTorch `torch.save` zip.
+public struct CheckpointFile: Sendable {
+    public enum Format: String, Sendable { case safetensors, pytorch }
+    public let path: String
+    public let format: Format
+    /// Tensors in the file's order; each a byte range of this file.
+    public let tensors: [TensorInfo]
+
+    /// Opens and validates `path`; a ZIP archive is read as a PyTorch checkpoint, anything else as
+    /// safetensors.
+    public init(path: String) throws {
+        let file = try ReadOnlyFile(path: path)
+        self.path = path
+        if PyTorchFile.looksLikeZip(file) {
+            format = .pytorch
+            tensors = try PyTorchFile(file: file).tensors
+        } else if path.hasSuffix(".safetensors") || !CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
+            format = .safetensors
+            tensors = try SafetensorsFile(file: file).tensors
+        } else {
+            format = .pytorch
+            tensors = try PyTorchFile(file: file).tensors      // refuses with the reason (legacy format, ...)
+        }
+    }
+
+    static let pytorchSuffixes = [".bin", ".pt", ".pth"]
+}
+
+/// A full (unsharded) checkpoint, read as one set of tensors: safetensors (one file, or a Hugging Face
+/// multi-file checkpoint `model.safetensors.index.json` + `model-0000N-of-0000M.safetensors`) or
+/// PyTorch (`pytorch_model.bin`, or `pytorch_model.bin.index.json` + `pytorch_model-0000N-of-0000M.bin`).
 public struct Checkpoint: Sendable {
     /// The directory (or the single file's directory).
     public let directory: String
-    /// The validated safetensors files, in index order.
-    public let files: [SafetensorsFile]
-    /// Every tensor, in file order then data order, with the index of its file in `files`.
+    /// The validated weights files, in index order.
+    public let files: [CheckpointFile]
+    /// Every tensor, in file order then the file's order, with the index of its file in `files`.
     public let tensors: [(file: Int, info: TensorInfo)]
     /// config.json, if present.
     public let config: ModelConfig?
@@ -14,29 +43,37 @@ public struct Checkpoint: Sendable {
     private let index: [String: Int]
 
     public static let indexName = "model.safetensors.index.json"
+    public static let pytorchIndexName = "pytorch_model.bin.index.json"
 
-    /// Opens `path`: a directory holding an index or safetensors files, or a single `.safetensors` file.
+    /// Opens `path`: a directory, or a single weights file. In a directory, the first of these is the
+    /// checkpoint: `model.safetensors.index.json`, `model.safetensors`, `pytorch_model.bin.index.json`,
+    /// `pytorch_model.bin`, a lone `.safetensors` file (safetensors first when a repository has both,
+    /// as Hugging Face repositories often do: they hold the same weights).
     public init(path: String) throws {
         var directory = path
-        var fileNames: [String]
+        var fileNames: [String] = []
+        var indexPath: String? = nil
         if FileSystem.isDirectory(path) {
             let entries = try FileSystem.list(path)
-            let indexPath = FileSystem.join(path, Checkpoint.indexName)
-            if FileSystem.exists(indexPath) {
-                fileNames = try Checkpoint.readIndex(indexPath)
+            let safetensors = entries.filter { $0.hasSuffix(".safetensors") }
+            if entries.contains(Checkpoint.indexName) {
+                indexPath = FileSystem.join(path, Checkpoint.indexName)
             } else if entries.contains("model.safetensors") {
                 fileNames = ["model.safetensors"]
+            } else if entries.contains(Checkpoint.pytorchIndexName) {
+                indexPath = FileSystem.join(path, Checkpoint.pytorchIndexName)
+            } else if entries.contains("pytorch_model.bin") {
+                fileNames = ["pytorch_model.bin"]
+            } else if safetensors.count == 1 {
+                fileNames = safetensors
+            } else if safetensors.count > 1 {
+                // A lone .safetensors file is the checkpoint; several are ambiguous (adapters,
+                // reference outputs, ...).
+                throw ShardKitError(.invalidCheckpoint, "\(path): several .safetensors files (\(safetensors.joined(separator: ", "))) and no \(Checkpoint.indexName); give the file's path")
             } else {
-                // Without an index or model.safetensors, a lone .safetensors file is the checkpoint;
-                // several are ambiguous (adapters, reference outputs, ...).
-                let candidates = entries.filter { $0.hasSuffix(".safetensors") }
-                guard candidates.count == 1 else {
-                    throw ShardKitError(.invalidCheckpoint, candidates.isEmpty
-                        ? "\(path): no .safetensors files and no \(Checkpoint.indexName)"
-                        : "\(path): several .safetensors files (\(candidates.joined(separator: ", "))) and no \(Checkpoint.indexName); give the file's path")
-                }
-                fileNames = candidates
+                throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors file")
             }
+            if let indexPath { fileNames = try Checkpoint.readIndex(indexPath) }
             auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
         } else {
             guard FileSystem.exists(path) else { throw ShardKitError(.io, "\(path): no such file or directory") }
@@ -45,13 +82,13 @@ public struct Checkpoint: Sendable {
             auxiliaryFiles = []
         }
         self.directory = directory
-        var files: [SafetensorsFile] = []
+        var files: [CheckpointFile] = []
         for name in fileNames {
             let p = FileSystem.join(directory, name)
             guard FileSystem.exists(p) else {
-                throw ShardKitError(.invalidCheckpoint, "\(FileSystem.join(directory, Checkpoint.indexName)): names \(name), which does not exist")
+                throw ShardKitError(.invalidCheckpoint, "\(indexPath ?? directory): names \(name), which does not exist")
             }
-            files.append(try SafetensorsFile(path: p))
+            files.append(try CheckpointFile(path: p))
         }
         var seen: [String: String] = [:]
         var tensors: [(file: Int, info: TensorInfo)] = []
@@ -69,13 +106,11 @@ public struct Checkpoint: Sendable {
         self.index = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.info.name, $0) })
         let configPath = FileSystem.join(directory, "config.json")
         config = FileSystem.exists(configPath) ? try ModelConfig(path: configPath) : nil
-        if FileSystem.isDirectory(path), FileSystem.exists(FileSystem.join(path, Checkpoint.indexName)) {
-            try Checkpoint.checkIndexAgrees(FileSystem.join(path, Checkpoint.indexName), files: files)
-        }
+        if let indexPath { try Checkpoint.checkIndexAgrees(indexPath, files: files) }
     }
 
     static func isAuxiliary(_ name: String) -> Bool {
-        if name == indexName || name.hasSuffix(".safetensors") { return false }
+        if name == indexName || name == pytorchIndexName || name.hasSuffix(".safetensors") { return false }
         if name == "config.json" || name == "generation_config.json" { return true }
         if name.hasPrefix("tokenizer") || name.hasPrefix("special_tokens_map") || name.hasPrefix("vocab.")
             || name.hasPrefix("merges") || name == "added_tokens.json" || name.hasSuffix(".model")
@@ -114,7 +149,7 @@ public struct Checkpoint: Sendable {
         return result
     }
 
-    static func checkIndexAgrees(_ path: String, files: [SafetensorsFile]) throws {
+    static func checkIndexAgrees(_ path: String, files: [CheckpointFile]) throws {
         var actual: [String: String] = [:]
         for f in files { for t in f.tensors { actual[t.name] = f.path.lastPathComponent } }
         let map = try weightMap(path)

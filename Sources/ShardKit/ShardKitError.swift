@@ -6,6 +6,9 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
         case io
         /// A safetensors file is malformed (bad header, offsets, dtype, sizes, truncated data).
         case invalidSafetensors
+        /// A PyTorch checkpoint (`torch.save` zip) is malformed, uses a layout ShardKit does not read
+        /// (legacy format, compressed records, non-contiguous tensors), or calls code.
+        case invalidPyTorchFile
         /// A checkpoint directory is inconsistent (missing config, index naming missing files, ...).
         case invalidCheckpoint
         /// config.json is missing a key or names an unknown model type.

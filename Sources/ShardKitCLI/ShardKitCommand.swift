@@ -235,7 +235,7 @@ struct ShardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shard", abstract: "Cut a full checkpoint into per-rank shard files plus manifest.json.")
 
-    @Argument(help: "Checkpoint directory (model.safetensors or an HF index) or a .safetensors file.")
+    @Argument(help: "Checkpoint directory (model.safetensors, pytorch_model.bin, or their HF index) or one weights file (.safetensors, or a torch.save .bin/.pt).")
     var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
@@ -273,7 +273,7 @@ struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan", abstract: "Dry run: print each tensor's rule and every rank's shape and bytes; writes nothing.")
 
-    @Argument(help: "Checkpoint directory or .safetensors file.") var source: String
+    @Argument(help: "Checkpoint directory or weights file (.safetensors, or a torch.save .bin/.pt).") var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @OptionGroup var ruleOptions: RuleOptions
     @Flag(name: .long, help: "Print JSON.") var json = false

@@ -1,0 +1,212 @@
+/// A restricted reader of pickle streams: the opcodes of protocols 2 to 5 that a PyTorch state dict
+/// uses, and no code execution. `GLOBAL`/`REDUCE`/`BUILD` are not evaluated: a global becomes a
+/// name, and a call is recorded for the caller (`PyTorchFile`) to interpret from a fixed list.
+/// Every length is checked against the bytes left before it is used.
+struct PickleReader {
+    /// A pickled value. Lists and dicts are objects (`PickleList`, `PickleDict`) because pickle mutates
+    /// them after creating and memoizing them.
+    indirect enum Value {
+        case none
+        case bool(Bool)
+        case int(Int)
+        case float(Double)
+        case string(String)
+        case bytes([UInt8])
+        case tuple([Value])
+        case list(PickleList)
+        case dict(PickleDict)
+        /// `module.name` named by GLOBAL / STACK_GLOBAL (never imported).
+        case global(module: String, name: String)
+        /// The result of `interpret` for a REDUCE or a persistent id: opaque to the reader.
+        case object(AnyObject)
+
+        var typeName: String {
+            switch self {
+            case .none: return "None"
+            case .bool: return "bool"
+            case .int: return "int"
+            case .float: return "float"
+            case .string: return "str"
+            case .bytes: return "bytes"
+            case .tuple: return "tuple"
+            case .list: return "list"
+            case .dict: return "dict"
+            case .global(let m, let n): return "\(m).\(n)"
+            case .object(let o): return "\(type(of: o))"
+            }
+        }
+    }
+
+    final class PickleList { var items: [Value] = [] }
+    final class PickleDict { var items: [(key: Value, value: Value)] = [] }
+
+    /// Turns a REDUCE (callable, args) or a persistent id into a value, or throws for anything not allowed.
+    struct Interpreter {
+        var reduce: (_ callable: Value, _ args: [Value]) throws -> Value
+        var persistentLoad: (_ pid: Value) throws -> Value
+    }
+
+    /// Most stack entries and memo slots (a state dict uses a few per tensor).
+    static let maxItems = 50_000_000
+
+    let bytes: [UInt8]
+    let what: String
+    let interpreter: Interpreter
+
+    /// Runs the stream to STOP and returns the value left on the stack.
+    func load() throws -> Value {
+        func bad(_ message: String, at position: Int) -> ShardKitError {
+            ShardKitError(.invalidPyTorchFile, "\(what): \(message) (byte \(position) of the pickle)")
+        }
+        var stack: [Value] = []
+        var marks: [Int] = []
+        var memo: [Int: Value] = [:]
+        var p = 0
+        let b = bytes
+
+        func need(_ n: Int, _ start: Int) throws {
+            guard n >= 0, n <= b.count - p else { throw bad("truncated", at: start) }
+        }
+        func uint(_ n: Int, _ start: Int) throws -> UInt64 {
+            try need(n, start)
+            var v: UInt64 = 0
+            for i in 0..<n { v |= UInt64(b[p + i]) << (8 * UInt64(i)) }
+            p += n
+            return v
+        }
+        func length(_ n: Int, _ start: Int) throws -> Int {
+            let v = try uint(n, start)
+            guard v <= UInt64(b.count - p) else { throw bad("length \(v) runs past the end of the pickle", at: start) }
+            return Int(v)
+        }
+        func text(_ n: Int, _ start: Int) throws -> String {
+            guard let s = String(validating: b[p..<(p + n)], as: UTF8.self) else { throw bad("string is not valid UTF-8", at: start) }
+            p += n
+            return s
+        }
+        func line(_ start: Int) throws -> String {
+            guard let end = b[p...].firstIndex(of: 0x0A) else { throw bad("unterminated GLOBAL", at: start) }
+            guard let s = String(validating: b[p..<end], as: UTF8.self) else { throw bad("GLOBAL name is not valid UTF-8", at: start) }
+            p = end + 1
+            return s
+        }
+        func pop(_ start: Int) throws -> Value {
+            guard let v = stack.popLast() else { throw bad("stack underflow", at: start) }
+            if let m = marks.last, m > stack.count { throw bad("stack underflow past a MARK", at: start) }
+            return v
+        }
+        func popToMark(_ start: Int) throws -> [Value] {
+            guard let m = marks.popLast() else { throw bad("no MARK", at: start) }
+            let items = Array(stack[m...])
+            stack.removeSubrange(m...)
+            return items
+        }
+        func push(_ v: Value, _ start: Int) throws {
+            guard stack.count < PickleReader.maxItems else { throw bad("stack too deep", at: start) }
+            stack.append(v)
+        }
+        func put(_ key: Int, _ start: Int) throws {
+            guard let top = stack.last else { throw bad("memoizing an empty stack", at: start) }
+            guard memo.count < PickleReader.maxItems else { throw bad("memo too large", at: start) }
+            memo[key] = top
+        }
+        func get(_ key: Int, _ start: Int) throws {
+            guard let v = memo[key] else { throw bad("memo key \(key) was never stored", at: start) }
+            try push(v, start)
+        }
+        func setItems(_ pairs: [Value], _ start: Int) throws {
+            guard case .dict(let d)? = stack.last else { throw bad("SETITEM(S) on a \(stack.last?.typeName ?? "nothing"), not a dict", at: start) }
+            guard pairs.count % 2 == 0 else { throw bad("SETITEMS with an odd number of items", at: start) }
+            for i in stride(from: 0, to: pairs.count, by: 2) { d.items.append((pairs[i], pairs[i + 1])) }
+        }
+        func append(_ items: [Value], _ start: Int) throws {
+            guard case .list(let l)? = stack.last else { throw bad("APPEND(S) on a \(stack.last?.typeName ?? "nothing"), not a list", at: start) }
+            l.items += items
+        }
+
+        while true {
+            let start = p
+            try need(1, start)
+            let op = b[p]
+            p += 1
+            switch op {
+            case 0x80: _ = try uint(1, start)                                  // PROTO
+            case 0x95: _ = try uint(8, start)                                  // FRAME (ignored: we have all bytes)
+            case 0x2E:                                                         // STOP
+                guard stack.count == 1, marks.isEmpty else { throw bad("STOP with \(stack.count) values on the stack", at: start) }
+                return stack[0]
+            case 0x28: marks.append(stack.count)                               // MARK
+            case 0x30: _ = try pop(start)                                      // POP
+            case 0x31: _ = try popToMark(start)                                // POP_MARK
+            case 0x32: guard let top = stack.last else { throw bad("DUP on an empty stack", at: start) }; try push(top, start)
+            case 0x4E: try push(.none, start)                                  // NONE
+            case 0x88: try push(.bool(true), start)                            // NEWTRUE
+            case 0x89: try push(.bool(false), start)                           // NEWFALSE
+            case 0x4B: try push(.int(Int(try uint(1, start))), start)          // BININT1
+            case 0x4D: try push(.int(Int(try uint(2, start))), start)          // BININT2
+            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4, start)))), start)  // BININT
+            case 0x8A, 0x8B:                                                   // LONG1, LONG4
+                let n = try length(op == 0x8A ? 1 : 4, start)
+                guard n <= 8 else { throw bad("integer of \(n) bytes is too large", at: start) }
+                var v: UInt64 = 0
+                for i in 0..<n { v |= UInt64(b[p + i]) << (8 * UInt64(i)) }
+                if n > 0 && n < 8 && b[p + n - 1] & 0x80 != 0 { v |= ~0 << (8 * UInt64(n)) }   // sign-extend
+                p += n
+                try push(.int(Int(Int64(bitPattern: v))), start)
+            case 0x47:                                                         // BINFLOAT (big-endian)
+                try need(8, start)
+                var v: UInt64 = 0
+                for i in 0..<8 { v = v << 8 | UInt64(b[p + i]) }
+                p += 8
+                try push(.float(Double(bitPattern: v)), start)
+            case 0x58: let n = try length(4, start); try push(.string(try text(n, start)), start)   // BINUNICODE
+            case 0x8C: let n = try length(1, start); try push(.string(try text(n, start)), start)   // SHORT_BINUNICODE
+            case 0x8D: let n = try length(8, start); try push(.string(try text(n, start)), start)   // BINUNICODE8
+            case 0x43, 0x42, 0x8E:                                             // SHORT_BINBYTES, BINBYTES, BINBYTES8
+                let n = try length(op == 0x43 ? 1 : op == 0x42 ? 4 : 8, start)
+                try push(.bytes(Array(b[p..<(p + n)])), start)
+                p += n
+            case 0x7D: try push(.dict(PickleDict()), start)                    // EMPTY_DICT
+            case 0x5D: try push(.list(PickleList()), start)                    // EMPTY_LIST
+            case 0x29: try push(.tuple([]), start)                             // EMPTY_TUPLE
+            case 0x74: try push(.tuple(try popToMark(start)), start)           // TUPLE
+            case 0x85: let a = try pop(start); try push(.tuple([a]), start)    // TUPLE1
+            case 0x86: let b2 = try pop(start), a = try pop(start); try push(.tuple([a, b2]), start)
+            case 0x87: let c = try pop(start), b2 = try pop(start), a = try pop(start); try push(.tuple([a, b2, c]), start)
+            case 0x6C: let l = PickleList(); l.items = try popToMark(start); try push(.list(l), start)   // LIST
+            case 0x64: let items = try popToMark(start); try push(.dict(PickleDict()), start); try setItems(items, start)  // DICT
+            case 0x61: let v = try pop(start); try append([v], start)          // APPEND
+            case 0x65: let items = try popToMark(start); try append(items, start)   // APPENDS
+            case 0x73: let v = try pop(start), k = try pop(start); try setItems([k, v], start)   // SETITEM
+            case 0x75: let items = try popToMark(start); try setItems(items, start)   // SETITEMS
+            case 0x71: try put(Int(try uint(1, start)), start)                 // BINPUT
+            case 0x72: try put(Int(try uint(4, start)), start)                 // LONG_BINPUT
+            case 0x94: try put(memo.count, start)                              // MEMOIZE
+            case 0x68: try get(Int(try uint(1, start)), start)                 // BINGET
+            case 0x6A: try get(Int(try uint(4, start)), start)                 // LONG_BINGET
+            case 0x63:                                                         // GLOBAL "module\nname\n"
+                let module = try line(start), name = try line(start)
+                try push(.global(module: module, name: name), start)
+            case 0x93:                                                         // STACK_GLOBAL
+                guard case .string(let name) = try pop(start), case .string(let module) = try pop(start) else {
+                    throw bad("STACK_GLOBAL needs two strings", at: start)
+                }
+                try push(.global(module: module, name: name), start)
+            case 0x52:                                                         // REDUCE
+                let args = try pop(start), callable = try pop(start)
+                guard case .tuple(let a) = args else { throw bad("REDUCE arguments are a \(args.typeName), not a tuple", at: start) }
+                try push(try interpreter.reduce(callable, a), start)
+            case 0x62:                                                         // BUILD
+                // Only state set on a dict (OrderedDict attributes such as `_metadata`) is accepted, and dropped.
+                let state = try pop(start)
+                guard case .dict? = stack.last else {
+                    throw bad("BUILD (setting the state of a \(stack.last?.typeName ?? "nothing") to a \(state.typeName)) is not allowed", at: start)
+                }
+            case 0x51:                                                         // BINPERSID
+                try push(try interpreter.persistentLoad(try pop(start)), start)
+            default:
+                throw bad(String(format: "opcode 0x%02X is not allowed in a PyTorch state dict", op), at: start)
+            }
+        }
+    }
+}
