@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "ShardKit", targets: ["ShardKit"]),
         .library(name: "ShardKitReference", targets: ["ShardKitReference"]),
+        .library(name: "ShardKitHDF5", targets: ["ShardKitHDF5"]),
         .executable(name: "shardkit", targets: ["ShardKitCLI"]),
     ],
     dependencies: [
@@ -14,19 +15,22 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .target(name: "CShardKitSupport"),
         .target(name: "ShardKit", dependencies: ["CShardKitSupport"]),
         .target(name: "ShardKitReference", dependencies: ["ShardKit", "COpenBLAS"]),
+        .target(name: "ShardKitHDF5", dependencies: ["ShardKit", "CHDF5"]),
         .executableTarget(
             name: "ShardKitCLI",
             dependencies: [
-                "ShardKit", "ShardKitReference",
+                "ShardKit", "ShardKitReference", "ShardKitHDF5",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]),
         .executableTarget(name: "LoaderExample", dependencies: ["ShardKit"], path: "Examples/LoaderExample"),
         .target(name: "ShardKitTestSupport", path: "Tests/ShardKitTestSupport"),
         .testTarget(name: "ShardKitTests", dependencies: ["ShardKit", "ShardKitTestSupport"]),
+        .testTarget(name: "ShardKitHDF5Tests", dependencies: ["ShardKitHDF5", "ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit", "LoaderExample", "ShardKitTestSupport"]),
     ]

@@ -1,29 +1,61 @@
-/// One weights file of a checkpoint, validated: a safetensors file or a PyTorch `torch.save` zip.
+/// A weights-file format read outside the core library (HDF5 lives in `ShardKitHDF5`, so that
+/// loaders need not link libhdf5). It lists a file's tensors as validated byte ranges of the file,
+/// which the copy engine then reads in place like any other.
+public protocol WeightsFileFormat: Sendable {
+    /// Short name for messages and `CheckpointFile.format` ("hdf5").
+    var name: String { get }
+    /// File name suffixes of the format, to find the weights in a directory (".h5").
+    var suffixes: [String] { get }
+    /// True when the file carries the format's signature.
+    func recognizes(_ file: ReadOnlyFile) -> Bool
+    /// Every tensor of the file, each checked to be a byte range inside it.
+    func tensors(in file: ReadOnlyFile) throws -> [TensorInfo]
+}
+
+/// One weights file of a checkpoint, validated: safetensors, a PyTorch `torch.save` zip, or a file
+/// of a format given by the caller (`WeightsFileFormat`).
 public struct CheckpointFile: Sendable {
-    public enum Format: String, Sendable { case safetensors, pytorch }
     public let path: String
-    public let format: Format
+    /// "safetensors", "pytorch", or the `name` of the format that read it.
+    public let format: String
     /// Tensors in the file's order; each a byte range of this file.
     public let tensors: [TensorInfo]
 
-    /// Opens and validates `path`; a ZIP archive is read as a PyTorch checkpoint, anything else as
-    /// safetensors.
-    public init(path: String) throws {
+    /// Opens and validates `path`, choosing the format by the file's first bytes: a ZIP archive is a
+    /// PyTorch checkpoint; a signature one of `formats` recognizes, that format; else safetensors
+    /// (or PyTorch for a .bin/.pt/.pth name, to explain why it is not a readable torch.save file).
+    public init(path: String, formats: [WeightsFileFormat] = []) throws {
         let file = try ReadOnlyFile(path: path)
         self.path = path
         if PyTorchFile.looksLikeZip(file) {
-            format = .pytorch
+            format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors
-        } else if path.hasSuffix(".safetensors") || !CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
-            format = .safetensors
-            tensors = try SafetensorsFile(file: file).tensors
-        } else {
-            format = .pytorch
+        } else if let other = formats.first(where: { $0.recognizes(file) }) {
+            format = other.name
+            tensors = try other.tensors(in: file)
+        } else if CheckpointFile.hasHDF5Signature(file) {
+            throw ShardKitError(.invalidCheckpoint, "\(path): an HDF5 file; reading HDF5 needs the ShardKitHDF5 library (HDF5Format), which the shardkit command includes")
+        } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
+            format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors      // refuses with the reason (legacy format, ...)
+        } else {
+            format = "safetensors"
+            tensors = try SafetensorsFile(file: file).tensors
         }
     }
 
     static let pytorchSuffixes = [".bin", ".pt", ".pth"]
+
+    /// The 8-byte HDF5 signature, at byte 0 or (after a user block) at 512, 1024, 2048, ...
+    public static func hasHDF5Signature(_ file: ReadOnlyFile) -> Bool {
+        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        var offset = 0
+        while offset + 8 <= file.size {
+            if (try? file.read(count: 8, at: offset)) == signature { return true }
+            offset = offset == 0 ? 512 : offset * 2
+        }
+        return false
+    }
 }
 
 /// A full (unsharded) checkpoint, read as one set of tensors: safetensors (one file, or a Hugging Face
@@ -47,9 +79,10 @@ public struct Checkpoint: Sendable {
 
     /// Opens `path`: a directory, or a single weights file. In a directory, the first of these is the
     /// checkpoint: `model.safetensors.index.json`, `model.safetensors`, `pytorch_model.bin.index.json`,
-    /// `pytorch_model.bin`, a lone `.safetensors` file (safetensors first when a repository has both,
-    /// as Hugging Face repositories often do: they hold the same weights).
-    public init(path: String) throws {
+    /// `pytorch_model.bin`, a lone `.safetensors` file, a lone file with a suffix of one of `formats`
+    /// (safetensors first when a repository has both, as Hugging Face repositories often do: they
+    /// hold the same weights). `formats`: weights formats beyond safetensors and PyTorch (HDF5).
+    public init(path: String, formats: [WeightsFileFormat] = []) throws {
         var directory = path
         var fileNames: [String] = []
         var indexPath: String? = nil
@@ -66,12 +99,14 @@ public struct Checkpoint: Sendable {
                 fileNames = ["pytorch_model.bin"]
             } else if safetensors.count == 1 {
                 fileNames = safetensors
+            } else if safetensors.isEmpty, let other = try Checkpoint.loneFile(entries, formats: formats, in: path) {
+                fileNames = [other]
             } else if safetensors.count > 1 {
                 // A lone .safetensors file is the checkpoint; several are ambiguous (adapters,
                 // reference outputs, ...).
                 throw ShardKitError(.invalidCheckpoint, "\(path): several .safetensors files (\(safetensors.joined(separator: ", "))) and no \(Checkpoint.indexName); give the file's path")
             } else {
-                throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors file")
+                throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors\(formats.isEmpty ? "" : " or " + formats.flatMap(\.suffixes).joined(separator: "/")) file")
             }
             if let indexPath { fileNames = try Checkpoint.readIndex(indexPath) }
             auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
@@ -88,7 +123,7 @@ public struct Checkpoint: Sendable {
             guard FileSystem.exists(p) else {
                 throw ShardKitError(.invalidCheckpoint, "\(indexPath ?? directory): names \(name), which does not exist")
             }
-            files.append(try CheckpointFile(path: p))
+            files.append(try CheckpointFile(path: p, formats: formats))
         }
         var seen: [String: String] = [:]
         var tensors: [(file: Int, info: TensorInfo)] = []
@@ -107,6 +142,15 @@ public struct Checkpoint: Sendable {
         let configPath = FileSystem.join(directory, "config.json")
         config = FileSystem.exists(configPath) ? try ModelConfig(path: configPath) : nil
         if let indexPath { try Checkpoint.checkIndexAgrees(indexPath, files: files) }
+    }
+
+    /// The one file of `entries` with a suffix of `formats` (nil: none; several: ambiguous).
+    static func loneFile(_ entries: [String], formats: [WeightsFileFormat], in path: String) throws -> String? {
+        let candidates = entries.filter { e in formats.contains { f in f.suffixes.contains(where: e.hasSuffix) } }
+        guard candidates.count <= 1 else {
+            throw ShardKitError(.invalidCheckpoint, "\(path): several weights files (\(candidates.joined(separator: ", "))); give the file's path")
+        }
+        return candidates.first
     }
 
     static func isAuxiliary(_ name: String) -> Bool {

@@ -29,7 +29,7 @@ public enum DType: String, CaseIterable, Sendable, Codable {
 
 /// Product of `values` times `factor`, or nil on overflow (or a negative value).
 @inlinable
-func checkedProduct(_ values: [Int], times factor: Int = 1) -> Int? {
+package func checkedProduct(_ values: [Int], times factor: Int = 1) -> Int? {
     var total = factor
     for v in values {
         guard v >= 0 else { return nil }
@@ -42,7 +42,7 @@ func checkedProduct(_ values: [Int], times factor: Int = 1) -> Int? {
 
 /// Sum of `values`, or nil on overflow (or a negative value).
 @inlinable
-func checkedSum(_ values: [Int]) -> Int? {
+package func checkedSum(_ values: [Int]) -> Int? {
     var total = 0
     for v in values {
         guard v >= 0 else { return nil }

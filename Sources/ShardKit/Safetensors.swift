@@ -9,6 +9,10 @@ public struct TensorInfo: Sendable, Equatable {
     public var byteCount: Int
 
     public var elementCount: Int { dtype.size == 0 ? 0 : byteCount / dtype.size }
+
+    public init(name: String, dtype: DType, shape: [Int], offset: Int, byteCount: Int) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.offset = offset; self.byteCount = byteCount
+    }
 }
 
 /// A validated safetensors file: every tensor's dtype, shape and byte range have been checked before

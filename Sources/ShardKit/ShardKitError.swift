@@ -9,6 +9,9 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
         /// A PyTorch checkpoint (`torch.save` zip) is malformed, uses a layout ShardKit does not read
         /// (legacy format, compressed records, non-contiguous tensors), or calls code.
         case invalidPyTorchFile
+        /// An HDF5 file cannot be read, or holds a dataset ShardKit cannot read in place (chunked,
+        /// compressed, big-endian, strings, ...).
+        case invalidHDF5File
         /// A checkpoint directory is inconsistent (missing config, index naming missing files, ...).
         case invalidCheckpoint
         /// config.json is missing a key or names an unknown model type.

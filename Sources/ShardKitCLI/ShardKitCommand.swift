@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardKit
+import ShardKitHDF5
 import Yams
 
 @main
@@ -245,7 +246,7 @@ struct ShardCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source)
+            let checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
             let rules = try ruleOptions.load(for: checkpoint)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
@@ -285,7 +286,7 @@ struct PlanCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source)
+            let checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
             let rules = try ruleOptions.load(for: checkpoint)
             let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
             let rows = plan.tensors.map { t in

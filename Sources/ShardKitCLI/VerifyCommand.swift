@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardKit
+import ShardKitHDF5
 import ShardKitReference
 
 struct VerifyCommand: ParsableCommand {
@@ -36,7 +37,7 @@ struct VerifyCommand: ParsableCommand {
             Terminal.clearProgress()
             var checkpoint: Checkpoint?
             if let source {
-                checkpoint = try Checkpoint(path: source)
+                checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
                 checks.append(Verify.reconstruction(set, source: checkpoint!, progress: Terminal.progress(label: "reconstruction")))
                 Terminal.clearProgress()
             } else {
