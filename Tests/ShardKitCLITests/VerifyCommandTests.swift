@@ -102,3 +102,40 @@ struct NoSyncTests {
         }
     }
 }
+
+/// The same model saved by torch.save, as HDF5 and as safetensors: shard and verify (numerics against
+/// transformers' reference included) from each.
+@Suite("other input formats through the CLI")
+struct InputFormatCLITests {
+    @Test("shard and verify from pytorch_model.bin, a sharded .bin with its index, and model.h5",
+          arguments: ["llama-gqa-bin", "llama-bf16-sharded-bin", "llama-gqa-h5"])
+    func shardAndVerify(_ fixture: String) throws {
+        try withTempDir { dir in
+            let out = dir + "/tp2"
+            let s = try CLI.run(["shard", Fixtures.path(fixture), "--tp", "2", "--out", out])
+            #expect(s.status == 0, "\(s)")
+            let r = try CLI.run(["verify", out, "--source", Fixtures.path(fixture),
+                                 "--reference", Fixtures.path(fixture) + "/reference.safetensors"])
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stdout.contains("PASS    reconstruction"))
+            #expect(r.stdout.contains("PASS    numerics"))
+        }
+    }
+
+    @Test("a pickle that calls os.system is one error line and nothing is written")
+    func evilPickle() throws {
+        try withTempDir { dir in
+            let r = try CLI.run(["shard", Fixtures.bad("torch/evil-global.bin"), "--tp", "1", "--out", dir + "/out"])
+            expectCLIError(r, ["evil-global.bin", "os.system"])
+            #expect(!exists(dir + "/out"))
+        }
+    }
+
+    @Test("a chunked HDF5 dataset is one error line naming the dataset and the way out")
+    func chunkedHDF5() throws {
+        try withTempDir { dir in
+            let r = try CLI.run(["plan", Fixtures.bad("hdf5/chunked.h5"), "--tp", "1"])
+            expectCLIError(r, ["chunked.h5", "dataset w", "h5repack"])
+        }
+    }
+}

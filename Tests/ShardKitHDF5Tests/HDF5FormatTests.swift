@@ -1,1 +1,133 @@
+import Foundation
 import Testing
+import ShardKit
+import ShardKitHDF5
+import ShardKitTestSupport
+
+private func open(_ name: String) throws -> CheckpointFile {
+    try CheckpointFile(path: Fixtures.bad("hdf5/" + name), formats: [HDF5Format()])
+}
+
+private func bytes(_ file: CheckpointFile, _ name: String) throws -> [UInt8] {
+    let t = try #require(file.tensors.first { $0.name == name }, "no tensor \(name)")
+    return try ReadOnlyFile(path: file.path).read(count: t.byteCount, at: t.offset)
+}
+
+private func le<T: FixedWidthInteger>(_ values: [T]) -> [UInt8] { values.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) } }
+private func f32(_ values: [Float]) -> [UInt8] { le(values.map(\.bitPattern)) }
+
+private func expectError(_ body: () throws -> Void, _ code: ShardKitError.Code, _ words: [String],
+                         sourceLocation: SourceLocation = #_sourceLocation) {
+    do {
+        try body()
+        Issue.record("expected an error containing \(words)", sourceLocation: sourceLocation)
+    } catch let e as ShardKitError {
+        #expect(e.code == code, "\(e.message)", sourceLocation: sourceLocation)
+        for w in words { #expect(e.message.contains(w), "\"\(e.message)\" should contain \"\(w)\"", sourceLocation: sourceLocation) }
+    } catch {
+        Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("HDF5 weights files (fixtures/bad/hdf5, llama-gqa-h5)")
+struct HDF5FormatTests {
+    @Test("valid.h5: every dataset, nested ones by path, with its dtype, shape and bytes; attributes ignored")
+    func valid() throws {
+        let file = try open("valid.h5")
+        #expect(file.format == "hdf5")
+        let byName = Dictionary(uniqueKeysWithValues: file.tensors.map { ($0.name, $0) })
+        #expect(Set(byName.keys) == ["a", "b", "c", "flag", "group/sub/d"])
+        #expect(byName["a"]?.dtype == .f32 && byName["a"]?.shape == [2, 3])
+        #expect(byName["b"]?.dtype == .f16 && byName["b"]?.shape == [4])
+        #expect(byName["c"]?.dtype == .i64 && byName["c"]?.shape == [3])
+        #expect(byName["flag"]?.dtype == .bool && byName["flag"]?.shape == [2])
+        #expect(byName["group/sub/d"]?.dtype == .f64 && byName["group/sub/d"]?.shape == [2])
+        #expect(try bytes(file, "a") == f32([0, 1, 2, 3, 4, 5]))
+        #expect(try bytes(file, "b") == le([Float16(0), 1, 2, 3].map(\.bitPattern)))
+        #expect(try bytes(file, "c") == le([Int64(-1), 0, 7]))
+        #expect(try bytes(file, "flag") == [1, 0])
+        #expect(try bytes(file, "group/sub/d") == le([0.5, 1.5].map { (x: Double) in x.bitPattern }))
+    }
+
+    @Test("a 16-bit float with bfloat16's bit layout is BF16, not F16")
+    func bf16() throws {
+        let file = try open("bf16.h5")
+        #expect(file.tensors.map(\.dtype) == [.bf16])
+        #expect(try bytes(file, "w") == [0x80, 0x3F, 0x00, 0xC0, 0x00, 0x3F, 0x40, 0x40])
+    }
+
+    @Test("a file with a 512-byte user block: offsets are absolute")
+    func userBlock() throws {
+        #expect(try bytes(try open("userblock.h5"), "a") == f32([0, 1, 2, 3, 4, 5]))
+    }
+
+    @Test("a zero-element dataset is an empty tensor; a scalar dataset has shape []")
+    func emptyAndScalar() throws {
+        let file = try open("empty-dims.h5")
+        let z = try #require(file.tensors.first { $0.name == "z" })
+        #expect(z.shape == [0, 4] && z.byteCount == 0)
+        let s = try #require(file.tensors.first { $0.name == "s" })
+        #expect(s.shape == [] && s.dtype == .f32)
+        #expect(try bytes(file, "s") == f32([2.5]))
+    }
+
+    @Test("each dataset that cannot be read in place, and each broken file, is refused with its reason", arguments: [
+        ("chunked.h5", ["dataset w", "chunked", "h5repack"]),
+        ("compressed.h5", ["dataset w", "compressed"]),
+        ("compact.h5", ["dataset w", "compact"]),
+        ("unwritten.h5", ["dataset w", "never written"]),
+        ("big-endian.h5", ["dataset w", "big-endian"]),
+        ("string.h5", ["dataset s", "strings"]),
+        ("truncated.h5", ["truncated"]),
+        ("not-hdf5.h5", ["signature"]),
+    ])
+    func refused(_ name: String, _ words: [String]) {
+        expectError({ _ = try open(name) }, .invalidHDF5File, [name] + words)
+    }
+
+    @Test("without HDF5Format, an HDF5 file is refused naming the library that reads it")
+    func needsTheFormat() {
+        expectError({ _ = try CheckpointFile(path: Fixtures.bad("hdf5/valid.h5")) }, .invalidCheckpoint, ["HDF5", "ShardKitHDF5"])
+    }
+
+    @Test("every 97th truncation of valid.h5 is refused cleanly or still reads inside the file")
+    func truncations() throws {
+        let full = try readBytes(Fixtures.bad("hdf5/valid.h5"))
+        try withTempDir { tmp in
+            for length in stride(from: 0, to: full.count, by: 97) {
+                let path = tmp + "/t.h5"
+                try writeBytes(Array(full[..<length]), to: path)
+                do {
+                    let file = try CheckpointFile(path: path, formats: [HDF5Format()])
+                    for t in file.tensors { #expect(t.offset + t.byteCount <= length) }
+                } catch let e as ShardKitError {
+                    #expect([.invalidHDF5File, .invalidSafetensors].contains(e.code), "length \(length): \(e.message)")
+                }
+            }
+        }
+    }
+
+    @Test("the llama-gqa-h5 checkpoint holds the safetensors fixture's tensors bit for bit and shards to the same pieces")
+    func checkpoint() throws {
+        let h5 = try Checkpoint(path: Fixtures.path("llama-gqa-h5"), formats: [HDF5Format()])
+        let st = try Checkpoint(path: Fixtures.path("llama-gqa"))
+        #expect(h5.files.map(\.format) == ["hdf5"])
+        #expect(Set(h5.tensors.map(\.info.name)) == Set(st.tensors.map(\.info.name)))
+        for (file, info) in h5.tensors {
+            let other = try #require(st.tensor(named: info.name))
+            #expect(info.dtype == other.info.dtype && info.shape == other.info.shape, "\(info.name)")
+            let x = try ReadOnlyFile(path: h5.files[file].path).read(count: info.byteCount, at: info.offset)
+            let y = try ReadOnlyFile(path: st.files[other.file].path).read(count: other.info.byteCount, at: other.info.offset)
+            #expect(x == y, "\(info.name) differs")
+        }
+        try withTempDir { tmp in
+            let rules = try ShardPlan.rules(for: h5, rulesFile: nil)
+            let manifest = try Shard.run(checkpoint: h5, sourcePath: Fixtures.path("llama-gqa-h5"), rules: rules, tp: 2, output: tmp + "/out")
+            #expect(manifest.source.files == ["model.h5"])
+            let set = try ShardSet(directory: tmp + "/out")
+            #expect(Verify.integrity(set).status == "pass")
+            let recon = Verify.reconstruction(set, source: st)
+            #expect(recon.status == "pass", "\(recon.failures)")
+        }
+    }
+}
