@@ -6,6 +6,8 @@ public protocol WeightsFileFormat: Sendable {
     var name: String { get }
     /// File name suffixes of the format, to find the weights in a directory (".h5").
     var suffixes: [String] { get }
+    /// Conventional weights file names, found in a directory before any lone file ("model.h5").
+    var standardNames: [String] { get }
     /// True when the file carries the format's signature.
     func recognizes(_ file: ReadOnlyFile) -> Bool
     /// Every tensor of the file, each checked to be a byte range inside it.
@@ -22,8 +24,9 @@ public struct CheckpointFile: Sendable {
     public let tensors: [TensorInfo]
 
     /// Opens and validates `path`, choosing the format by the file's first bytes: a ZIP archive is a
-    /// PyTorch checkpoint; a signature one of `formats` recognizes, that format; else safetensors
-    /// (or PyTorch for a .bin/.pt/.pth name, to explain why it is not a readable torch.save file).
+    /// PyTorch checkpoint; a signature one of `formats` recognizes, that format; else by name (a
+    /// suffix of one of `formats`, or .bin/.pt/.pth for PyTorch, so that the error says why the file
+    /// is not readable in its format); else safetensors.
     public init(path: String, formats: [WeightsFileFormat] = []) throws {
         let file = try ReadOnlyFile(path: path)
         self.path = path
@@ -35,6 +38,9 @@ public struct CheckpointFile: Sendable {
             tensors = try other.tensors(in: file)
         } else if CheckpointFile.hasHDF5Signature(file) {
             throw ShardKitError(.invalidCheckpoint, "\(path): an HDF5 file; reading HDF5 needs the ShardKitHDF5 library (HDF5Format), which the shardkit command includes")
+        } else if let named = formats.first(where: { $0.suffixes.contains(where: path.hasSuffix) }) {
+            format = named.name
+            tensors = try named.tensors(in: file)               // refuses with the format's own reason
         } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
             format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors      // refuses with the reason (legacy format, ...)
@@ -79,7 +85,8 @@ public struct Checkpoint: Sendable {
 
     /// Opens `path`: a directory, or a single weights file. In a directory, the first of these is the
     /// checkpoint: `model.safetensors.index.json`, `model.safetensors`, `pytorch_model.bin.index.json`,
-    /// `pytorch_model.bin`, a lone `.safetensors` file, a lone file with a suffix of one of `formats`
+    /// `pytorch_model.bin`, a standard name of one of `formats` (`model.h5`), a lone `.safetensors`
+    /// file, a lone file with a suffix of one of `formats`
     /// (safetensors first when a repository has both, as Hugging Face repositories often do: they
     /// hold the same weights). `formats`: weights formats beyond safetensors and PyTorch (HDF5).
     public init(path: String, formats: [WeightsFileFormat] = []) throws {
@@ -97,6 +104,8 @@ public struct Checkpoint: Sendable {
                 indexPath = FileSystem.join(path, Checkpoint.pytorchIndexName)
             } else if entries.contains("pytorch_model.bin") {
                 fileNames = ["pytorch_model.bin"]
+            } else if let standard = formats.flatMap(\.standardNames).first(where: entries.contains) {
+                fileNames = [standard]
             } else if safetensors.count == 1 {
                 fileNames = safetensors
             } else if safetensors.isEmpty, let other = try Checkpoint.loneFile(entries, formats: formats, in: path) {

@@ -19,6 +19,8 @@ public struct HDF5Format: WeightsFileFormat {
     public init() {}
     public var name: String { "hdf5" }
     public var suffixes: [String] { [".h5", ".hdf5"] }
+    /// Keras' and Hugging Face's (TensorFlow) names.
+    public var standardNames: [String] { ["model.h5", "tf_model.h5", "model.weights.h5"] }
 
     public func recognizes(_ file: ReadOnlyFile) -> Bool { CheckpointFile.hasHDF5Signature(file) }
 
