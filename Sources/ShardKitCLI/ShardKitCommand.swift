@@ -236,7 +236,7 @@ struct ShardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shard", abstract: "Cut a full checkpoint into per-rank shard files plus manifest.json.")
 
-    @Argument(help: "Checkpoint directory (model.safetensors, pytorch_model.bin, or their HF index) or one weights file (.safetensors, or a torch.save .bin/.pt).")
+    @Argument(help: "Checkpoint directory (model.safetensors, pytorch_model.bin, their HF index, or model.h5) or one weights file (.safetensors, a torch.save .bin/.pt, or .h5); see docs/formats.md.")
     var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
@@ -274,7 +274,7 @@ struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan", abstract: "Dry run: print each tensor's rule and every rank's shape and bytes; writes nothing.")
 
-    @Argument(help: "Checkpoint directory or weights file (.safetensors, or a torch.save .bin/.pt).") var source: String
+    @Argument(help: "Checkpoint directory or weights file (.safetensors, a torch.save .bin/.pt, or .h5).") var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @OptionGroup var ruleOptions: RuleOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
