@@ -23,14 +23,19 @@ public struct CheckpointFile: Sendable {
     /// Tensors in the file's order; each a byte range of this file.
     public let tensors: [TensorInfo]
 
-    /// Opens and validates `path`, choosing the format by the file's first bytes: a ZIP archive is a
-    /// PyTorch checkpoint; a signature one of `formats` recognizes, that format; else by name (a
+    /// Opens and validates `path`. A `.safetensors` name is always safetensors. Otherwise the format
+    /// is chosen by the file's first bytes: a ZIP archive is a PyTorch checkpoint; a signature one of `formats` recognizes, that format; else by name (a
     /// suffix of one of `formats`, or .bin/.pt/.pth for PyTorch, so that the error says why the file
     /// is not readable in its format); else safetensors.
     public init(path: String, formats: [WeightsFileFormat] = []) throws {
         let file = try ReadOnlyFile(path: path)
         self.path = path
-        if PyTorchFile.looksLikeZip(file) {
+        if path.hasSuffix(".safetensors") {
+            // The name decides: a file must not be one checkpoint to ShardKit and another to the
+            // safetensors library (a header can make a file start like a ZIP or hold an HDF5 file).
+            format = "safetensors"
+            tensors = try SafetensorsFile(file: file).tensors
+        } else if PyTorchFile.looksLikeZip(file) {
             format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors
         } else if let other = formats.first(where: { $0.recognizes(file) }) {

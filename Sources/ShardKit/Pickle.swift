@@ -12,13 +12,24 @@ struct PickleReader {
         case float(Double)
         case string(String)
         case bytes([UInt8])
-        case tuple([Value])
+        /// Items, and the nesting depth (1 + the deepest item's), kept so that it is never recomputed.
+        case tuple([Value], depth: Int)
         case list(PickleList)
         case dict(PickleDict)
         /// `module.name` named by GLOBAL / STACK_GLOBAL (never imported).
         case global(module: String, name: String)
         /// The result of `interpret` for a REDUCE or a persistent id: opaque to the reader.
         case object(AnyObject)
+
+        /// How deeply containers nest inside this value (0 for scalars).
+        var depth: Int {
+            switch self {
+            case .tuple(_, let d): return d
+            case .list(let l): return l.depth
+            case .dict(let d): return d.depth
+            default: return 0
+            }
+        }
 
         var typeName: String {
             switch self {
@@ -37,8 +48,14 @@ struct PickleReader {
         }
     }
 
-    final class PickleList { var items: [Value] = [] }
-    final class PickleDict { var items: [(key: Value, value: Value)] = [] }
+    final class PickleList {
+        var items: [Value] = []
+        var depth = 1
+    }
+    final class PickleDict {
+        var items: [(key: Value, value: Value)] = []
+        var depth = 1
+    }
 
     /// Turns a REDUCE (callable, args) or a persistent id into a value, or throws for anything not allowed.
     struct Interpreter {
@@ -46,15 +63,30 @@ struct PickleReader {
         var persistentLoad: (_ pid: Value) throws -> Value
     }
 
-    /// Most stack entries and memo slots (a state dict uses a few per tensor).
-    static let maxItems = 50_000_000
+    /// Most stack entries, memo slots and open MARKs (a state dict uses about ten memo slots per
+    /// tensor: 2M is 200K tensors), and the deepest nesting of containers (a state dict nests 3 or 4
+    /// deep; deeper values would also be freed recursively, which deep enough overflows the stack).
+    static let maxItems = 2_000_000
+    static let maxMarks = 1_000_000
+    static let maxDepth = 64
 
     let bytes: [UInt8]
     let what: String
     let interpreter: Interpreter
 
-    /// Runs the stream to STOP and returns the value left on the stack.
-    func load() throws -> Value {
+    /// Runs the stream to STOP and gives the value left on the stack to `use`. Afterwards every list
+    /// and dict the stream built is emptied, so that reference cycles a hostile stream can build
+    /// (a list appended to itself through the memo) are freed.
+    func load<T>(_ use: (Value) throws -> T) throws -> T {
+        var lists: [PickleList] = [], dicts: [PickleDict] = []
+        defer {
+            for l in lists { l.items = [] }
+            for d in dicts { d.items = [] }
+        }
+        return try use(try run(&lists, &dicts))
+    }
+
+    private func run(_ lists: inout [PickleList], _ dicts: inout [PickleDict]) throws -> Value {
         func bad(_ message: String, at position: Int) -> ShardKitError {
             ShardKitError(.invalidPyTorchFile, "\(what): \(message) (byte \(position) of the pickle)")
         }
@@ -102,12 +134,29 @@ struct PickleReader {
             return items
         }
         func push(_ v: Value, _ start: Int) throws {
-            guard stack.count < PickleReader.maxItems else { throw bad("stack too deep", at: start) }
+            guard stack.count < PickleReader.maxItems else { throw bad("more than \(PickleReader.maxItems) values on the stack", at: start) }
+            guard v.depth <= PickleReader.maxDepth else { throw bad("containers nested more than \(PickleReader.maxDepth) deep", at: start) }
             stack.append(v)
+        }
+        func tuple(_ items: [Value], _ start: Int) throws -> Value {
+            .tuple(items, depth: 1 + (items.map(\.depth).max() ?? 0))
+        }
+        func newList() -> PickleList { let l = PickleList(); lists.append(l); return l }
+        func newDict() -> PickleDict { let d = PickleDict(); dicts.append(d); return d }
+        func deepen(_ depth: inout Int, by items: [Value], into container: AnyObject, _ start: Int) throws {
+            for v in items {
+                switch v {
+                case .list(let l) where l === container: throw bad("a list inserted into itself", at: start)
+                case .dict(let d) where d === container: throw bad("a dict inserted into itself", at: start)
+                default: break
+                }
+                depth = max(depth, v.depth + 1)
+            }
+            guard depth <= PickleReader.maxDepth else { throw bad("containers nested more than \(PickleReader.maxDepth) deep", at: start) }
         }
         func put(_ key: Int, _ start: Int) throws {
             guard let top = stack.last else { throw bad("memoizing an empty stack", at: start) }
-            guard memo.count < PickleReader.maxItems else { throw bad("memo too large", at: start) }
+            guard memo.count < PickleReader.maxItems || memo[key] != nil else { throw bad("more than \(PickleReader.maxItems) memo entries", at: start) }
             memo[key] = top
         }
         func get(_ key: Int, _ start: Int) throws {
@@ -117,10 +166,12 @@ struct PickleReader {
         func setItems(_ pairs: [Value], _ start: Int) throws {
             guard case .dict(let d)? = stack.last else { throw bad("SETITEM(S) on a \(stack.last?.typeName ?? "nothing"), not a dict", at: start) }
             guard pairs.count % 2 == 0 else { throw bad("SETITEMS with an odd number of items", at: start) }
+            try deepen(&d.depth, by: pairs, into: d, start)
             for i in stride(from: 0, to: pairs.count, by: 2) { d.items.append((pairs[i], pairs[i + 1])) }
         }
         func append(_ items: [Value], _ start: Int) throws {
             guard case .list(let l)? = stack.last else { throw bad("APPEND(S) on a \(stack.last?.typeName ?? "nothing"), not a list", at: start) }
+            try deepen(&l.depth, by: items, into: l, start)
             l.items += items
         }
 
@@ -135,7 +186,9 @@ struct PickleReader {
             case 0x2E:                                                         // STOP
                 guard stack.count == 1, marks.isEmpty else { throw bad("STOP with \(stack.count) values on the stack", at: start) }
                 return stack[0]
-            case 0x28: marks.append(stack.count)                               // MARK
+            case 0x28:                                                         // MARK
+                guard marks.count < PickleReader.maxMarks else { throw bad("more than \(PickleReader.maxMarks) open MARKs", at: start) }
+                marks.append(stack.count)
             case 0x30: _ = try pop(start)                                      // POP
             case 0x31: _ = try popToMark(start)                                // POP_MARK
             case 0x32: guard let top = stack.last else { throw bad("DUP on an empty stack", at: start) }; try push(top, start)
@@ -166,15 +219,15 @@ struct PickleReader {
                 let n = try length(op == 0x43 ? 1 : op == 0x42 ? 4 : 8, start)
                 try push(.bytes(Array(b[p..<(p + n)])), start)
                 p += n
-            case 0x7D: try push(.dict(PickleDict()), start)                    // EMPTY_DICT
-            case 0x5D: try push(.list(PickleList()), start)                    // EMPTY_LIST
-            case 0x29: try push(.tuple([]), start)                             // EMPTY_TUPLE
-            case 0x74: try push(.tuple(try popToMark(start)), start)           // TUPLE
-            case 0x85: let a = try pop(start); try push(.tuple([a]), start)    // TUPLE1
-            case 0x86: let b2 = try pop(start), a = try pop(start); try push(.tuple([a, b2]), start)
-            case 0x87: let c = try pop(start), b2 = try pop(start), a = try pop(start); try push(.tuple([a, b2, c]), start)
-            case 0x6C: let l = PickleList(); l.items = try popToMark(start); try push(.list(l), start)   // LIST
-            case 0x64: let items = try popToMark(start); try push(.dict(PickleDict()), start); try setItems(items, start)  // DICT
+            case 0x7D: try push(.dict(newDict()), start)                       // EMPTY_DICT
+            case 0x5D: try push(.list(newList()), start)                       // EMPTY_LIST
+            case 0x29: try push(try tuple([], start), start)                   // EMPTY_TUPLE
+            case 0x74: try push(try tuple(try popToMark(start), start), start) // TUPLE
+            case 0x85: let a = try pop(start); try push(try tuple([a], start), start)   // TUPLE1
+            case 0x86: let b2 = try pop(start), a = try pop(start); try push(try tuple([a, b2], start), start)
+            case 0x87: let c = try pop(start), b2 = try pop(start), a = try pop(start); try push(try tuple([a, b2, c], start), start)
+            case 0x6C: let items = try popToMark(start); try push(.list(newList()), start); try append(items, start)    // LIST
+            case 0x64: let items = try popToMark(start); try push(.dict(newDict()), start); try setItems(items, start)  // DICT
             case 0x61: let v = try pop(start); try append([v], start)          // APPEND
             case 0x65: let items = try popToMark(start); try append(items, start)   // APPENDS
             case 0x73: let v = try pop(start), k = try pop(start); try setItems([k, v], start)   // SETITEM
@@ -194,7 +247,7 @@ struct PickleReader {
                 try push(.global(module: module, name: name), start)
             case 0x52:                                                         // REDUCE
                 let args = try pop(start), callable = try pop(start)
-                guard case .tuple(let a) = args else { throw bad("REDUCE arguments are a \(args.typeName), not a tuple", at: start) }
+                guard case .tuple(let a, _) = args else { throw bad("REDUCE arguments are a \(args.typeName), not a tuple", at: start) }
                 try push(try interpreter.reduce(callable, a), start)
             case 0x62:                                                         // BUILD
                 // Only state set on a dict (OrderedDict attributes such as `_metadata`) is accepted, and dropped.

@@ -85,7 +85,7 @@ public struct PyTorchFile: Sendable {
         let interpreter = PickleReader.Interpreter(
             reduce: { callable, args in try PyTorchFile.reduce(callable, args, bad: bad) },
             persistentLoad: { pid in
-                guard case .tuple(let t) = pid, t.count == 5, case .string("storage") = t[0],
+                guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
                       case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
                       case .string = t[3], case .int(let numel) = t[4], numel >= 0 else {
                     throw bad("data.pkl has a persistent id that is not ('storage', type, key, location, numel): \(pid.typeName)")
@@ -113,8 +113,14 @@ public struct PyTorchFile: Sendable {
                 storages[key] = s
                 return .object(s)
             })
-        let root = try PickleReader(bytes: pickleBytes, what: "\(path): data.pkl", interpreter: interpreter).load()
+        self.tensors = try PickleReader(bytes: pickleBytes, what: "\(path): data.pkl", interpreter: interpreter).load { root in
+            try PyTorchFile.stateDict(root, bad: bad)
+        }
+        self.path = path
+    }
 
+    /// The tensors of a `{name: tensor}` dict, in its order.
+    static func stateDict(_ root: PickleReader.Value, bad: (String) -> ShardKitError) throws -> [TensorInfo] {
         guard case .dict(let dict) = root else {
             throw bad("data.pkl holds a \(root.typeName), not a state dict (a dict of tensors)")
         }
@@ -128,8 +134,7 @@ public struct PyTorchFile: Sendable {
             guard seen.insert(name).inserted else { throw bad("tensor \(name) appears twice") }
             tensors.append(try t.info(name: name, bad: bad))
         }
-        self.path = path
-        self.tensors = tensors
+        return tensors
     }
 
     /// One storage record of the archive.
@@ -159,6 +164,7 @@ public struct PyTorchFile: Sendable {
         /// The tensor's byte range, once it is known to be contiguous and inside its storage.
         func info(name: String, bad: (String) -> ShardKitError) throws -> TensorInfo {
             guard shape.count == stride.count else { throw bad("tensor \(name): \(shape.count) sizes but \(stride.count) strides") }
+            guard shape.allSatisfy({ $0 >= 0 }) else { throw bad("tensor \(name): shape \(shape) has a negative size") }
             guard let count = checkedProduct(shape) else { throw bad("tensor \(name): shape \(shape) overflows") }
             if count > 0 {
                 var expected = 1
@@ -180,7 +186,7 @@ public struct PyTorchFile: Sendable {
     }
 
     static func ints(_ v: PickleReader.Value) -> [Int]? {
-        guard case .tuple(let items) = v else { return nil }
+        guard case .tuple(let items, _) = v else { return nil }
         var out: [Int] = []
         for i in items { guard case .int(let n) = i else { return nil }; out.append(n) }
         return out

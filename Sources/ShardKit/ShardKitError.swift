@@ -37,9 +37,25 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
     public var code: Code
     public var message: String
 
+    /// Control characters in `message` (which may quote names read from a file: newlines, terminal
+    /// escapes) are written as escapes, so that the message stays one printable line.
     public init(_ code: Code, _ message: String) {
         self.code = code
-        self.message = message
+        self.message = ShardKitError.printable(message)
+    }
+
+    static func printable(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return s }
+        var out = ""
+        for u in s.unicodeScalars {
+            if u.properties.generalCategory == .control {
+                let hex = String(u.value, radix: 16, uppercase: true)
+                out += u.value < 0x100 ? "\\x" + String(repeating: "0", count: 2 - hex.count) + hex : "\\u{" + hex + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 
     public var description: String { message }

@@ -69,6 +69,11 @@ struct ZipArchive {
                 (count, directorySize, directoryOffset) = (c, s, o)
             }
         }
+        // Each central-directory entry takes at least 46 bytes: the count cannot exceed what the
+        // directory holds (checked before anything is sized by it).
+        guard count <= directorySize / 46 else {
+            throw bad("\(count) entries cannot fit in a central directory of \(directorySize) bytes")
+        }
         guard count <= ZipArchive.maxEntries else { throw bad("\(count) entries, more than the \(ZipArchive.maxEntries) accepted") }
         guard directorySize <= ZipArchive.maxDirectoryBytes else { throw bad("central directory of \(directorySize) bytes is too large") }
         guard let directoryEnd = checkedSum([directoryOffset, directorySize]), directoryEnd <= file.size else {

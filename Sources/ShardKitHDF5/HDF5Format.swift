@@ -79,6 +79,21 @@ private struct HDF5Reader {
         guard did >= 0 else { throw badSet("cannot be opened: \(HDF5Reader.lastError())") }
         defer { H5Dclose(did) }
 
+        // Storage first: one contiguous range of the file. (Asking a virtual dataset for its dataspace
+        // makes libhdf5 open the source files it names, any path at all: refuse it before that.)
+        let dcpl = H5Dget_create_plist(did)
+        guard dcpl >= 0 else { throw badSet("no creation properties: \(HDF5Reader.lastError())") }
+        defer { H5Pclose(dcpl) }
+        let layout = H5Pget_layout(dcpl)
+        let repack = "ShardKit reads datasets in place; rewrite the file with contiguous datasets, e.g. `h5repack -l CONTI IN OUT`"
+        switch layout {
+        case H5D_CONTIGUOUS: break
+        case H5D_CHUNKED: throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
+        case H5D_COMPACT: throw badSet("has compact layout (stored in its object header); \(repack)")
+        default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
+        }
+        guard H5Pget_nfilters(dcpl) == 0 else { throw badSet("has filters; \(repack)") }
+        guard H5Pget_external_count(dcpl) == 0 else { throw badSet("stores its data in external files; \(repack)") }
         // Shape.
         let space = H5Dget_space(did)
         guard space >= 0 else { throw badSet("no dataspace: \(HDF5Reader.lastError())") }
@@ -108,20 +123,6 @@ private struct HDF5Reader {
             throw badSet("shape \(shape) overflows")
         }
 
-        // Storage: one contiguous range of the file.
-        let dcpl = H5Dget_create_plist(did)
-        guard dcpl >= 0 else { throw badSet("no creation properties: \(HDF5Reader.lastError())") }
-        defer { H5Pclose(dcpl) }
-        let layout = H5Pget_layout(dcpl)
-        let repack = "ShardKit reads datasets in place; rewrite the file with contiguous datasets, e.g. `h5repack -l CONTI IN OUT`"
-        switch layout {
-        case H5D_CONTIGUOUS: break
-        case H5D_CHUNKED: throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
-        case H5D_COMPACT: throw badSet("has compact layout (stored in its object header); \(repack)")
-        default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
-        }
-        guard H5Pget_nfilters(dcpl) == 0 else { throw badSet("has filters; \(repack)") }
-        guard H5Pget_external_count(dcpl) == 0 else { throw badSet("stores its data in external files; \(repack)") }
         if byteCount == 0 {
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: 0)
         }
@@ -149,6 +150,9 @@ private struct HDF5Reader {
             guard H5Tget_order(type) == H5T_ORDER_LE else { throw badType("big-endian floats are not read (ShardKit moves bytes as they are)") }
             var spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0
             guard H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) >= 0 else { throw badType("cannot read its float layout") }
+            guard H5Tget_norm(type) == H5T_NORM_IMPLIED else {
+                throw badType("a float without an implied leading mantissa bit is not IEEE (its bytes would mean other values)")
+            }
             let layout = (size, spos, epos, esize, mpos, msize, Int(H5Tget_ebias(type)), Int(H5Tget_precision(type)), Int(H5Tget_offset(type)))
             switch layout {
             case (2, 15, 10, 5, 0, 10, 15, 16, 0): return .f16
@@ -175,11 +179,15 @@ private struct HDF5Reader {
             }
         case H5T_ENUM:
             // h5py stores numpy bools as an enum of int8 {FALSE = 0, TRUE = 1}.
+            let notBool = badType("enum types other than h5py's booleans are not supported")
+            // Size and base type first: member values are copied out at the base type's size.
+            guard size == 1, H5Tget_nmembers(type) == 2 else { throw notBool }
+            let base = H5Tget_super(type)
+            guard base >= 0 else { throw notBool }
+            defer { H5Tclose(base) }
+            guard H5Tget_class(base) == H5T_INTEGER, H5Tget_size(base) == 1 else { throw notBool }
             let members = [enumValue(type, member: 0), enumValue(type, member: 1)]
-            guard size == 1, H5Tget_nmembers(type) == 2, members[0]?.0 == "FALSE", members[0]?.1 == 0,
-                  members[1]?.0 == "TRUE", members[1]?.1 == 1 else {
-                throw badType("enum types other than h5py's booleans are not supported")
-            }
+            guard members[0]?.0 == "FALSE", members[0]?.1 == 0, members[1]?.0 == "TRUE", members[1]?.1 == 1 else { throw notBool }
             return .bool
         case H5T_STRING: throw badType("strings are not tensors")
         case H5T_COMPOUND: throw badType("compound (struct) types are not supported")
@@ -187,12 +195,13 @@ private struct HDF5Reader {
         }
     }
 
+    /// A member of a 1-byte enum (the caller checked the size: libhdf5 copies the value at that size).
     func enumValue(_ type: hid_t, member: UInt32) -> (String, Int8)? {
         guard let cName = H5Tget_member_name(type, member) else { return nil }
         defer { H5free_memory(cName) }
-        var value: Int8 = 0
+        var value = [Int8](repeating: 0, count: max(1, H5Tget_size(type)))
         guard H5Tget_member_value(type, member, &value) >= 0 else { return nil }
-        return (String(cString: cName), value)
+        return (String(cString: cName), value[0])
     }
 
     /// Reads up to 64 of the dataset's first elements through libhdf5 and compares them with the bytes
