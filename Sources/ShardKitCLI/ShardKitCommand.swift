@@ -10,7 +10,7 @@ struct ShardKitCommand: ParsableCommand {
         commandName: "shardkit",
         abstract: "Cut model checkpoints into tensor-parallel shards, reshard them, and prove them right.",
         version: Shard.toolVersion,
-        subcommands: [ShardCommand.self, PlanCommand.self, ReshardCommand.self, VerifyCommand.self])
+        subcommands: [ShardCommand.self, PlanCommand.self, ReshardCommand.self, VerifyCommand.self, HDF5InspectCommand.self])
 
     static func main() {
         // A file-size limit (ulimit -f) then fails the write with EFBIG, reported and cleaned up,
@@ -30,6 +30,31 @@ struct ShardKitCommand: ParsableCommand {
             FileHandle.standardError.write(Data("error: \(line)\n".utf8))
             throw ExitCode(1)
         }
+    }
+}
+
+/// The weights formats beyond safetensors and PyTorch: HDF5, whose structure libhdf5 reads in a child
+/// process (this executable's hidden `hdf5-inspect`), so that a malformed file that crashes libhdf5
+/// is an error message, not a crash.
+let inputFormats: [WeightsFileFormat] = {
+    let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return [HDF5Format(inspector: [me, "hdf5-inspect"])]
+}()
+
+/// `shardkit hdf5-inspect FILE` (hidden): prints an HDF5 file's tensors as JSON, for `inputFormats`.
+/// Runs under resource limits, as it parses an untrusted file with libhdf5.
+struct HDF5InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hdf5-inspect", abstract: "List an HDF5 file's datasets as JSON (used by shard/plan/verify).",
+        shouldDisplay: false)
+    @Argument var file: String
+
+    func run() throws {
+        var memory = rlimit(rlim_cur: 8 << 30, rlim_max: 8 << 30)
+        setrlimit(Int32(RLIMIT_AS.rawValue), &memory)
+        var cpu = rlimit(rlim_cur: 600, rlim_max: 600)
+        setrlimit(Int32(RLIMIT_CPU.rawValue), &cpu)
+        print(HDF5Format.inspectionReport(path: file))
     }
 }
 
@@ -246,7 +271,7 @@ struct ShardCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
+            let checkpoint = try Checkpoint(path: source, formats: inputFormats)
             let rules = try ruleOptions.load(for: checkpoint)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
@@ -286,7 +311,7 @@ struct PlanCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
+            let checkpoint = try Checkpoint(path: source, formats: inputFormats)
             let rules = try ruleOptions.load(for: checkpoint)
             let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
             let rows = plan.tensors.map { t in

@@ -37,7 +37,7 @@ struct VerifyCommand: ParsableCommand {
             Terminal.clearProgress()
             var checkpoint: Checkpoint?
             if let source {
-                checkpoint = try Checkpoint(path: source, formats: [HDF5Format()])
+                checkpoint = try Checkpoint(path: source, formats: inputFormats)
                 checks.append(Verify.reconstruction(set, source: checkpoint!, progress: Terminal.progress(label: "reconstruction")))
                 Terminal.clearProgress()
             } else {

@@ -14,9 +14,20 @@ import Synchronization
 /// exponent and 7 mantissa bits), bf16. Each dataset's first values are also read through libhdf5
 /// and compared with the bytes at the computed offset, so a wrong offset cannot go unnoticed.
 ///
-/// Pass `HDF5Format()` in `formats:` to `Checkpoint(path:formats:)`.
+/// libhdf5 is not hardened against hostile files: some malformed files crash it or corrupt its
+/// memory. With `inspector` set, libhdf5 runs in a child process (`inspector` + the file's path must
+/// run `HDF5Format.inspectionReport(path:)` and print it; the shardkit command has a hidden
+/// `hdf5-inspect` subcommand for this), under a time limit; its answer is validated again here. A
+/// crash is then a clear error instead of a dead or corrupted process.
+///
+/// Pass `HDF5Format()` (or `HDF5Format(inspector:)`) in `formats:` to `Checkpoint(path:formats:)`.
 public struct HDF5Format: WeightsFileFormat {
-    public init() {}
+    /// The command that inspects a file out of process (the file's path is appended); nil: in process.
+    public let inspector: [String]?
+    /// Longest an inspection may take before the child is killed.
+    public var inspectionTimeout: Double = 300
+
+    public init(inspector: [String]? = nil) { self.inspector = inspector }
     public var name: String { "hdf5" }
     public var suffixes: [String] { [".h5", ".hdf5"] }
     /// Keras' and Hugging Face's (TensorFlow) names.
@@ -25,11 +36,21 @@ public struct HDF5Format: WeightsFileFormat {
     public func recognizes(_ file: ReadOnlyFile) -> Bool { CheckpointFile.hasHDF5Signature(file) }
 
     public func tensors(in file: ReadOnlyFile) throws -> [TensorInfo] {
-        // libhdf5 (Debian's build) is not thread-safe: one caller at a time.
+        if let inspector { return try HDF5Inspection.run(inspector, file: file, timeout: inspectionTimeout) }
+        return try HDF5Format.inProcess(file)
+    }
+
+    static func inProcess(_ file: ReadOnlyFile) throws -> [TensorInfo] {
+        // libhdf5 calls are serialized (Debian's build is thread-safe only behind one global lock).
         try HDF5Format.lock.withLock { _ in try HDF5Reader(file: file).tensors() }
     }
 
     private static let lock = Mutex(())
+
+    /// What an inspection child prints: the file's tensors, or the error, as one JSON object.
+    public static func inspectionReport(path: String) -> String {
+        HDF5Inspection.report(path: path)
+    }
 }
 
 /// One pass over an open HDF5 file. Call only under `HDF5Format.lock`.
@@ -90,6 +111,7 @@ private struct HDF5Reader {
         case H5D_CONTIGUOUS: break
         case H5D_CHUNKED: throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
         case H5D_COMPACT: throw badSet("has compact layout (stored in its object header); \(repack)")
+        case H5D_VIRTUAL: throw badSet("is a virtual dataset (its data is in other datasets or files); \(repack)")
         default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
         }
         guard H5Pget_nfilters(dcpl) == 0 else { throw badSet("has filters; \(repack)") }

@@ -201,6 +201,8 @@ enum Widen {
 /// widen a tile and multiply it with a single-threaded sgemm, in the transposed form
 /// `Cᵀ[tile] = B[tile] · Aᵀ`, which OpenBLAS runs much faster than `A · B[tile]ᵀ` when A is short.
 /// Results do not depend on the number of workers: tile boundaries depend only on the shapes.
+/// One engine runs one product at a time (its workers' buffers are reused): do not share an engine
+/// between threads.
 final class GemmEngine {
     /// Threads running products at once (each with single-threaded BLAS; see `withSingleThreadedBLAS`).
     let workers: Int
@@ -247,13 +249,23 @@ final class GemmEngine {
     static var blasThreads: Int { Int(openblas_get_num_threads()) }
 
     /// Runs `body` with OpenBLAS using one thread per call (the engine's workers are the parallelism),
-    /// then restores OpenBLAS's previous thread count.
+    /// then restores OpenBLAS's thread count. The setting is process-wide: overlapping scopes (from
+    /// several threads) are counted, and the count is restored when the last one ends.
     static func withSingleThreadedBLAS<T>(_ body: () throws -> T) rethrows -> T {
-        let previous = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(previous) }
+        blasScopes.withLock { s in
+            if s.depth == 0 { s.previous = openblas_get_num_threads(); openblas_set_num_threads(1) }
+            s.depth += 1
+        }
+        defer {
+            blasScopes.withLock { s in
+                s.depth -= 1
+                if s.depth == 0 { openblas_set_num_threads(s.previous) }
+            }
+        }
         return try body()
     }
+
+    private static let blasScopes = Mutex<(depth: Int, previous: Int32)>((0, 1))
 
     /// C[m×n] = A[m×k] · op(B), all row-major, with B as stored (any float dtype): `transB`, B is
     /// `[n×k]` (an `[out, in]` weight); otherwise `[k×n]` (GPT-2's Conv1D). An f32 B is used in

@@ -131,6 +131,12 @@ struct InputFormatCLITests {
         }
     }
 
+    @Test("an HDF5 file that crashes libhdf5 is one error line: the structure is read in a child process")
+    func crashingHDF5() throws {
+        let r = try CLI.run(["plan", Fixtures.bad("hdf5/corrupt-heap.h5"), "--tp", "1"])
+        expectCLIError(r, ["corrupt-heap.h5", "libhdf5 crashed"])
+    }
+
     @Test("a chunked HDF5 dataset is one error line naming the dataset and the way out")
     func chunkedHDF5() throws {
         try withTempDir { dir in

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import ShardKit
-import ShardKitHDF5
+@testable import ShardKitHDF5
 import ShardKitTestSupport
 
 private func open(_ name: String) throws -> CheckpointFile {
@@ -31,6 +31,23 @@ private func expectError(_ body: () throws -> Void, _ code: ShardKitError.Code, 
 
 @Suite("HDF5 weights files (fixtures/bad/hdf5, llama-gqa-h5)")
 struct HDF5FormatTests {
+    @Test("an inspection report from a child is checked like any untrusted input")
+    func childReportValidated() throws {
+        let file = try ReadOnlyFile(path: Fixtures.bad("hdf5/valid.h5"))
+        func parse(_ json: String) throws -> [TensorInfo] { try HDF5Inspection.parse(Data(json.utf8), file: file) }
+        let good = try parse(HDF5Format.inspectionReport(path: file.path))
+        #expect(good.map(\.name).sorted() == ["a", "b", "c", "flag", "group/sub/d"])
+        expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"F32","shape":[2,3],"offset":\#(file.size - 8),"bytes":24}]}"#) },
+                    .invalidHDF5File, ["dataset a", "not inside the file"])
+        expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"F32","shape":[2,3],"offset":0,"bytes":25}]}"#) },
+                    .invalidHDF5File, ["dataset a"])
+        expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"Q9","shape":[1],"offset":0,"bytes":4}]}"#) },
+                    .invalidHDF5File, ["malformed entry"])
+        expectError({ _ = try parse("not json") }, .invalidHDF5File, ["not valid JSON"])
+        expectError({ _ = try parse(#"{"error":{"code":"invalidHDF5File","message":"x: dataset w: is chunked"}}"#) },
+                    .invalidHDF5File, ["is chunked"])
+    }
+
     @Test("valid.h5: every dataset, nested ones by path, with its dtype, shape and bytes; attributes ignored")
     func valid() throws {
         let file = try open("valid.h5")
@@ -71,6 +88,8 @@ struct HDF5FormatTests {
         #expect(try bytes(file, "s") == f32([2.5]))
     }
 
+    // corrupt-heap.h5 is not here: it crashes libhdf5 itself, so it is tested through the CLI,
+    // which reads HDF5 structure in a child process.
     @Test("each dataset that cannot be read in place, and each broken file, is refused with its reason", arguments: [
         ("chunked.h5", ["dataset w", "chunked", "h5repack"]),
         ("compressed.h5", ["dataset w", "compressed"]),
@@ -80,6 +99,9 @@ struct HDF5FormatTests {
         ("string.h5", ["dataset s", "strings"]),
         ("truncated.h5", ["truncated"]),
         ("not-hdf5.h5", ["signature"]),
+        ("enum-i8.h5", ["dataset a", "enum"]),
+        ("float-unnormalized.h5", ["dataset w", "implied leading mantissa bit"]),
+        ("virtual.h5", ["dataset w", "virtual"]),
     ])
     func refused(_ name: String, _ words: [String]) {
         expectError({ _ = try open(name) }, .invalidHDF5File, [name] + words)

@@ -154,3 +154,116 @@ struct PyTorchFileTests {
     }
 }
 
+
+// MARK: - Hand-built archives: hostile pickles and ZIP structures
+
+/// A minimal torch.save-style archive: stored entries `archive/data.pkl` and `archive/<name>` for
+/// each record, a central directory and an end record.
+private func torchArchive(pickle: [UInt8], records: [(String, [UInt8])] = []) -> [UInt8] {
+    func le16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
+    func le32(_ v: Int) -> [UInt8] { le16(v & 0xFFFF) + le16(v >> 16 & 0xFFFF) }
+    var out: [UInt8] = [], central: [UInt8] = []
+    for (name, data) in [("archive/data.pkl", pickle)] + records.map({ ("archive/" + $0.0, $0.1) }) {
+        let n = Array(name.utf8), offset = out.count
+        out += le32(0x0403_4B50) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(data.count) + le32(data.count)
+            + le16(n.count) + le16(0) + n + data
+        central += le32(0x0201_4B50) + le16(20) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(data.count)
+            + le32(data.count) + le16(n.count) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(offset) + n
+    }
+    let count = 1 + records.count, directoryOffset = out.count
+    return out + central + le32(0x0605_4B50) + le16(0) + le16(0) + le16(count) + le16(count) + le32(central.count) + le32(directoryOffset) + le16(0)
+}
+
+/// Pickle opcodes, spelled out.
+private enum P {
+    static let proto2: [UInt8] = [0x80, 2], emptyDict: [UInt8] = [0x7D], emptyList: [UInt8] = [0x5D], mark: [UInt8] = [0x28]
+    static let none: [UInt8] = [0x4E], newFalse: [UInt8] = [0x89], tuple: [UInt8] = [0x74], tuple1: [UInt8] = [0x85]
+    static let tuple2: [UInt8] = [0x86], reduce: [UInt8] = [0x52], binpersid: [UInt8] = [0x51], setitem: [UInt8] = [0x73]
+    static let setitems: [UInt8] = [0x75], append: [UInt8] = [0x61], memoize: [UInt8] = [0x94], stop: [UInt8] = [0x2E]
+    static func str(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [0x58] + withUnsafeBytes(of: UInt32(b.count).littleEndian, Array.init) + b }
+    static func int(_ v: Int32) -> [UInt8] { [0x4A] + withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func global(_ module: String, _ name: String) -> [UInt8] { [0x63] + Array("\(module)\n\(name)\n".utf8) }
+    static func binput(_ k: UInt8) -> [UInt8] { [0x71, k] }
+    static func binget(_ k: UInt8) -> [UInt8] { [0x68, k] }
+    /// `{name: _rebuild_tensor_v2(FloatStorage '0' of `numel`, 0, shape, stride, False, {})}`
+    static func floatTensor(_ name: String, shape: [Int32], stride: [Int32], numel: Int32) -> [UInt8] {
+        proto2 + emptyDict + str(name) + global("torch._utils", "_rebuild_tensor_v2") + mark
+            + mark + str("storage") + global("torch", "FloatStorage") + str("0") + str("cpu") + int(numel) + tuple + binpersid
+            + int(0) + mark + shape.flatMap(int) + tuple + mark + stride.flatMap(int) + tuple + newFalse + emptyDict + tuple
+            + reduce + setitem + stop
+    }
+}
+
+@Suite("PyTorch reader against hand-built hostile archives")
+struct HostilePyTorchTests {
+    func open(_ bytes: [UInt8]) throws -> CheckpointFile {
+        try withTempDir { tmp in
+            try writeBytes(bytes, to: tmp + "/x.bin")
+            return try CheckpointFile(path: tmp + "/x.bin")
+        }
+    }
+
+    func refused(_ bytes: [UInt8], _ words: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+        expectShardKitError(caught { _ = try open(bytes) }, .invalidPyTorchFile, words, sourceLocation: sourceLocation)
+    }
+
+    @Test("the builder's well-formed archive reads back (so the refusals below are about what they change)")
+    func builderIsValid() throws {
+        let data = f32([0, 1, 2, 3, 4, 5])
+        let file = try open(torchArchive(pickle: P.floatTensor("t", shape: [2, 3], stride: [3, 1], numel: 6), records: [("data/0", data)]))
+        #expect(file.tensors.map(\.name) == ["t"] && file.tensors[0].shape == [2, 3] && file.tensors[0].byteCount == 24)
+    }
+
+    @Test("negative sizes are refused as such")
+    func negativeShape() {
+        refused(torchArchive(pickle: P.floatTensor("t", shape: [-2, -3], stride: [3, 1], numel: 6), records: [("data/0", f32([0, 1, 2, 3, 4, 5]))]),
+                ["tensor t", "negative size"])
+    }
+
+    @Test("containers nested 60,000 deep are refused, not freed recursively (which overflowed the stack)")
+    func deepNesting() {
+        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.none + [UInt8](repeating: P.tuple1[0], count: 60_000) + P.setitem + P.stop
+        refused(torchArchive(pickle: pickle), ["nested more than 64 deep"])
+    }
+
+    @Test("a flood of MARKs or memo entries is refused at the cap, with bounded memory")
+    func floods() {
+        refused(torchArchive(pickle: P.proto2 + [UInt8](repeating: P.mark[0], count: 1_000_001) + P.stop), ["open MARKs"])
+        refused(torchArchive(pickle: P.proto2 + P.none + [UInt8](repeating: P.memoize[0], count: 2_000_001) + P.stop), ["memo entries"])
+    }
+
+    @Test("a list appended to itself (a reference cycle) is refused")
+    func selfReference() {
+        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.emptyList + P.binput(0) + P.binget(0) + P.append + P.setitem + P.stop
+        refused(torchArchive(pickle: pickle), ["a list inserted into itself"])
+    }
+
+    @Test("names from the file cannot break the message into lines or send terminal escapes")
+    func controlCharactersEscaped() throws {
+        let pickle = P.proto2 + P.emptyDict + P.str("x\n\u{1B}[31mred") + P.none + P.setitem + P.stop
+        let error = caught { _ = try open(torchArchive(pickle: pickle)) } as? ShardKitError
+        let message = try #require(error?.message)
+        #expect(message.contains(#"x\x0A\x1B[31mred"#), "\(message)")
+        #expect(!message.contains("\n") && !message.contains("\u{1B}"))
+    }
+
+    @Test("a tiny ZIP claiming ten million entries is refused before anything is sized by the claim")
+    func entryCountBomb() {
+        func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+        let body: [UInt8] = [0x50, 0x4B, 0x03, 0x04] + [UInt8](repeating: 0, count: 26)
+        let record = le(UInt32(0x0606_4B50)) + le(UInt64(44)) + le(UInt16(45)) + le(UInt16(45)) + le(UInt32(0)) + le(UInt32(0))
+            + le(UInt64(10_000_000)) + le(UInt64(10_000_000)) + le(UInt64(0)) + le(UInt64(0))
+        let locator = le(UInt32(0x0706_4B50)) + le(UInt32(0)) + le(UInt64(body.count)) + le(UInt32(1))
+        let end = le(UInt32(0x0605_4B50)) + le(UInt16(0)) + le(UInt16(0)) + le(UInt16(0xFFFF)) + le(UInt16(0xFFFF))
+            + le(UInt32(0xFFFF_FFFF)) + le(UInt32(0xFFFF_FFFF)) + le(UInt16(0))
+        refused(body + record + locator + end, ["10000000 entries cannot fit"])
+    }
+
+    @Test("a .safetensors name is read as safetensors even when the bytes start like a ZIP")
+    func nameDecides() throws {
+        try withTempDir { tmp in
+            try FileManager.default.copyItem(atPath: Fixtures.bad("torch/valid.bin"), toPath: tmp + "/model.safetensors")
+            expectShardKitError(caught { _ = try CheckpointFile(path: tmp + "/model.safetensors") }, .invalidSafetensors, ["model.safetensors"])
+        }
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import ShardKit
+
+/// Running the HDF5 reader in a child process, and checking what it reports.
+enum HDF5Inspection {
+    struct Entry: Codable { var name: String; var dtype: String; var shape: [Int]; var offset: Int; var bytes: Int }
+    struct Failure: Codable { var code: String; var message: String }
+    struct Report: Codable { var tensors: [Entry]?; var error: Failure? }
+
+    /// Most bytes of report accepted from a child.
+    static let maxReport = 256 << 20
+
+    /// The child's side: read `path` in process and print the result as JSON.
+    static func report(path: String) -> String {
+        var report = Report()
+        do {
+            let file = try ReadOnlyFile(path: path)
+            report.tensors = try HDF5Format.inProcess(file).map {
+                Entry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, offset: $0.offset, bytes: $0.byteCount)
+            }
+        } catch let e as ShardKitError {
+            report.error = Failure(code: e.code.rawValue, message: e.message)
+        } catch {
+            report.error = Failure(code: ShardKitError.Code.invalidHDF5File.rawValue, message: "\(path): \(error)")
+        }
+        let data = (try? JSONEncoder().encode(report)) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The parent's side: run `command + [path]`, kill it after `timeout` seconds, and validate its
+    /// report against the file as this process sees it.
+    static func run(_ command: [String], file: ReadOnlyFile, timeout: Double) throws -> [TensorInfo] {
+        let path = file.path
+        func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidHDF5File, "\(path): \(message)") }
+        guard let executable = command.first else { throw bad("empty HDF5 inspector command") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = Array(command.dropFirst()) + [path]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { throw bad("cannot start the HDF5 inspector \(executable): \(error)") }
+        let timedOut = TimeoutFlag()
+        let pid = process.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [process] in
+            if process.isRunning {
+                timedOut.set()
+                kill(pid, SIGKILL)
+            }
+        }
+        var data = Data()
+        while true {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            data += chunk
+            if data.count > maxReport { kill(pid, SIGKILL); throw bad("the HDF5 inspector's report exceeds \(maxReport) bytes") }
+        }
+        process.waitUntilExit()
+        if timedOut.value { throw bad("libhdf5 took more than \(Int(timeout)) s to read the file's structure (killed)") }
+        if process.terminationReason == .uncaughtSignal {
+            throw bad("libhdf5 crashed reading the file (signal \(process.terminationStatus)): the file is malformed")
+        }
+        guard process.terminationStatus == 0 else { throw bad("the HDF5 inspector failed (exit status \(process.terminationStatus))") }
+        return try parse(data, file: file)
+    }
+
+    /// Checks a child's report as untrusted input: every entry a known dtype, a shape whose byte size
+    /// is the entry's, and a range inside this process's view of the file.
+    static func parse(_ data: Data, file: ReadOnlyFile) throws -> [TensorInfo] {
+        let path = file.path
+        func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidHDF5File, "\(path): \(message)") }
+        let json: JSONValue
+        do { json = try data.withUnsafeBytes { try JSONValue.parse($0) } } catch { throw bad("the HDF5 inspector's report is not valid JSON") }
+        if let error = json["error"], error != .null {
+            guard let code = error["code"]?.stringValue.flatMap(ShardKitError.Code.init(rawValue:)),
+                  let message = error["message"]?.stringValue else { throw bad("malformed error in the HDF5 inspector's report") }
+            throw ShardKitError(code, message)
+        }
+        guard let entries = json["tensors"]?.arrayValue else { throw bad("the HDF5 inspector's report has no tensors") }
+        var seen = Set<String>()
+        return try entries.map { e in
+            guard let name = e["name"]?.stringValue, let dtype = e["dtype"]?.stringValue.flatMap(DType.init(rawValue:)),
+                  let shape = e["shape"]?.arrayValue?.compactMap(\.intValue), shape.count == e["shape"]?.arrayValue?.count,
+                  let offset = e["offset"]?.intValue, let bytes = e["bytes"]?.intValue else {
+                throw bad("malformed entry in the HDF5 inspector's report")
+            }
+            guard seen.insert(name).inserted else { throw bad("dataset \(name) reported twice") }
+            guard let count = checkedProduct(shape), let size = checkedProduct([count], times: dtype.size), size == bytes,
+                  offset >= 0, let end = checkedSum([offset, bytes]), end <= file.size else {
+                throw bad("dataset \(name): reported range (\(bytes) bytes at \(offset), shape \(shape)) is not inside the file")
+            }
+            return TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: bytes)
+        }
+    }
+}
+
+/// Set once by the timer, read once after the child exits.
+private final class TimeoutFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    func set() { lock.lock(); flag = true; lock.unlock() }
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+}
