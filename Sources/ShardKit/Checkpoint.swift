@@ -23,18 +23,26 @@ public struct CheckpointFile: Sendable {
     /// Tensors in the file's order; each a byte range of this file.
     public let tensors: [TensorInfo]
 
-    /// Opens and validates `path`. A `.safetensors` name is always safetensors. Otherwise the format
-    /// is chosen by the file's first bytes: a ZIP archive is a PyTorch checkpoint; a signature one of `formats` recognizes, that format; else by name (a
-    /// suffix of one of `formats`, or .bin/.pt/.pth for PyTorch, so that the error says why the file
-    /// is not readable in its format); else safetensors.
+    /// Opens and validates `path`. A name that claims a format decides it (`.safetensors`; a suffix
+    /// or standard name of one of `formats`, such as `.h5`; `.bin`/`.pt`/`.pth` for PyTorch), and a
+    /// file that is not valid in that format is refused with that format's reason. Other names are
+    /// read by their first bytes: a ZIP archive is PyTorch, a signature one of `formats` recognizes
+    /// is that format, anything else safetensors.
     public init(path: String, formats: [WeightsFileFormat] = []) throws {
         let file = try ReadOnlyFile(path: path)
         self.path = path
         if path.hasSuffix(".safetensors") {
-            // The name decides: a file must not be one checkpoint to ShardKit and another to the
-            // safetensors library (a header can make a file start like a ZIP or hold an HDF5 file).
+            // A name that claims a format decides: a file must not be one checkpoint to ShardKit and
+            // another to the library its name points to (a safetensors header can make a file start
+            // like a ZIP; a ZIP can hide in an HDF5 user block).
             format = "safetensors"
             tensors = try SafetensorsFile(file: file).tensors
+        } else if let named = formats.first(where: { f in f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(path.lastPathComponent) }) {
+            format = named.name
+            tensors = try named.tensors(in: file)
+        } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
+            format = "pytorch"
+            tensors = try PyTorchFile(file: file).tensors
         } else if PyTorchFile.looksLikeZip(file) {
             format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors
@@ -43,12 +51,6 @@ public struct CheckpointFile: Sendable {
             tensors = try other.tensors(in: file)
         } else if CheckpointFile.hasHDF5Signature(file) {
             throw ShardKitError(.invalidCheckpoint, "\(path): an HDF5 file; reading HDF5 needs the ShardKitHDF5 library (HDF5Format), which the shardkit command includes")
-        } else if let named = formats.first(where: { $0.suffixes.contains(where: path.hasSuffix) }) {
-            format = named.name
-            tensors = try named.tensors(in: file)               // refuses with the format's own reason
-        } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
-            format = "pytorch"
-            tensors = try PyTorchFile(file: file).tensors      // refuses with the reason (legacy format, ...)
         } else {
             format = "safetensors"
             tensors = try SafetensorsFile(file: file).tensors
@@ -143,6 +145,9 @@ public struct Checkpoint: Sendable {
         var tensors: [(file: Int, info: TensorInfo)] = []
         for (i, f) in files.enumerated() {
             for t in f.tensors {
+                guard t.name != "__metadata__" else {
+                    throw ShardKitError(.invalidCheckpoint, "\(f.path): a tensor named __metadata__, a name safetensors reserves; rename it")
+                }
                 if let other = seen[t.name] {
                     throw ShardKitError(.invalidCheckpoint, "tensor \(t.name) appears in both \(other) and \(f.path)")
                 }

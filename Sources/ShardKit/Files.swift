@@ -13,9 +13,10 @@ public final class ReadOnlyFile: @unchecked Sendable {
     public let size: Int
     let descriptor: Int32
 
-    /// Opens `path` with `open(O_RDONLY | O_CLOEXEC)` and reads its size with `fstat`.
+    /// Opens `path` with `open(O_RDONLY | O_CLOEXEC | O_NONBLOCK)` (a FIFO must not block the open),
+    /// checks with `fstat` that it is a regular file, and reads its size.
     public init(path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw ShardKitError.io("open", path: path, errno: errno) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
@@ -27,6 +28,11 @@ public final class ReadOnlyFile: @unchecked Sendable {
             close(fd)
             throw ShardKitError(.io, "\(path): is a directory, expected a file")
         }
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            close(fd)
+            throw ShardKitError(.io, "\(path): not a regular file (a FIFO, device or socket)")
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         self.path = path
         self.descriptor = fd
         self.size = Int(st.st_size)

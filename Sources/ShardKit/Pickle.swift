@@ -48,13 +48,20 @@ struct PickleReader {
         }
     }
 
+    /// A list. Once placed inside another value it is sealed: no more items, so that its recorded
+    /// depth stays true and no reference cycle can be built.
     final class PickleList {
         var items: [Value] = []
         var depth = 1
+        var sealed = false
+        init() {}
     }
+    /// A dict; sealed like `PickleList`.
     final class PickleDict {
         var items: [(key: Value, value: Value)] = []
         var depth = 1
+        var sealed = false
+        init() {}
     }
 
     /// Turns a REDUCE (callable, args) or a persistent id into a value, or throws for anything not allowed.
@@ -63,9 +70,11 @@ struct PickleReader {
         var persistentLoad: (_ pid: Value) throws -> Value
     }
 
-    /// Most stack entries, memo slots and open MARKs (a state dict uses about ten memo slots per
-    /// tensor: 2M is 200K tensors), and the deepest nesting of containers (a state dict nests 3 or 4
-    /// deep; deeper values would also be freed recursively, which deep enough overflows the stack).
+    /// Most stack entries, memo slots, lists and dicts, and open MARKs (a state dict uses about ten
+    /// memo slots per tensor: 2M is 200K tensors), and the deepest nesting of containers (a state
+    /// dict nests 3 or 4 deep; values are freed recursively, which deep enough overflows the stack).
+    /// Depth is recorded when a value is built and cannot grow later: containers are sealed when
+    /// placed in another value.
     static let maxItems = 2_000_000
     static let maxMarks = 1_000_000
     static let maxDepth = 64
@@ -75,8 +84,7 @@ struct PickleReader {
     let interpreter: Interpreter
 
     /// Runs the stream to STOP and gives the value left on the stack to `use`. Afterwards every list
-    /// and dict the stream built is emptied, so that reference cycles a hostile stream can build
-    /// (a list appended to itself through the memo) are freed.
+    /// and dict the stream built (including those `interpreter` made) is emptied, one at a time.
     func load<T>(_ use: (Value) throws -> T) throws -> T {
         var lists: [PickleList] = [], dicts: [PickleDict] = []
         defer {
@@ -138,20 +146,41 @@ struct PickleReader {
             guard v.depth <= PickleReader.maxDepth else { throw bad("containers nested more than \(PickleReader.maxDepth) deep", at: start) }
             stack.append(v)
         }
-        func tuple(_ items: [Value], _ start: Int) throws -> Value {
-            .tuple(items, depth: 1 + (items.map(\.depth).max() ?? 0))
+        /// Seals the containers among `items`, which are being placed inside another value.
+        func seal(_ items: [Value]) {
+            for v in items {
+                switch v {
+                case .list(let l): l.sealed = true
+                case .dict(let d): d.sealed = true
+                default: break
+                }
+            }
         }
-        func newList() -> PickleList { let l = PickleList(); lists.append(l); return l }
-        func newDict() -> PickleDict { let d = PickleDict(); dicts.append(d); return d }
-        func deepen(_ depth: inout Int, by items: [Value], into container: AnyObject, _ start: Int) throws {
+        func tuple(_ items: [Value], _ start: Int) throws -> Value {
+            seal(items)
+            return .tuple(items, depth: 1 + (items.map(\.depth).max() ?? 0))
+        }
+        /// Registers a list or dict (made here or by `interpreter`) for the teardown, within the cap.
+        func register(_ v: Value, _ start: Int) throws -> Value {
+            switch v {
+            case .list(let l): lists.append(l)
+            case .dict(let d): dicts.append(d)
+            default: return v
+            }
+            guard lists.count + dicts.count <= PickleReader.maxItems else { throw bad("more than \(PickleReader.maxItems) lists and dicts", at: start) }
+            return v
+        }
+        func deepen(_ depth: inout Int, by items: [Value], into container: AnyObject, sealed: Bool, _ start: Int) throws {
+            guard !sealed else { throw bad("a list or dict changed after being placed inside another value", at: start) }
             for v in items {
                 switch v {
                 case .list(let l) where l === container: throw bad("a list inserted into itself", at: start)
                 case .dict(let d) where d === container: throw bad("a dict inserted into itself", at: start)
                 default: break
                 }
-                depth = max(depth, v.depth + 1)
             }
+            seal(items)
+            for v in items { depth = max(depth, v.depth + 1) }
             guard depth <= PickleReader.maxDepth else { throw bad("containers nested more than \(PickleReader.maxDepth) deep", at: start) }
         }
         func put(_ key: Int, _ start: Int) throws {
@@ -166,12 +195,12 @@ struct PickleReader {
         func setItems(_ pairs: [Value], _ start: Int) throws {
             guard case .dict(let d)? = stack.last else { throw bad("SETITEM(S) on a \(stack.last?.typeName ?? "nothing"), not a dict", at: start) }
             guard pairs.count % 2 == 0 else { throw bad("SETITEMS with an odd number of items", at: start) }
-            try deepen(&d.depth, by: pairs, into: d, start)
+            try deepen(&d.depth, by: pairs, into: d, sealed: d.sealed, start)
             for i in stride(from: 0, to: pairs.count, by: 2) { d.items.append((pairs[i], pairs[i + 1])) }
         }
         func append(_ items: [Value], _ start: Int) throws {
             guard case .list(let l)? = stack.last else { throw bad("APPEND(S) on a \(stack.last?.typeName ?? "nothing"), not a list", at: start) }
-            try deepen(&l.depth, by: items, into: l, start)
+            try deepen(&l.depth, by: items, into: l, sealed: l.sealed, start)
             l.items += items
         }
 
@@ -219,15 +248,21 @@ struct PickleReader {
                 let n = try length(op == 0x43 ? 1 : op == 0x42 ? 4 : 8, start)
                 try push(.bytes(Array(b[p..<(p + n)])), start)
                 p += n
-            case 0x7D: try push(.dict(newDict()), start)                       // EMPTY_DICT
-            case 0x5D: try push(.list(newList()), start)                       // EMPTY_LIST
+            case 0x7D: try push(try register(.dict(PickleDict()), start), start)   // EMPTY_DICT
+            case 0x5D: try push(try register(.list(PickleList()), start), start)   // EMPTY_LIST
             case 0x29: try push(try tuple([], start), start)                   // EMPTY_TUPLE
             case 0x74: try push(try tuple(try popToMark(start), start), start) // TUPLE
             case 0x85: let a = try pop(start); try push(try tuple([a], start), start)   // TUPLE1
             case 0x86: let b2 = try pop(start), a = try pop(start); try push(try tuple([a, b2], start), start)
             case 0x87: let c = try pop(start), b2 = try pop(start), a = try pop(start); try push(try tuple([a, b2, c], start), start)
-            case 0x6C: let items = try popToMark(start); try push(.list(newList()), start); try append(items, start)    // LIST
-            case 0x64: let items = try popToMark(start); try push(.dict(newDict()), start); try setItems(items, start)  // DICT
+            case 0x6C:                                                         // LIST
+                let items = try popToMark(start)
+                try push(try register(.list(PickleList()), start), start)
+                try append(items, start)
+            case 0x64:                                                         // DICT
+                let items = try popToMark(start)
+                try push(try register(.dict(PickleDict()), start), start)
+                try setItems(items, start)
             case 0x61: let v = try pop(start); try append([v], start)          // APPEND
             case 0x65: let items = try popToMark(start); try append(items, start)   // APPENDS
             case 0x73: let v = try pop(start), k = try pop(start); try setItems([k, v], start)   // SETITEM
@@ -248,7 +283,7 @@ struct PickleReader {
             case 0x52:                                                         // REDUCE
                 let args = try pop(start), callable = try pop(start)
                 guard case .tuple(let a, _) = args else { throw bad("REDUCE arguments are a \(args.typeName), not a tuple", at: start) }
-                try push(try interpreter.reduce(callable, a), start)
+                try push(try register(try interpreter.reduce(callable, a), start), start)
             case 0x62:                                                         // BUILD
                 // Only state set on a dict (OrderedDict attributes such as `_metadata`) is accepted, and dropped.
                 let state = try pop(start)
@@ -256,7 +291,9 @@ struct PickleReader {
                     throw bad("BUILD (setting the state of a \(stack.last?.typeName ?? "nothing") to a \(state.typeName)) is not allowed", at: start)
                 }
             case 0x51:                                                         // BINPERSID
-                try push(try interpreter.persistentLoad(try pop(start)), start)
+                let pid = try pop(start)
+                seal([pid])
+                try push(try register(try interpreter.persistentLoad(pid), start), start)
             default:
                 throw bad(String(format: "opcode 0x%02X is not allowed in a PyTorch state dict", op), at: start)
             }

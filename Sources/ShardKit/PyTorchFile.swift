@@ -98,6 +98,11 @@ public struct PyTorchFile: Sendable {
                 } else {
                     throw bad("storage type \(module).\(typeName) is not supported")
                 }
+                // torch names storages "0", "1", ...: a long key is not one (and would be hashed
+                // again at every reference).
+                guard key.utf8.count <= 32, key.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
+                    throw bad("storage key \(key.prefix(40))... is not a short name")
+                }
                 if let known = storages[key] {
                     guard known.dtype == dtype, known.count == numel else { throw bad("storage \(key) is described two different ways") }
                     return .object(known)
@@ -185,8 +190,11 @@ public struct PyTorchFile: Sendable {
         }
     }
 
+    /// Most dimensions of a tensor (also the safetensors writer's and the HDF5 reader's limit).
+    static let maxRank = 64
+
     static func ints(_ v: PickleReader.Value) -> [Int]? {
-        guard case .tuple(let items, _) = v else { return nil }
+        guard case .tuple(let items, _) = v, items.count <= maxRank else { return nil }
         var out: [Int] = []
         for i in items { guard case .int(let n) = i else { return nil }; out.append(n) }
         return out
@@ -206,7 +214,7 @@ public struct PyTorchFile: Sendable {
             guard args.count >= (v3 ? 7 : 6), args.count <= (v3 ? 8 : 7),
                   case .object(let o) = args[0], let storage = o as? Storage,
                   case .int(let offset) = args[1], let shape = ints(args[2]), let stride = ints(args[3]) else {
-                throw bad("\(name) called with unexpected arguments")
+                throw bad("\(name) called with unexpected arguments (or a shape of more than \(maxRank) dimensions)")
             }
             var dtype: DType
             if v3 {

@@ -44,7 +44,9 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
         self.message = ShardKitError.printable(message)
     }
 
-    static func printable(_ s: String) -> String {
+    /// `s` with control characters written as `\xNN` / `\u{N}` escapes (for messages and tables
+    /// that show names read from files).
+    public static func printable(_ s: String) -> String {
         guard s.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return s }
         var out = ""
         for u in s.unicodeScalars {

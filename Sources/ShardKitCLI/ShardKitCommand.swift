@@ -37,8 +37,15 @@ struct ShardKitCommand: ParsableCommand {
 /// process (this executable's hidden `hdf5-inspect`), so that a malformed file that crashes libhdf5
 /// is an error message, not a crash.
 let inputFormats: [WeightsFileFormat] = {
-    let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    return [HDF5Format(inspector: [me, "hdf5-inspect"])]
+    // This executable: on Linux /proc/self/exe itself (exec resolves it to the running binary, even
+    // if the file was replaced); elsewhere the absolute path Foundation reports. Never a path
+    // resolved against the current directory.
+    #if os(Linux)
+    let me = "/proc/self/exe"
+    #else
+    let me = Bundle.main.executablePath ?? "/usr/local/bin/shardkit"
+    #endif
+    return [HDF5Format(inspector: [me, "hdf5-inspect", "--"])]
 }()
 
 /// `shardkit hdf5-inspect FILE` (hidden): prints an HDF5 file's tensors as JSON, for `inputFormats`.
@@ -324,7 +331,7 @@ struct PlanCommand: ParsableCommand {
             print("plan for \(source) at tp \(tp) (\(rules.name))")
             // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ.
             let table = [["tensor", "dtype", "shape", "rule", "rank 0 shape", "rank 0 bytes"]] + rows.map { r in
-                [r.name, r.dtype, "\(r.shape)", describe(r.rule),
+                [ShardKitError.printable(r.name), r.dtype, "\(r.shape)", describe(r.rule),
                  "\(r.rankShapes[0])\(Set(r.rankShapes).count > 1 ? "…" : "")", Terminal.bytes(r.rankBytes[0])]
             }
             let widths = (0..<6).map { c in table.map { $0[c].count }.max() ?? 0 }

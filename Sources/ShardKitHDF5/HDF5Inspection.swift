@@ -40,27 +40,25 @@ enum HDF5Inspection {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         do { try process.run() } catch { throw bad("cannot start the HDF5 inspector \(executable): \(error)") }
-        let timedOut = TimeoutFlag()
         let pid = process.processIdentifier
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [process] in
-            if process.isRunning {
-                timedOut.set()
-                kill(pid, SIGKILL)
-            }
+        // Read the report on another thread and wait for it with a deadline: the child is killed
+        // when the time is up, whether or not something else still holds its output open.
+        let reader = ReportReader(out.fileHandleForReading, limit: maxReport)
+        DispatchQueue.global().async { reader.readAll() }
+        guard reader.done.wait(timeout: .now() + timeout) == .success else {
+            kill(pid, SIGKILL)
+            throw bad("libhdf5 took more than \(Int(timeout)) s to read the file's structure (killed)")
         }
-        var data = Data()
-        while true {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            data += chunk
-            if data.count > maxReport { kill(pid, SIGKILL); throw bad("the HDF5 inspector's report exceeds \(maxReport) bytes") }
+        if reader.overflowed {
+            kill(pid, SIGKILL)
+            throw bad("the HDF5 inspector's report exceeds \(maxReport) bytes")
         }
         process.waitUntilExit()
-        if timedOut.value { throw bad("libhdf5 took more than \(Int(timeout)) s to read the file's structure (killed)") }
         if process.terminationReason == .uncaughtSignal {
             throw bad("libhdf5 crashed reading the file (signal \(process.terminationStatus)): the file is malformed")
         }
         guard process.terminationStatus == 0 else { throw bad("the HDF5 inspector failed (exit status \(process.terminationStatus))") }
+        let data = reader.data
         return try parse(data, file: file)
     }
 
@@ -74,13 +72,16 @@ enum HDF5Inspection {
         if let error = json["error"], error != .null {
             guard let code = error["code"]?.stringValue.flatMap(ShardKitError.Code.init(rawValue:)),
                   let message = error["message"]?.stringValue else { throw bad("malformed error in the HDF5 inspector's report") }
-            throw ShardKitError(code, message)
+            // The child's message names the file already; keep it one reasonable line.
+            let short = message.count > 2000 ? String(message.prefix(2000)) + "..." : message
+            throw ShardKitError(code, short.hasPrefix(path) ? short : "\(path): \(short)")
         }
         guard let entries = json["tensors"]?.arrayValue else { throw bad("the HDF5 inspector's report has no tensors") }
         var seen = Set<String>()
         return try entries.map { e in
             guard let name = e["name"]?.stringValue, let dtype = e["dtype"]?.stringValue.flatMap(DType.init(rawValue:)),
                   let shape = e["shape"]?.arrayValue?.compactMap(\.intValue), shape.count == e["shape"]?.arrayValue?.count,
+                  shape.count <= 64, shape.allSatisfy({ $0 >= 0 }),
                   let offset = e["offset"]?.intValue, let bytes = e["bytes"]?.intValue else {
                 throw bad("malformed entry in the HDF5 inspector's report")
             }
@@ -94,10 +95,24 @@ enum HDF5Inspection {
     }
 }
 
-/// Set once by the timer, read once after the child exits.
-private final class TimeoutFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var flag = false
-    func set() { lock.lock(); flag = true; lock.unlock() }
-    var value: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+/// Reads a child's output to its end (or `limit` bytes) on a background thread; `done` is signalled
+/// when it stops. `data` and `overflowed` are read only after `done`.
+private final class ReportReader: @unchecked Sendable {
+    let handle: FileHandle
+    let limit: Int
+    let done = DispatchSemaphore(value: 0)
+    private(set) var data = Data()
+    private(set) var overflowed = false
+
+    init(_ handle: FileHandle, limit: Int) { self.handle = handle; self.limit = limit }
+
+    func readAll() {
+        defer { done.signal() }
+        while true {
+            let chunk = handle.availableData
+            if chunk.isEmpty { return }
+            data += chunk
+            if data.count > limit { overflowed = true; return }
+        }
+    }
 }

@@ -107,6 +107,16 @@ struct HDF5FormatTests {
         expectError({ _ = try open(name) }, .invalidHDF5File, [name] + words)
     }
 
+    @Test("a name decides the format: a torch ZIP named .h5 is refused as HDF5, an HDF5 file named .bin as PyTorch")
+    func nameDecides() throws {
+        try withTempDir { tmp in
+            try FileManager.default.copyItem(atPath: Fixtures.bad("torch/valid.bin"), toPath: tmp + "/model.h5")
+            expectError({ _ = try Checkpoint(path: tmp, formats: [HDF5Format()]) }, .invalidHDF5File, ["model.h5", "signature"])
+            try FileManager.default.copyItem(atPath: Fixtures.bad("hdf5/valid.h5"), toPath: tmp + "/w.bin")
+            expectError({ _ = try CheckpointFile(path: tmp + "/w.bin", formats: [HDF5Format()]) }, .invalidPyTorchFile, ["w.bin", "not a PyTorch checkpoint"])
+        }
+    }
+
     @Test("without HDF5Format, an HDF5 file is refused naming the library that reads it")
     func needsTheFormat() {
         expectError({ _ = try CheckpointFile(path: Fixtures.bad("hdf5/valid.h5")) }, .invalidCheckpoint, ["HDF5", "ShardKitHDF5"])

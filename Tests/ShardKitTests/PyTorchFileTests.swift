@@ -238,6 +238,27 @@ struct HostilePyTorchTests {
         refused(torchArchive(pickle: pickle), ["a list inserted into itself"])
     }
 
+    @Test("nesting built top-down (insert empty dicts, fill them later through the memo) is refused")
+    func topDownNesting() {
+        // d0 = OrderedDict(); then 30,000 times: d_next = OrderedDict(); d_prev["k"] = d_next.
+        let orderedDict = P.global("collections", "OrderedDict") + [0x29] + P.reduce
+        var pickle = P.proto2 + orderedDict + P.binput(0)
+        for _ in 0..<30_000 { pickle += P.str("k") + orderedDict + P.binput(1) + P.setitem + [0x30] + P.binget(1) }
+        pickle += [0x30] + P.binget(0) + P.stop
+        refused(torchArchive(pickle: pickle), ["changed after being placed inside another value"])
+    }
+
+    @Test("shapes of more than 64 dimensions and long storage keys are refused")
+    func limits() {
+        refused(torchArchive(pickle: P.floatTensor("t", shape: [Int32](repeating: 1, count: 65), stride: [Int32](repeating: 1, count: 65), numel: 1),
+                             records: [("data/0", f32([1]))]), ["more than 64 dimensions"])
+        let longKey = String(repeating: "9", count: 33)
+        let pickle = P.proto2 + P.emptyDict + P.str("t") + P.global("torch._utils", "_rebuild_tensor_v2") + P.mark
+            + P.mark + P.str("storage") + P.global("torch", "FloatStorage") + P.str(longKey) + P.str("cpu") + P.int(1) + P.tuple + P.binpersid
+            + P.int(0) + P.mark + P.int(1) + P.tuple + P.mark + P.int(1) + P.tuple + P.newFalse + P.emptyDict + P.tuple + P.reduce + P.setitem + P.stop
+        refused(torchArchive(pickle: pickle, records: [("data/" + longKey, f32([1]))]), ["storage key", "not a short name"])
+    }
+
     @Test("names from the file cannot break the message into lines or send terminal escapes")
     func controlCharactersEscaped() throws {
         let pickle = P.proto2 + P.emptyDict + P.str("x\n\u{1B}[31mred") + P.none + P.setitem + P.stop
@@ -257,6 +278,25 @@ struct HostilePyTorchTests {
         let end = le(UInt32(0x0605_4B50)) + le(UInt16(0)) + le(UInt16(0)) + le(UInt16(0xFFFF)) + le(UInt16(0xFFFF))
             + le(UInt32(0xFFFF_FFFF)) + le(UInt32(0xFFFF_FFFF)) + le(UInt16(0))
         refused(body + record + locator + end, ["10000000 entries cannot fit"])
+    }
+
+    @Test("a tensor named __metadata__ (which safetensors reserves) is refused before anything is written")
+    func reservedName() {
+        let bytes = torchArchive(pickle: P.floatTensor("__metadata__", shape: [1], stride: [1], numel: 1), records: [("data/0", f32([1]))])
+        expectShardKitError(caught {
+            try withTempDir { tmp in
+                try writeBytes(bytes, to: tmp + "/pytorch_model.bin")
+                _ = try Checkpoint(path: tmp)
+            }
+        }, .invalidCheckpoint, ["__metadata__", "reserves"])
+    }
+
+    @Test("a FIFO is refused at once instead of blocking the open")
+    func fifo() throws {
+        try withTempDir { tmp in
+            #expect(mkfifo(tmp + "/model.safetensors", 0o600) == 0)
+            expectShardKitError(caught { _ = try Checkpoint(path: tmp) }, .io, ["not a regular file"])
+        }
     }
 
     @Test("a .safetensors name is read as safetensors even when the bytes start like a ZIP")
