@@ -117,10 +117,13 @@ public struct ShardSetWriter {
                                         sources: sources, progress: progress, created: &created)
             return manifest
         } catch {
-            if options.ranks == nil || !existed {
+            if options.ranks == nil {
                 FileSystem.removeTree(directory)
             } else {
+                // Only what this run created: a run writing other ranks into the same directory at
+                // the same time keeps its work. A directory this run made goes only if now empty.
                 for p in created.reversed() { FileSystem.removeTree(p) }
+                if !existed { _ = rmdir(directory) }
             }
             throw error
         }

@@ -163,3 +163,33 @@ struct ReshardTests {
         }
     }
 }
+
+@Suite("partial runs (--ranks) sharing a new directory")
+struct ConcurrentPartialRunTests {
+    @Test("a failing partial run into a new directory removes only what it created")
+    func failingRunKeepsOthersWork() throws {
+        let ckpt = try loadCheckpoint("llama-gqa")
+        let plan = try ShardPlan(checkpoint: ckpt, rules: try ShardPlan.rules(for: ckpt, rulesFile: nil), tp: 2)
+        try withTempDir { tmp in
+            let out = tmp + "/out"
+            var options = ShardSetWriter.Options()
+            options.ranks = [0]
+            let writer = ShardSetWriter(plan: plan, directory: out, options: options)
+            let source = try JSONDecoder().decode(Manifest.Source.self, from: Data(#"{"path": "x", "files": [], "rules": "llama"}"#.utf8))
+            let other = out + "/rank-1/model.safetensors"
+            let error = caught {
+                let tool = try JSONDecoder().decode(Manifest.Tool.self, from: Data(#"{"name": "shardkit", "version": "0.1.0", "operation": "shard"}"#.utf8))
+                try writer.write(source: source, tool: tool,
+                                 extraFiles: [], sources: { _ in
+                    // Meanwhile another run writes rank 1 into the same directory; then this run fails.
+                    try? FileManager.default.createDirectory(atPath: out + "/rank-1", withIntermediateDirectories: true)
+                    FileManager.default.createFile(atPath: other, contents: Data([1, 2, 3]))
+                    throw ShardKitError(.io, "simulated failure")
+                })
+            }
+            expectShardKitError(error, .io, ["simulated failure"])
+            #expect(exists(other), "the other run's rank file must survive")
+            #expect(!exists(out + "/rank-0"), "this run's rank directory must be gone")
+        }
+    }
+}
