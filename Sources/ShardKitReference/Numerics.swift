@@ -231,12 +231,19 @@ final class GemmEngine {
         return max(1, min(n, wanted, tileElements / max(k, 1)))
     }
 
-    /// One worker's buffers and counters.
+    /// One worker's buffers and counters. Buffers are 64-byte aligned (whole cache lines, aligned
+    /// AVX-512 loads), and each worker's counters sit on their own cache line.
     private final class Worker {
-        var tile: [Float] = []
-        var transposedOut: [Float] = []
+        private(set) var tile = AlignedFloats()
+        private(set) var transposedOut = AlignedFloats()
         var flops = 0.0
         var seconds = 0.0
+        private let padding: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+        func reserve(tile tileCount: Int, out outCount: Int) {
+            if tile.capacity < tileCount { tile = AlignedFloats(capacity: tileCount) }
+            if transposedOut.capacity < outCount { transposedOut = AlignedFloats(capacity: outCount) }
+        }
     }
     private let slots: [Worker]
 
@@ -278,19 +285,19 @@ final class GemmEngine {
         if k == 0 { c.initialize(repeating: 0, count: m * n); return }
         let start = ContinuousClock.now
         // Aᵀ [k×m], the right-hand side of every tile's product.
-        var at = [Float](repeating: 0, count: k * m)
+        let atBuffer = AlignedFloats(capacity: k * m)
+        let at = atBuffer.pointer
         for i in 0..<m { for j in 0..<k { at[j * m + i] = a[i * k + j] } }
         let rowsPerTile = GemmEngine.rowsPerTile(m: m, n: n, k: k)
         let tiles = (n + rowsPerTile - 1) / rowsPerTile
         b.raw.withUnsafeBytes { raw in
-            at.withUnsafeBufferPointer { at in
-                let job = TileJob(m: m, n: n, k: k, rowsPerTile: rowsPerTile, tiles: tiles, at: at.baseAddress!, b: b,
-                                  f32: b.dtype == .f32 ? raw.baseAddress!.assumingMemoryBound(to: Float.self) : nil,
-                                  transB: transB, c: c, slots: slots)
-                let used = min(workers, tiles)
-                if used == 1 { job.run(worker: 0) } else { DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) } }
-            }
+            let job = TileJob(m: m, n: n, k: k, rowsPerTile: rowsPerTile, tiles: tiles, at: UnsafePointer(at), b: b,
+                              f32: b.dtype == .f32 ? raw.baseAddress!.assumingMemoryBound(to: Float.self) : nil,
+                              transB: transB, c: c, slots: slots)
+            let used = min(workers, tiles)
+            if used == 1 { job.run(worker: 0) } else { DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) } }
         }
+        withExtendedLifetime(atBuffer) {}
         flops = slots.reduce(0) { $0 + $1.flops }
         threadSeconds = slots.reduce(0) { $0 + $1.seconds }
         productSeconds += start.duration(to: .now).seconds
@@ -311,40 +318,52 @@ final class GemmEngine {
 
         func run(worker w: Int) {
             let slot = slots[w]
-            if f32 == nil && slot.tile.count < rowsPerTile * k { slot.tile = [Float](repeating: 0, count: rowsPerTile * k) }
-            if slot.transposedOut.count < rowsPerTile * m { slot.transposedOut = [Float](repeating: 0, count: rowsPerTile * m) }
+            slot.reserve(tile: f32 == nil ? rowsPerTile * k : 0, out: rowsPerTile * m)
+            let tile = slot.tile.pointer, out = slot.transposedOut.pointer
             while true {
                 let t = queue.take()
                 if t >= tiles { return }
                 let first = t * rowsPerTile, rows = min(rowsPerTile, n - first)
-                slot.tile.withUnsafeMutableBufferPointer { tile in
+                do {
                     // op(B)[first ..< first + rows, 0 ..< k] as a pointer, its row stride and whether
                     // it is stored transposed.
                     let (tileA, lda, transA): (UnsafePointer<Float>, Int, Bool)
                     if transB {
                         if let f32 { (tileA, lda, transA) = (f32 + first * k, k, false) } else {
-                            b.widen(from: first * k, count: rows * k, into: tile.baseAddress!)
-                            (tileA, lda, transA) = (UnsafePointer(tile.baseAddress!), k, false)
+                            b.widen(from: first * k, count: rows * k, into: tile)
+                            (tileA, lda, transA) = (UnsafePointer(tile), k, false)
                         }
                     } else if let f32 {
                         (tileA, lda, transA) = (f32 + first, n, true)
                     } else {
-                        for j in 0..<k { b.widen(from: j * n + first, count: rows, into: tile.baseAddress! + j * rows) }
-                        (tileA, lda, transA) = (UnsafePointer(tile.baseAddress!), rows, true)
+                        for j in 0..<k { b.widen(from: j * n + first, count: rows, into: tile + j * rows) }
+                        (tileA, lda, transA) = (UnsafePointer(tile), rows, true)
                     }
-                    slot.transposedOut.withUnsafeMutableBufferPointer { out in
-                        let t0 = ContinuousClock.now
-                        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, CblasNoTrans,
-                                    Int32(rows), Int32(m), Int32(k), 1, tileA, Int32(lda),
-                                    at, Int32(m), 0, out.baseAddress!, Int32(m))
-                        slot.seconds += t0.duration(to: .now).seconds
-                        slot.flops += 2 * Double(rows) * Double(m) * Double(k)
-                        for r in 0..<rows { for i in 0..<m { c[i * n + first + r] = out[r * m + i] } }
-                    }
+                    let t0 = ContinuousClock.now
+                    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, CblasNoTrans,
+                                Int32(rows), Int32(m), Int32(k), 1, tileA, Int32(lda),
+                                at, Int32(m), 0, out, Int32(m))
+                    slot.seconds += t0.duration(to: .now).seconds
+                    slot.flops += 2 * Double(rows) * Double(m) * Double(k)
+                    for r in 0..<rows { for i in 0..<m { c[i * n + first + r] = out[r * m + i] } }
                 }
             }
         }
     }
+}
+
+/// A 64-byte-aligned buffer of floats, freed with its owner.
+final class AlignedFloats {
+    let pointer: UnsafeMutablePointer<Float>
+    let capacity: Int
+
+    init(capacity: Int = 0) {
+        self.capacity = capacity
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1) * 4, alignment: 64)
+            .initializeMemory(as: Float.self, repeating: 0, count: max(capacity, 1))
+    }
+
+    deinit { pointer.deallocate() }
 }
 
 /// Hands out tile numbers 0, 1, 2, ... to worker threads.
