@@ -40,10 +40,7 @@ public struct CheckpointFile: Sendable {
         } else if let named = formats.first(where: { f in f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(path.lastPathComponent) }) {
             format = named.name
             tensors = try named.tensors(in: file)
-        } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) {
-            format = "pytorch"
-            tensors = try PyTorchFile(file: file).tensors
-        } else if PyTorchFile.looksLikeZip(file) {
+        } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) || PyTorchFile.looksLikeZip(file) {
             format = "pytorch"
             tensors = try PyTorchFile(file: file).tensors
         } else if let other = formats.first(where: { $0.recognizes(file) }) {

@@ -230,10 +230,8 @@ struct PickleReader {
             case 0x8A, 0x8B:                                                   // LONG1, LONG4
                 let n = try length(op == 0x8A ? 1 : 4, start)
                 guard n <= 8 else { throw bad("integer of \(n) bytes is too large", at: start) }
-                var v: UInt64 = 0
-                for i in 0..<n { v |= UInt64(b[p + i]) << (8 * UInt64(i)) }
-                if n > 0 && n < 8 && b[p + n - 1] & 0x80 != 0 { v |= ~0 << (8 * UInt64(n)) }   // sign-extend
-                p += n
+                var v = try uint(n, start)
+                if n > 0 && n < 8 && v >> (8 * UInt64(n) - 1) != 0 { v |= ~0 << (8 * UInt64(n)) }   // sign-extend
                 try push(.int(Int(Int64(bitPattern: v))), start)
             case 0x47:                                                         // BINFLOAT (big-endian)
                 try need(8, start)

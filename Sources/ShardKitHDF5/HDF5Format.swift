@@ -156,7 +156,7 @@ private struct HDF5Reader {
         guard stored == UInt64(byteCount) else {
             throw badSet("stores \(stored) bytes, but \(shape) × \(dtype.rawValue) needs \(byteCount)")
         }
-        guard let offset = Int(exactly: address), let end = offset.addingReportingOverflowCheck(byteCount), end <= file.size else {
+        guard let offset = Int(exactly: address), let end = checkedSum([offset, byteCount]), end <= file.size else {
             throw badSet("data (\(byteCount) bytes at \(address)) runs past the end of the file (\(file.size) bytes); the file is truncated")
         }
         try checkFirstValues(did, type: type, shape: shape, dtype: dtype, offset: offset, dataset: name)
@@ -250,12 +250,5 @@ private struct HDF5Reader {
         guard inPlace == viaLibrary else {
             throw bad("dataset \(name): the bytes at its data offset \(offset) are not its values (unexpected file layout)")
         }
-    }
-}
-
-private extension Int {
-    func addingReportingOverflowCheck(_ other: Int) -> Int? {
-        let (s, o) = addingReportingOverflow(other)
-        return o ? nil : s
     }
 }

@@ -37,7 +37,7 @@ public enum GenericLinearCheck {
                               tokens: vectors, layers: layers, final: final, reference: nil, referenceTP: nil,
                               worstLayer: worst.name, passed: final.passed, tolerance: options.tolerance, referenceTolerance: nil,
                               gemmFlops: ctx.gemm.flops, gemmWorkers: ctx.gemm.workers,
-                              gemmSeconds: ctx.gemm.threadSeconds / Double(ctx.gemm.workers),
+                              gemmSeconds: ctx.gemm.secondsPerWorker,
                               gemmGFLOPS: ctx.gemm.gflops, productGFLOPS: ctx.gemm.productGFLOPS,
                               seconds: start.duration(to: .now).seconds)
     }

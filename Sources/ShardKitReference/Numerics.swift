@@ -207,15 +207,17 @@ final class GemmEngine {
     /// Threads running products at once (each with single-threaded BLAS; see `withSingleThreadedBLAS`).
     let workers: Int
     /// Floating-point operations done in `cblas_sgemm`.
-    private(set) var flops = 0.0
+    var flops: Double { slots.reduce(0) { $0 + $1.flops } }
     /// Seconds inside `cblas_sgemm`, summed over the workers.
-    private(set) var threadSeconds = 0.0
+    var threadSeconds: Double { slots.reduce(0) { $0 + $1.seconds } }
+    /// Seconds inside `cblas_sgemm` per worker (the report's `gemmSeconds`).
+    var secondsPerWorker: Double { threadSeconds / Double(workers) }
     /// Wall seconds of the products (widening, sgemm and scattering, workers overlapping).
     private(set) var productSeconds = 0.0
 
     /// The sgemm rate with all workers running products: flops / (sgemm thread-seconds / workers),
     /// the figure comparable with a multi-threaded square sgemm on the same cores.
-    var gflops: Double { threadSeconds > 0 ? flops / (threadSeconds / Double(workers)) / 1e9 : 0 }
+    var gflops: Double { threadSeconds > 0 ? flops / secondsPerWorker / 1e9 : 0 }
     /// The products' rate counting everything they do (widening included), per wall second.
     var productGFLOPS: Double { productSeconds > 0 ? flops / productSeconds / 1e9 : 0 }
 
@@ -298,8 +300,6 @@ final class GemmEngine {
             if used == 1 { job.run(worker: 0) } else { DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) } }
         }
         withExtendedLifetime(atBuffer) {}
-        flops = slots.reduce(0) { $0 + $1.flops }
-        threadSeconds = slots.reduce(0) { $0 + $1.seconds }
         productSeconds += start.duration(to: .now).seconds
     }
 

@@ -118,7 +118,7 @@ public enum ReferenceForward {
                               reference: refStats, referenceTP: refTP, worstLayer: worst?.name, passed: passed,
                               tolerance: tol, referenceTolerance: refTol,
                               gemmFlops: gemm.flops, gemmWorkers: gemm.workers,
-                              gemmSeconds: gemm.threadSeconds / Double(gemm.workers),
+                              gemmSeconds: gemm.secondsPerWorker,
                               gemmGFLOPS: gemm.gflops, productGFLOPS: gemm.productGFLOPS,
                               seconds: start.duration(to: .now).seconds)
     }
