@@ -28,7 +28,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]),
         .executableTarget(name: "LoaderExample", dependencies: ["ShardKit"], path: "Examples/LoaderExample"),
-        .target(name: "ShardKitTestSupport", path: "Tests/ShardKitTestSupport"),
+        .target(name: "ShardKitTestSupport", dependencies: ["ShardKit"], path: "Tests/ShardKitTestSupport"),
         .testTarget(name: "ShardKitTests", dependencies: ["ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitHDF5Tests", dependencies: ["ShardKitHDF5", "ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit", "ShardKitTestSupport"]),

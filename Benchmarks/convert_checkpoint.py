@@ -62,6 +62,10 @@ import torch
 from h5py import h5d, h5p, h5s, h5t
 from safetensors import safe_open
 
+# bfloat16 as an HDF5 float type: the one definition, shared with the fixtures.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+from make_hdf5 import bf16_type  # noqa: E402
+
 LIBVER = ("earliest", "v110")
 ST_TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
             "F64": torch.float64, "I8": torch.int8, "I16": torch.int16,
@@ -195,19 +199,6 @@ def check_bin(src, dst, files, aux):
 # ---------------------------------------------------------------------------
 # HDF5
 # ---------------------------------------------------------------------------
-def bf16_type():
-    """bfloat16 as an HDF5 float type (as fixtures/make_hdf5.py): from
-    IEEE_F32LE (esize 8, ebias 127, implied normalisation, LE), move the fields
-    down, then shrink precision and size."""
-    t = h5t.IEEE_F32LE.copy()
-    t.set_fields(15, 7, 8, 0, 7)  # spos, epos, esize, mpos, msize
-    t.set_offset(0)
-    t.set_precision(16)
-    t.set_size(2)
-    t.set_ebias(127)
-    return t
-
-
 def write_h5(src, dst, files, aux):
     bf16 = bf16_type()
     n = 0
