@@ -1,8 +1,5 @@
 import Foundation
 
-/// Progress of a long operation: bytes produced so far out of the total.
-public typealias ProgressHandler = @Sendable (_ done: Int, _ total: Int) -> Void
-
 /// Writes a shard set for a `ShardPlan`: rank files (each `name.tmp`, fsynced, renamed), carried-along
 /// files, then `manifest.json` last. On any error everything it created is removed.
 ///

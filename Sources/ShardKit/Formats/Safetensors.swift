@@ -1,20 +1,3 @@
-/// Where one tensor lives inside a safetensors file, after validation.
-public struct TensorInfo: Sendable, Equatable {
-    public var name: String
-    public var dtype: DType
-    public var shape: [Int]
-    /// Absolute byte offset of the tensor's first byte in its file.
-    public var offset: Int
-    /// Number of bytes (elements times dtype size).
-    public var byteCount: Int
-
-    public var elementCount: Int { dtype.size == 0 ? 0 : byteCount / dtype.size }
-
-    public init(name: String, dtype: DType, shape: [Int], offset: Int, byteCount: Int) {
-        self.name = name; self.dtype = dtype; self.shape = shape; self.offset = offset; self.byteCount = byteCount
-    }
-}
-
 /// A validated safetensors file: every tensor's dtype, shape and byte range have been checked before
 /// any of them is handed out.
 ///
@@ -137,54 +120,3 @@ public struct SafetensorsFile: Sendable {
     public func tensor(named name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
 }
 
-/// Lays out and writes a safetensors file whose tensors are streamed in afterwards: the header is
-/// fixed first (so every tensor's offset is known), then each tensor's bytes are written in order.
-public struct SafetensorsLayout: Sendable {
-    public struct Entry: Sendable, Equatable {
-        public var name: String
-        public var dtype: DType
-        public var shape: [Int]
-        public var byteCount: Int
-        /// Absolute offset in the file, known once the header is laid out.
-        public var offset: Int
-    }
-
-    public private(set) var entries: [Entry] = []
-    public let header: [UInt8]
-    public var dataStart: Int { 8 + header.count }
-    public var fileSize: Int { dataStart + (entries.last.map { $0.offset + $0.byteCount - dataStart } ?? 0) }
-
-    /// Lays out `tensors` in the given order, header padded with spaces to a multiple of 8 bytes.
-    public init(tensors: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String]) throws {
-        var members: [(String, JSONValue)] = []
-        if !metadata.isEmpty {
-            members.append(("__metadata__", .object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
-        }
-        var cursor = 0
-        var entries: [Entry] = []
-        for t in tensors {
-            guard let size = checkedProduct(t.shape, times: t.dtype.size) else {
-                throw ShardKitError(.impossibleSplit, "tensor \(t.name): shape \(t.shape) overflows")
-            }
-            members.append((t.name, .object([
-                ("dtype", .string(t.dtype.rawValue)),
-                ("shape", .array(t.shape.map { .int($0) })),
-                ("data_offsets", .array([.int(cursor), .int(cursor + size)])),
-            ])))
-            entries.append(Entry(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size, offset: cursor))
-            cursor += size
-        }
-        var header = Array(JSONValue.object(members).serialized.utf8)
-        while (8 + header.count) % 8 != 0 { header.append(0x20) }
-        self.header = header
-        let start = 8 + header.count
-        self.entries = entries.map { var e = $0; e.offset += start; return e }
-    }
-
-    /// Writes the length prefix and header at the start of `file`.
-    public func writeHeader(to file: OutputFile) throws {
-        var prefix = [UInt8](repeating: 0, count: 8)
-        withUnsafeBytes(of: UInt64(header.count).littleEndian) { for i in 0..<8 { prefix[i] = $0[i] } }
-        try (prefix + header).withUnsafeBytes { try file.write($0, at: 0) }
-    }
-}

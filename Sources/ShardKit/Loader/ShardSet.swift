@@ -1,0 +1,77 @@
+/// A shard set on disk: its validated manifest and directory. Open a rank with `rank(_:)`.
+public struct ShardSet: Sendable {
+    public let directory: String
+    public let manifest: Manifest
+
+    /// Reads and validates `directory/manifest.json`.
+    public init(directory: String) throws {
+        self.directory = directory
+        self.manifest = try Manifest.read(directory: directory)
+    }
+
+    public var tp: Int { manifest.tp }
+
+    /// Opens rank `r`'s files (memory-mapped) and checks that each piece the manifest lists is there
+    /// with the right dtype and shape.
+    public func rank(_ r: Int) throws -> RankView { try RankView(set: self, rank: r) }
+
+    /// The validated safetensors files of rank `r`, keyed by relative path.
+    public func rankFiles(_ r: Int) throws -> [String: SafetensorsFile] {
+        guard r >= 0 && r < tp else { throw ShardKitError(.notFound, "rank \(r) out of range 0..<\(tp)") }
+        var result: [String: SafetensorsFile] = [:]
+        for f in manifest.ranks[r].files {
+            let path = FileSystem.join(directory, f)
+            guard FileSystem.exists(path) else {
+                throw ShardKitError(.invalidManifest, "\(path): named by manifest.json for rank \(r) but missing")
+            }
+            result[f] = try SafetensorsFile(path: path)
+        }
+        return result
+    }
+
+    /// Where rank `r`'s piece of `name` lives, checked against the manifest.
+    public func pieceLocation(_ name: String, rank r: Int, files: [String: SafetensorsFile]) throws -> TensorInfo {
+        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+        let piece = t.pieces[r]
+        guard let file = files[piece.file], let info = file.tensor(named: name) else {
+            throw ShardKitError(.invalidManifest, "\(FileSystem.join(directory, piece.file)): has no tensor \(name) (the manifest says rank \(r) holds it there)")
+        }
+        guard info.dtype == t.dtype, info.shape == piece.shape else {
+            throw ShardKitError(.invalidManifest,
+                "\(FileSystem.join(directory, piece.file)): tensor \(name) is \(info.dtype.rawValue) \(info.shape), the manifest says \(t.dtype.rawValue) \(piece.shape)")
+        }
+        return info
+    }
+
+    /// Copy sources for every rank's piece of `name` (for reshard, reassembly and verification).
+    /// `files[r]` are rank r's open files by relative path.
+    public func sources(for name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]], checkCRC: Bool = true) throws -> [CopySource] {
+        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+        return try (0..<tp).map { r in
+            let piece = t.pieces[r]
+            guard let (sf, handle) = files[r][piece.file] else { throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open") }
+            let info = try pieceLocation(name, rank: r, files: [piece.file: sf])
+            return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
+                              expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
+                              label: "rank \(r) file \(FileSystem.join(directory, piece.file))")
+        }
+    }
+
+    /// Opens every rank's files for `sources(for:files:)`.
+    public func openAllRanks() throws -> [[String: (SafetensorsFile, ReadOnlyFile)]] {
+        try (0..<tp).map { r in
+            try rankFiles(r).mapValues { ($0, try ReadOnlyFile(path: $0.path)) }
+        }
+    }
+
+    /// Reads the whole tensor `name`, reassembled from the ranks through the copy engine (padding
+    /// dropped), checking the pieces' checksums on the way.
+    public func reassemble(_ name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]], into sink: PieceSink,
+                           buffers: CopyBuffers) throws {
+        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+        let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
+        try CopyEngine.copy(tensor: name, geometry: g, sources: try sources(for: name, files: files),
+                            destinations: [CopyDestination(layout: PieceLayout([0..<g.size]), sink: sink)], buffers: buffers)
+    }
+}
+

@@ -1,0 +1,55 @@
+/// An ordered list of (pattern, rule): the first pattern that matches a tensor name decides its rule.
+public struct RuleSet: Sendable {
+    public struct Entry: Sendable {
+        public var pattern: NamePattern
+        public var rule: RuleSpec
+        /// A required entry that matches no tensor is an error (user rules are required; preset entries
+        /// for optional tensors such as biases are not).
+        public var required: Bool
+        /// Where the entry came from, for messages ("preset llama", "rules.yaml entry 3").
+        public var origin: String
+
+        public init(_ pattern: NamePattern, _ rule: RuleSpec, required: Bool, origin: String) {
+            self.pattern = pattern
+            self.rule = rule
+            self.required = required
+            self.origin = origin
+        }
+    }
+
+    public var entries: [Entry]
+    /// A name for reports: the preset, "rules file", or both.
+    public var name: String
+
+    public init(name: String, entries: [Entry]) {
+        self.name = name
+        self.entries = entries
+    }
+
+    /// `self`'s entries first, then `fallback`'s.
+    public func overriding(_ fallback: RuleSet) -> RuleSet {
+        RuleSet(name: "\(name) + \(fallback.name)", entries: entries + fallback.entries)
+    }
+
+    /// The rule of every tensor, in order. Throws naming the first tensor no rule covers, or the first
+    /// required pattern that matched nothing.
+    public func assign(_ tensors: [(name: String, shape: [Int])]) throws -> [SplitRule] {
+        var used = [Bool](repeating: false, count: entries.count)
+        var rules: [SplitRule] = []
+        rules.reserveCapacity(tensors.count)
+        for t in tensors {
+            guard let i = entries.firstIndex(where: { $0.pattern.matches(t.name) }) else {
+                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name); add one with --rules")
+            }
+            used[i] = true
+            rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name))
+        }
+        if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {
+            let e = entries[unused]
+            throw ShardKitError(.unmatchedRule, e.origin.hasPrefix("preset")
+                ? "\(e.origin): no tensor matches \"\(e.pattern)\"; is config.json's model_type right? (or pass --rules)"
+                : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor")
+        }
+        return rules
+    }
+}
