@@ -202,7 +202,7 @@ struct UnreadWeightTests {
         let pieces = try (0..<2).map { try pieceBytes(set, name: name, rank: $0) }
         #expect(pieces[0] != pieces[1])
         for r in 0..<2 { try overwritePiece(set, &manifest, name: name, rank: r, with: pieces[1 - r]) }
-        try manifest.encoded().write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+        try Data(manifest.encoded()).write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
 
         let broken = try ReferenceForward.verify(shards: try ShardSet(directory: set.directory), full: ckpt, reference: reference,
                                                  options: NumericsOptions())

@@ -45,7 +45,7 @@ func corruptToContiguousSplit(_ set: ShardSet, checkpoint: Checkpoint, name: Str
         start += len
         try overwritePiece(set, &manifest, name: name, rank: r, with: bytes)
     }
-    try manifest.encoded().write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+    try Data(manifest.encoded()).write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
 }
 
 /// The bytes of rank `r`'s piece of `name` as stored.

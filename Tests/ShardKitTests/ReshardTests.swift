@@ -175,11 +175,11 @@ struct ConcurrentPartialRunTests {
             var options = ShardSetWriter.Options()
             options.ranks = [0]
             let writer = ShardSetWriter(plan: plan, directory: out, options: options)
-            let source = try JSONDecoder().decode(Manifest.Source.self, from: Data(#"{"path": "x", "files": [], "rules": "llama"}"#.utf8))
+            let source = Manifest.Source(path: "x", files: [], modelType: nil, rules: "llama")
             let other = out + "/rank-1/model.safetensors"
             let error = caught {
-                let tool = try JSONDecoder().decode(Manifest.Tool.self, from: Data(#"{"name": "shardkit", "version": "0.1.0", "operation": "shard"}"#.utf8))
-                try writer.write(source: source, tool: tool,
+                let tool = Manifest.Tool(name: "shardkit", version: "0.1.0", operation: "shard")
+                try writer.write(source: source, tool: tool, inputs: [],
                                  extraFiles: [], sources: { _ in
                     // Meanwhile another run writes rank 1 into the same directory; then this run fails.
                     try? FileManager.default.createDirectory(atPath: out + "/rank-1", withIntermediateDirectories: true)

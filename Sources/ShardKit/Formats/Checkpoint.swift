@@ -14,8 +14,8 @@ public struct Checkpoint: Sendable {
     public let auxiliaryFiles: [String]
     private let index: [String: Int]
 
-    public static let indexName = "model.safetensors.index.json"
-    public static let pytorchIndexName = "pytorch_model.bin.index.json"
+    public static let indexName = HFIndex.safetensorsName
+    public static let pytorchIndexName = HFIndex.pytorchName
 
     /// Opens `path`: a directory, or a single weights file. In a directory, the first of these is the
     /// checkpoint: `model.safetensors.index.json`, `model.safetensors`, `pytorch_model.bin.index.json`,
@@ -31,11 +31,11 @@ public struct Checkpoint: Sendable {
             let entries = try FileSystem.list(path)
             let safetensors = entries.filter { $0.hasSuffix(".safetensors") }
             if entries.contains(Checkpoint.indexName) {
-                indexPath = FileSystem.join(path, Checkpoint.indexName)
+                indexPath = Path.join(path, Checkpoint.indexName)
             } else if entries.contains("model.safetensors") {
                 fileNames = ["model.safetensors"]
             } else if entries.contains(Checkpoint.pytorchIndexName) {
-                indexPath = FileSystem.join(path, Checkpoint.pytorchIndexName)
+                indexPath = Path.join(path, Checkpoint.pytorchIndexName)
             } else if entries.contains("pytorch_model.bin") {
                 fileNames = ["pytorch_model.bin"]
             } else if let standard = formats.flatMap(\.standardNames).first(where: entries.contains) {
@@ -51,7 +51,7 @@ public struct Checkpoint: Sendable {
             } else {
                 throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors\(formats.isEmpty ? "" : " or " + formats.flatMap(\.suffixes).joined(separator: "/")) file")
             }
-            if let indexPath { fileNames = try Checkpoint.readIndex(indexPath) }
+            if let indexPath { fileNames = try HFIndex.fileNames(indexPath) }
             auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
         } else {
             guard FileSystem.exists(path) else { throw ShardKitError(.io, "\(path): no such file or directory") }
@@ -62,7 +62,7 @@ public struct Checkpoint: Sendable {
         self.directory = directory
         var files: [CheckpointFile] = []
         for name in fileNames {
-            let p = FileSystem.join(directory, name)
+            let p = Path.join(directory, name)
             guard FileSystem.exists(p) else {
                 throw ShardKitError(.invalidCheckpoint, "\(indexPath ?? directory): names \(name), which does not exist")
             }
@@ -85,9 +85,9 @@ public struct Checkpoint: Sendable {
         self.files = files
         self.tensors = tensors
         self.index = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.info.name, $0) })
-        let configPath = FileSystem.join(directory, "config.json")
+        let configPath = Path.join(directory, "config.json")
         config = FileSystem.exists(configPath) ? try ModelConfig(path: configPath) : nil
-        if let indexPath { try Checkpoint.checkIndexAgrees(indexPath, files: files) }
+        if let indexPath { try HFIndex.checkAgrees(indexPath, files: files) }
     }
 
     /// The one file of `entries` with a suffix of `formats` (nil: none; several: ambiguous).
@@ -108,49 +108,6 @@ public struct Checkpoint: Sendable {
             return true
         }
         return false
-    }
-
-    /// The distinct file names of an index's weight_map, in first-seen order.
-    static func readIndex(_ path: String) throws -> [String] {
-        let map = try weightMap(path)
-        var names: [String] = []
-        var seen = Set<String>()
-        for (_, file) in map where seen.insert(file).inserted { names.append(file) }
-        guard !names.isEmpty else { throw ShardKitError(.invalidCheckpoint, "\(path): weight_map is empty") }
-        return names
-    }
-
-    static func weightMap(_ path: String) throws -> [(String, String)] {
-        let file = try ReadOnlyFile(path: path)
-        let json: JSONValue
-        do { json = try JSONValue.parse(try file.read(count: file.size, at: 0)) } catch let e as JSONParseError {
-            throw ShardKitError(.invalidCheckpoint, "\(path): not valid JSON: \(e)")
-        }
-        guard let map = json["weight_map"]?.objectValue else {
-            throw ShardKitError(.invalidCheckpoint, "\(path): no \"weight_map\" object")
-        }
-        var result: [(String, String)] = []
-        for (tensor, file) in map {
-            guard let f = file.stringValue, !f.contains("/"), !f.hasPrefix(".") else {
-                throw ShardKitError(.invalidCheckpoint, "\(path): weight_map entry for \(tensor) is not a plain file name")
-            }
-            result.append((tensor, f))
-        }
-        return result
-    }
-
-    static func checkIndexAgrees(_ path: String, files: [CheckpointFile]) throws {
-        var actual: [String: String] = [:]
-        for f in files { for t in f.tensors { actual[t.name] = f.path.lastPathComponent } }
-        let map = try weightMap(path)
-        for (tensor, file) in map where actual[tensor] != file {
-            throw ShardKitError(.invalidCheckpoint, "\(path): says \(tensor) is in \(file), but it is not there")
-        }
-        if map.count != actual.count {
-            let listed = Set(map.map { $0.0 })
-            let extra = actual.keys.sorted().first { !listed.contains($0) } ?? "?"
-            throw ShardKitError(.invalidCheckpoint, "\(path): tensor \(extra) is in \(actual[extra] ?? "?") but not in the index")
-        }
     }
 
     /// Total bytes of tensor data.

@@ -10,12 +10,8 @@ public final class RankSlicer: @unchecked Sendable {
     /// Slices of `checkpoint` for `tp` ranks with `rules` (nil: the preset for its config.json).
     public init(checkpoint: Checkpoint, tp: Int, rules: RuleSet? = nil, bufferBudget: Int = 16 << 20) throws {
         plan = try ShardPlan(checkpoint: checkpoint, rules: try rules ?? ShardPlan.rules(for: checkpoint, rulesFile: nil), tp: tp)
-        let handles = try checkpoint.files.map { try ReadOnlyFile(path: $0.path) }
-        let byName = Dictionary(uniqueKeysWithValues: checkpoint.tensors.map { ($0.info.name, $0) })
-        sources = { t in
-            let entry = byName[t.name]!
-            return [Shard.wholeTensorSource(entry.info, geometry: t.geometry, file: handles[entry.file])]
-        }
+        let whole = try CheckpointSources(checkpoint)
+        sources = { t in [try whole.source(for: t.name, geometry: t.geometry)] }
         buffers = CopyBuffers(budget: bufferBudget)
     }
 

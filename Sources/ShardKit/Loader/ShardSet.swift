@@ -20,7 +20,7 @@ public struct ShardSet: Sendable {
         guard r >= 0 && r < tp else { throw ShardKitError(.notFound, "rank \(r) out of range 0..<\(tp)") }
         var result: [String: SafetensorsFile] = [:]
         for f in manifest.ranks[r].files {
-            let path = FileSystem.join(directory, f)
+            let path = Path.join(directory, f)
             guard FileSystem.exists(path) else {
                 throw ShardKitError(.invalidManifest, "\(path): named by manifest.json for rank \(r) but missing")
             }
@@ -34,11 +34,11 @@ public struct ShardSet: Sendable {
         guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
         let piece = t.pieces[r]
         guard let file = files[piece.file], let info = file.tensor(named: name) else {
-            throw ShardKitError(.invalidManifest, "\(FileSystem.join(directory, piece.file)): has no tensor \(name) (the manifest says rank \(r) holds it there)")
+            throw ShardKitError(.invalidManifest, "\(Path.join(directory, piece.file)): has no tensor \(name) (the manifest says rank \(r) holds it there)")
         }
         guard info.dtype == t.dtype, info.shape == piece.shape else {
             throw ShardKitError(.invalidManifest,
-                "\(FileSystem.join(directory, piece.file)): tensor \(name) is \(info.dtype.rawValue) \(info.shape), the manifest says \(t.dtype.rawValue) \(piece.shape)")
+                "\(Path.join(directory, piece.file)): tensor \(name) is \(info.dtype.rawValue) \(info.shape), the manifest says \(t.dtype.rawValue) \(piece.shape)")
         }
         return info
     }
@@ -53,7 +53,7 @@ public struct ShardSet: Sendable {
             let info = try pieceLocation(name, rank: r, files: [piece.file: sf])
             return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
                               expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
-                              label: "rank \(r) file \(FileSystem.join(directory, piece.file))")
+                              label: "rank \(r) file \(Path.join(directory, piece.file))")
         }
     }
 

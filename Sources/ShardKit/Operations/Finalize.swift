@@ -7,18 +7,14 @@ extension Reshard {
         guard !entries.contains(Manifest.fileName) else {
             throw ShardKitError(.outputExists, "\(directory): already has manifest.json")
         }
-        let partNames = entries.filter { $0.hasPrefix("rank-") && FileSystem.exists(FileSystem.join(directory, "\($0)/part.json")) }
+        let partNames = entries.filter { $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json")) }
         guard let first = partNames.first else {
             throw ShardKitError(.invalidManifest, "\(directory): no rank-*/part.json to finalize")
         }
         func readPart(_ dir: String) throws -> Manifest {
-            let path = FileSystem.join(directory, "\(dir)/part.json")
+            let path = Path.join(directory, "\(dir)/part.json")
             let f = try ReadOnlyFile(path: path)
-            do {
-                return try JSONDecoderBox.decode(Manifest.self, from: try f.read(count: f.size, at: 0))
-            } catch {
-                throw ShardKitError(.invalidManifest, "\(path): \(Manifest.describe(error))")
-            }
+            return try Manifest(json: try f.read(count: f.size, at: 0), path: path)
         }
         var merged = try readPart(first)
         let tp = merged.tp
@@ -29,8 +25,8 @@ extension Reshard {
         }
         var parts: [Manifest] = []
         for r in 0..<tp {
-            guard FileSystem.exists(FileSystem.join(directory, "rank-\(r)/part.json")) else {
-                throw ShardKitError(.invalidManifest, "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json); write it with --ranks \(r)")
+            guard FileSystem.exists(Path.join(directory, "rank-\(r)/part.json")) else {
+                throw ShardKitError(.invalidManifest, "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json)", remedy: .writeRank(r))
             }
             let p = try readPart("rank-\(r)")
             guard p.tp == tp, p.order == merged.order, p.source == merged.source else {
@@ -50,16 +46,16 @@ extension Reshard {
             merged.tensors[name] = t
         }
         for r in 0..<tp {
-            for f in merged.ranks[r].files where !FileSystem.exists(FileSystem.join(directory, f)) {
+            for f in merged.ranks[r].files where !FileSystem.exists(Path.join(directory, f)) {
                 throw ShardKitError(.invalidManifest, "\(directory): rank \(r) file \(f) is missing")
             }
         }
-        for f in merged.extraFiles where !FileSystem.exists(FileSystem.join(directory, f)) {
+        for f in merged.extraFiles where !FileSystem.exists(Path.join(directory, f)) {
             throw ShardKitError(.invalidManifest, "\(directory): \(f) is missing (it is written with rank 0)")
         }
-        try merged.validate(path: FileSystem.join(directory, Manifest.fileName))
+        try merged.validate(path: Path.join(directory, Manifest.fileName))
         try ShardSetWriter.writeManifest(&merged, directory: directory)
-        for r in 0..<tp { FileSystem.removeTree(FileSystem.join(directory, "rank-\(r)/part.json")) }
+        for r in 0..<tp { FileSystem.removeTree(Path.join(directory, "rank-\(r)/part.json")) }
         return merged
     }
 }

@@ -10,22 +10,16 @@ public enum Reshard {
         let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
         let plan = try ShardPlan(tensors: list, rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
         let files = try input.openAllRanks()
-        let extras = m.extraFiles.map { (from: FileSystem.join(input.directory, $0), name: $0) }
+        let extras = m.extraFiles.map { (from: Path.join(input.directory, $0), name: $0) }
         for e in extras where !FileSystem.exists(e.from) {
             throw ShardKitError(.invalidManifest, "\(e.from): listed in extra_files but missing")
         }
         return try ShardSetWriter(plan: plan, directory: output, options: options).write(
             source: m.source, tool: .init(name: "shardkit", version: Shard.toolVersion, operation: "reshard"),
+            inputs: [input.directory] + m.ranks.flatMap { $0.files.map { Path.join(input.directory, $0) } },
             extraFiles: extras,
             sources: { t in try input.sources(for: t.name, files: files) },
             progress: progress)
     }
 }
 
-import Foundation
-
-enum JSONDecoderBox {
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
-        try JSONDecoder().decode(type, from: Data(bytes))
-    }
-}

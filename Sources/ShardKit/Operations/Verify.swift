@@ -23,14 +23,14 @@ public enum Verify {
             var open: [String: (SafetensorsFile, ReadOnlyFile)] = [:]
             for f in m.ranks[r].files {
                 do {
-                    let sf = try SafetensorsFile(path: FileSystem.join(set.directory, f))
+                    let sf = try SafetensorsFile(path: Path.join(set.directory, f))
                     open[f] = (sf, try ReadOnlyFile(path: sf.path))
                 } catch { failures.append("\(error)") }
             }
             files.append(open)
         }
-        for f in m.extraFiles where !FileSystem.exists(FileSystem.join(set.directory, f)) {
-            failures.append("\(FileSystem.join(set.directory, f)): listed in extra_files but missing")
+        for f in m.extraFiles where !FileSystem.exists(Path.join(set.directory, f)) {
+            failures.append("\(Path.join(set.directory, f)): listed in extra_files but missing")
         }
         let buffers = CopyBuffers(budget: 16 << 20)
         let total = m.order.reduce(0) { acc, n in
@@ -109,10 +109,10 @@ public enum Verify {
                 var sinks: [(Int, ComparingSink)] = []
                 for r in 0..<m.tp {
                     let piece = try set.pieceLocation(name, rank: r, files: rankFiles[r])
-                    sinks.append((r, ComparingSink(file: try ReadOnlyFile(path: FileSystem.join(set.directory, t.pieces[r].file)), offset: piece.offset)))
+                    sinks.append((r, ComparingSink(file: try ReadOnlyFile(path: Path.join(set.directory, t.pieces[r].file)), offset: piece.offset)))
                 }
                 try CopyEngine.copy(tensor: name, geometry: g,
-                                    sources: [Shard.wholeTensorSource(info, geometry: g, file: handles[fi]!)],
+                                    sources: [CopySource.whole(info, geometry: g, file: handles[fi]!)],
                                     destinations: sinks.map { CopyDestination(layout: m.layout(of: t, rank: $0.0), sink: $0.1) },
                                     buffers: buffers)
                 for (r, s) in sinks {

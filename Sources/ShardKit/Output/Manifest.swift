@@ -1,34 +1,37 @@
-import Foundation
-
 /// `manifest.json`: what a shard set holds, rank by rank (docs/manifest.md, docs/manifest.schema.json).
 /// Written last: a directory without it is an unfinished run.
-public struct Manifest: Codable, Sendable, Equatable {
+public struct Manifest: Sendable, Equatable {
     public static let fileName = "manifest.json"
     public static let formatName = "shardkit-manifest"
 
-    public struct Source: Codable, Sendable, Equatable {
+    public struct Source: Sendable, Equatable {
         /// The checkpoint the shards were cut from (as given on the command line).
         public var path: String
         public var files: [String]
         public var modelType: String?
         /// The rule set used: a preset name, a rules file, or both.
         public var rules: String
-        enum CodingKeys: String, CodingKey { case path, files, modelType = "model_type", rules }
+        public init(path: String, files: [String], modelType: String?, rules: String) {
+            self.path = path; self.files = files; self.modelType = modelType; self.rules = rules
+        }
     }
 
-    public struct Tool: Codable, Sendable, Equatable {
+    public struct Tool: Sendable, Equatable {
         public var name: String
         public var version: String
         /// "shard" or "reshard" (a run finalized from parts records the operation of its parts).
         public var operation: String
+        public init(name: String, version: String, operation: String) {
+            self.name = name; self.version = version; self.operation = operation
+        }
     }
 
-    public struct Rank: Codable, Sendable, Equatable {
+    public struct Rank: Sendable, Equatable {
         public var rank: Int
         public var files: [String]
     }
 
-    public struct Piece: Codable, Sendable, Equatable {
+    public struct Piece: Sendable, Equatable {
         public var rank: Int
         /// The rank file holding the piece, relative to the manifest's directory.
         public var file: String
@@ -41,14 +44,13 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var crc32c: String
     }
 
-    public struct Tensor: Codable, Sendable, Equatable {
+    public struct Tensor: Sendable, Equatable {
         public var dtype: DType
         public var shape: [Int]
         public var rule: SplitRule
         /// Present when the split dimension is padded (vocab rules): its padded size.
         public var paddedSize: Int?
         public var pieces: [Piece]
-        enum CodingKeys: String, CodingKey { case dtype, shape, rule, paddedSize = "padded_size", pieces }
     }
 
     public var format: String = Manifest.formatName
@@ -64,58 +66,33 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// Tensor names in the order they were written (the source's order).
     public var order: [String]
 
-    enum CodingKeys: String, CodingKey {
-        case format, version, tp, checksum, tool, source, ranks, extraFiles = "extra_files", tensors, order
-    }
 
     public init(tp: Int, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String], tensors: [String: Tensor], order: [String]) {
         self.tp = tp; self.tool = tool; self.source = source; self.ranks = ranks
         self.extraFiles = extraFiles; self.tensors = tensors; self.order = order
     }
 
-    /// The manifest's JSON: sorted keys, pretty printed.
-    public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        return try encoder.encode(self)
-    }
-
     /// Reads and validates `directory/manifest.json`: structure, paths, and every piece's intervals
     /// against its rule (a manifest is untrusted input).
     public static func read(directory: String) throws -> Manifest {
-        let path = FileSystem.join(directory, fileName)
+        let path = Path.join(directory, fileName)
         guard FileSystem.exists(path) else {
             let unfinished = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
             let parts = unfinished && ((try? FileSystem.list(directory)) ?? []).contains {
-                $0.hasPrefix("rank-") && FileSystem.exists(FileSystem.join(directory, "\($0)/part.json"))
+                $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json"))
             }
-            throw ShardKitError(.invalidManifest, parts
-                ? "\(directory): no manifest.json: ranks written in parts (run `shardkit reshard --finalize \(directory)` once all exist)"
-                : unfinished
-                ? "\(directory): no manifest.json: unfinished run (shard again with --force)"
+            if parts {
+                throw ShardKitError(.invalidManifest, "\(directory): no manifest.json: ranks written in parts",
+                                    remedy: .finalize(directory: directory))
+            }
+            throw ShardKitError(.invalidManifest, unfinished
+                ? "\(directory): no manifest.json: unfinished run (shard it again, replacing the directory)"
                 : "\(directory): no manifest.json: not a ShardKit shard set")
         }
         let file = try ReadOnlyFile(path: path)
-        let data = Data(try file.read(count: file.size, at: 0))
-        let manifest: Manifest
-        do { manifest = try JSONDecoder().decode(Manifest.self, from: data) } catch {
-            throw ShardKitError(.invalidManifest, "\(path): \(Manifest.describe(error))")
-        }
+        let manifest = try Manifest(json: try file.read(count: file.size, at: 0), path: path)
         try manifest.validate(path: path)
         return manifest
-    }
-
-    static func describe(_ error: Error) -> String {
-        func where_(_ path: [CodingKey]) -> String {
-            path.isEmpty ? " at the top level" : " at " + path.map(\.stringValue).joined(separator: ".")
-        }
-        switch error {
-        case DecodingError.keyNotFound(let key, let ctx):
-            return "missing \"\(key.stringValue)\"\(where_(ctx.codingPath))"
-        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx), DecodingError.dataCorrupted(let ctx):
-            return "\(ctx.debugDescription)\(where_(ctx.codingPath))"
-        default: return "\(error)"
-        }
     }
 
     /// Checks everything that can be checked without opening the rank files.
@@ -191,79 +168,3 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 }
 
-// MARK: - SplitRule as JSON
-
-extension SplitRule: Codable {
-    // Encoded as {"kind", "dim", "heads", "parts": [{"size", "split", "heads"}]}; see docs/manifest.md.
-    enum Keys: String, CodingKey { case kind, dim, heads, parts }
-    enum PartKeys: String, CodingKey { case size, split, heads }
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: Keys.self)
-        let kind = try c.decode(String.self, forKey: .kind)
-        func dim() throws -> Int {
-            let d = try c.decode(Int.self, forKey: .dim)
-            guard d >= 0 else { throw DecodingError.dataCorruptedError(forKey: .dim, in: c, debugDescription: "negative dim") }
-            return d
-        }
-        func heads() throws -> Int {
-            let h = try c.decode(Int.self, forKey: .heads)
-            guard h > 0 else { throw DecodingError.dataCorruptedError(forKey: .heads, in: c, debugDescription: "heads must be positive") }
-            return h
-        }
-        switch kind {
-        case "replicated": self = .replicated
-        case "column": self = .column(dim: try dim())
-        case "row": self = .row(dim: try dim())
-        case "heads": self = .heads(dim: try dim(), heads: try heads())
-        case "kv_heads": self = .kvHeads(dim: try dim(), heads: try heads())
-        case "out_projection": self = .outProjection(dim: try dim(), heads: try heads())
-        case "vocab": self = .vocab(dim: try dim())
-        case "fused":
-            var list = try c.nestedUnkeyedContainer(forKey: .parts)
-            var parts: [FusedPart] = []
-            while !list.isAtEnd {
-                let p = try list.nestedContainer(keyedBy: PartKeys.self)
-                let size = try p.decode(Int.self, forKey: .size)
-                guard size > 0 else { throw DecodingError.dataCorruptedError(forKey: .size, in: p, debugDescription: "part size must be positive") }
-                let split: FusedPart.Split
-                switch try p.decode(String.self, forKey: .split) {
-                case "even": split = .even
-                case "replicated": split = .replicated
-                case "heads": split = .heads(try p.decode(Int.self, forKey: .heads))
-                case "kv_heads": split = .kvHeads(try p.decode(Int.self, forKey: .heads))
-                case let other: throw DecodingError.dataCorruptedError(forKey: .split, in: p, debugDescription: "unknown part split \"\(other)\"")
-                }
-                if case .heads(let h) = split, h <= 0 { throw DecodingError.dataCorruptedError(forKey: .heads, in: p, debugDescription: "heads must be positive") }
-                if case .kvHeads(let h) = split, h <= 0 { throw DecodingError.dataCorruptedError(forKey: .heads, in: p, debugDescription: "heads must be positive") }
-                parts.append(FusedPart(size: size, split: split))
-            }
-            guard !parts.isEmpty else { throw DecodingError.dataCorruptedError(forKey: .parts, in: c, debugDescription: "fused rule without parts") }
-            self = .fused(dim: try dim(), parts: parts)
-        default:
-            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown rule kind \"\(kind)\"")
-        }
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: Keys.self)
-        try c.encode(kindName, forKey: .kind)
-        if let d = dim { try c.encode(d, forKey: .dim) }
-        switch self {
-        case .heads(_, let h), .kvHeads(_, let h), .outProjection(_, let h): try c.encode(h, forKey: .heads)
-        case .fused(_, let parts):
-            var list = c.nestedUnkeyedContainer(forKey: .parts)
-            for part in parts {
-                var p = list.nestedContainer(keyedBy: PartKeys.self)
-                try p.encode(part.size, forKey: .size)
-                switch part.split {
-                case .even: try p.encode("even", forKey: .split)
-                case .replicated: try p.encode("replicated", forKey: .split)
-                case .heads(let h): try p.encode("heads", forKey: .split); try p.encode(h, forKey: .heads)
-                case .kvHeads(let h): try p.encode("kv_heads", forKey: .split); try p.encode(h, forKey: .heads)
-                }
-            }
-        default: break
-        }
-    }
-}

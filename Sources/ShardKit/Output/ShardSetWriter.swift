@@ -71,193 +71,195 @@ public struct ShardSetWriter {
 
     static func pad5(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
 
-    /// Prepares the output directory: refuses an existing one without `force`, and with `force` only
-    /// replaces a directory that is empty or looks like ShardKit output.
-    public static func prepare(directory: String, force: Bool, keepExistingRanks: Bool = false) throws {
-        if FileSystem.exists(directory) {
-            guard FileSystem.isDirectory(directory) else {
-                throw ShardKitError(.outputExists, "\(directory): exists and is not a directory")
-            }
-            let entries = try FileSystem.list(directory)
-            let ours = entries.contains(Manifest.fileName) || entries.contains { $0.hasPrefix("rank-") || $0.hasSuffix(".tmp") }
-            // A partial run adds ranks to a directory of parts; it must not write into a finished shard
-            // set (whose manifest would then vouch for rewritten files) nor into someone else's directory.
-            if !entries.isEmpty && keepExistingRanks && !entries.contains(Manifest.fileName) {
-                guard ours else {
-                    throw ShardKitError(.outputExists, "\(directory): not a ShardKit output directory (no manifest.json or rank-*); refusing to write into it")
-                }
-            } else if !entries.isEmpty {
-                guard force else {
-                    throw ShardKitError(.outputExists, "\(directory): already exists; pass --force to replace it")
-                }
-                guard ours else {
-                    throw ShardKitError(.outputExists, "\(directory): not a ShardKit output directory (no manifest.json or rank-*); refusing to replace it")
-                }
-                FileSystem.removeTree(directory)
-            }
-        }
-        try FileSystem.makeDirectories(directory)
-    }
-
-    /// Writes the shard set. `sources(t)` gives the sources for tensor `t` of the plan.
+    /// Writes the shard set. `sources(t)` gives the sources for tensor `t` of the plan; `inputs` are
+    /// the files and directories the run reads, which the output may not be, contain or lie inside.
     /// Returns the manifest (already written unless only some ranks were asked for).
     @discardableResult
-    public func write(source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
+    public func write(source: Manifest.Source, tool: Manifest.Tool, inputs: [String],
+                      extraFiles: [(from: String, name: String)],
                       sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
                       progress: ProgressHandler? = nil) throws -> Manifest {
         let ranks = options.ranks ?? Array(0..<plan.tp)
-        let existed = FileSystem.exists(directory)
-        try ShardSetWriter.prepare(directory: directory, force: options.force, keepExistingRanks: options.ranks != nil)
-        var created: [String] = []
-        do {
-            let manifest = try writeAll(ranks: ranks, source: source, tool: tool, extraFiles: extraFiles,
-                                        sources: sources, progress: progress, created: &created)
-            return manifest
-        } catch {
-            if options.ranks == nil {
-                FileSystem.removeTree(directory)
-            } else {
-                // Only what this run created: a run writing other ranks into the same directory at
-                // the same time keeps its work. A directory this run made goes only if now empty.
-                for p in created.reversed() { FileSystem.removeTree(p) }
-                if !existed { _ = rmdir(directory) }
-            }
-            throw error
-        }
-    }
-
-    private func writeAll(ranks: [Int], source: Manifest.Source, tool: Manifest.Tool, extraFiles: [(from: String, name: String)],
-                          sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
-                          progress: ProgressHandler?, created: inout [String]) throws -> Manifest {
         for r in ranks where r < 0 || r >= plan.tp {
             throw ShardKitError(.notFound, "rank \(r) is out of range 0..<\(plan.tp)")
         }
         let files = try (0..<plan.tp).map { try filePlans(rank: $0) }
-        let total = ranks.reduce(0) { $0 + plan.bytesPerRank[$1] }
-        for r in ranks where plan.tp > 1 {
-            let dir = FileSystem.join(directory, "rank-\(r)")
-            if FileSystem.exists(dir) { FileSystem.removeTree(dir) }
-            try FileSystem.makeDirectories(dir)
-            created.append(dir)
-        }
-        // Which file and offset each (tensor, rank) piece goes to.
-        var location = [[(file: Int, offset: Int)]](repeating: [], count: plan.tp)
-        for r in 0..<plan.tp {
-            location[r] = [(Int, Int)](repeating: (0, 0), count: plan.tensors.count)
-            for (k, f) in files[r].enumerated() {
-                for (j, ti) in f.tensorIndices.enumerated() { location[r][ti] = (k, f.layout.entries[j].offset) }
+        let output = try OutputDirectory(path: directory, inputs: inputs, force: options.force, ranks: options.ranks)
+        do {
+            let run = Run(writer: self, output: output, ranks: ranks, files: files)
+            let outputs = try run.createRankFiles()
+            let checksums = try run.copyTensors(into: outputs, sources: sources, progress: progress)
+            try run.commit(outputs)
+            try run.writeRankIndexes()
+            let extraNames = try run.copyExtraFiles(extraFiles)
+            var manifest = run.manifest(source: source, tool: tool, extraFiles: extraNames, checksums: checksums)
+            if let subset = options.ranks {
+                try run.writeParts(of: manifest, ranks: subset)
+            } else {
+                try ShardSetWriter.writeManifest(&manifest, directory: directory, durable: options.durable)
             }
+            output.release()
+            return manifest
+        } catch {
+            output.abandon()
+            throw error
         }
-        // Every rank file is created (header first) before the copy starts, and committed (fsync,
-        // rename) once all of its pieces are written.
-        var outputs = [[OutputFile]](repeating: [], count: plan.tp)
-        for r in ranks {
-            for f in files[r] {
-                let path = FileSystem.join(directory, f.relativePath)
-                created.append(path)
-                let out = try OutputFile(path: path, durable: options.durable)
-                try f.layout.writeHeader(to: out)
-                outputs[r].append(out)
-            }
-        }
-        var checksums = [[String]](repeating: [String](repeating: "", count: plan.tensors.count), count: plan.tp)
-        let sinkBuffer = max(64 << 10, min(1 << 20, options.bufferBudget / 64))
-        let tracker = ProgressTracker(total: total, handler: progress)
-        try ParallelWork.forEach(count: plan.tensors.count, workers: options.workers,
-                                 budget: options.bufferBudget) { ti, buffers in
-            let t = plan.tensors[ti]
-            let sinks = ranks.map { r in
-                (rank: r, sink: FileSink(file: outputs[r][location[r][ti].file], offset: location[r][ti].offset,
-                                         count: t.pieceBytes(rank: r), bufferSize: sinkBuffer))
-            }
-            try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
-                                destinations: sinks.map { CopyDestination(layout: t.layouts[$0.rank], sink: $0.sink) },
-                                buffers: buffers) { tracker.add($0) }
-            let hexes = try sinks.map { (r, s) -> String in
-                try s.flush()
-                guard s.isComplete else {
-                    throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) incomplete (internal error)")
+    }
+
+    /// One run of the writer: its output directory, the ranks it writes and their file plans.
+    private struct Run {
+        let writer: ShardSetWriter
+        let output: OutputDirectory
+        let ranks: [Int]
+        let files: [[FilePlan]]
+        var plan: ShardPlan { writer.plan }
+        var options: Options { writer.options }
+        /// Which file and offset each (tensor, rank) piece goes to: `location[rank][tensor]`.
+        let location: [[(file: Int, offset: Int)]]
+
+        init(writer: ShardSetWriter, output: OutputDirectory, ranks: [Int], files: [[FilePlan]]) {
+            self.writer = writer
+            self.output = output
+            self.ranks = ranks
+            self.files = files
+            var location = [[(file: Int, offset: Int)]](repeating: [], count: writer.plan.tp)
+            for r in 0..<writer.plan.tp {
+                location[r] = [(Int, Int)](repeating: (0, 0), count: writer.plan.tensors.count)
+                for (k, f) in files[r].enumerated() {
+                    for (j, ti) in f.tensorIndices.enumerated() { location[r][ti] = (k, f.layout.entries[j].offset) }
                 }
-                return s.crc.hex
             }
-            return { for (i, r) in ranks.enumerated() { checksums[r][ti] = hexes[i] } }
-        }
-        // fsync + rename every rank file; the fsyncs wait on the disk, so run them side by side.
-        let all = ranks.flatMap { outputs[$0] }
-        try ParallelWork.forEach(count: all.count, workers: min(8, all.count), budget: 4096) { i, _ in
-            try all[i].commit()
-            return {}
+            self.location = location
         }
 
-        // Rank-level index files, so that each rank directory is an ordinary multi-file checkpoint.
-        for r in ranks where files[r].count > 1 {
-            var map: [(String, JSONValue)] = []
-            for f in files[r] {
-                for e in f.layout.entries { map.append((e.name, .string(f.relativePath.lastPathComponent))) }
+        /// Phase 1: every rank file is created (header first) before the copy starts.
+        func createRankFiles() throws -> [[OutputFile]] {
+            if plan.tp > 1 { for r in ranks { _ = try output.makeFreshDirectory("rank-\(r)") } }
+            var outputs = [[OutputFile]](repeating: [], count: plan.tp)
+            for r in ranks {
+                for f in files[r] {
+                    let path = Path.join(output.path, f.relativePath)
+                    output.track(path)
+                    let out = try OutputFile(path: path, durable: options.durable)
+                    try f.layout.writeHeader(to: out)
+                    outputs[r].append(out)
+                }
             }
-            let json = JSONValue.object([
-                ("metadata", .object([("total_size", .int(plan.bytesPerRank[r]))])),
-                ("weight_map", .object(map.sorted { $0.0 < $1.0 })),
-            ])
-            let dir = plan.tp == 1 ? directory : FileSystem.join(directory, "rank-\(r)")
-            let path = FileSystem.join(dir, Checkpoint.indexName)
-            created.append(path)
-            try ShardSetWriter.writeSmallFile(Array(json.serialized.utf8), to: path, durable: options.durable)
-        }
-        var extraNames: [String] = []
-        if options.ranks == nil || ranks.contains(0) {
-            for (from, name) in extraFiles {
-                let to = FileSystem.join(directory, name)
-                created.append(to)
-                try FileSystem.copySmallFile(from: from, to: to, durable: options.durable)
-                extraNames.append(name)
-            }
-        } else {
-            extraNames = extraFiles.map(\.name)
+            return outputs
         }
 
-        var tensors: [String: Manifest.Tensor] = [:]
-        for (ti, t) in plan.tensors.enumerated() {
-            let pieces = (0..<plan.tp).map { r in
-                Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath, shape: t.pieceShape(rank: r),
-                               intervals: t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] },
-                               crc32c: ranks.contains(r) ? checksums[r][ti] : "")
+        /// Phase 2: every tensor copied to its pieces, `workers` tensors at a time; returns each
+        /// piece's CRC-32C as `checksums[rank][tensor]`.
+        func copyTensors(into outputs: [[OutputFile]], sources: @escaping (ShardPlan.Tensor) throws -> [CopySource],
+                         progress: ProgressHandler?) throws -> [[UInt32]] {
+            let tensorCount = plan.tensors.count
+            var checksums = [[UInt32]](repeating: [], count: plan.tp)
+            for r in ranks { checksums[r] = [UInt32](repeating: 0, count: tensorCount) }
+            let sinkBuffer = max(64 << 10, min(1 << 20, options.bufferBudget / 64))
+            let tracker = ProgressTracker(total: ranks.reduce(0) { $0 + plan.bytesPerRank[$1] }, handler: progress)
+            let budget = options.bufferBudget
+            try WorkerPool.forEach(count: tensorCount, workers: options.workers,
+                                   makeState: { CopyBuffers(budget: budget / $0) }) { ti, buffers in
+                let t = plan.tensors[ti]
+                let sinks = ranks.map { r in
+                    FileSink(file: outputs[r][location[r][ti].file], offset: location[r][ti].offset,
+                             count: t.pieceBytes(rank: r), bufferSize: sinkBuffer)
+                }
+                try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
+                                    destinations: zip(ranks, sinks).map { CopyDestination(layout: t.layouts[$0], sink: $1) },
+                                    buffers: buffers) { tracker.add($0) }
+                let crcs = try zip(ranks, sinks).map { (r, s) -> UInt32 in
+                    try s.flush()
+                    guard s.isComplete else {
+                        throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) incomplete (internal error)")
+                    }
+                    return s.crc.value
+                }
+                return { for (i, r) in ranks.enumerated() { checksums[r][ti] = crcs[i] } }
             }
-            tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize, pieces: pieces)
+            return checksums
         }
-        var manifest = Manifest(tp: plan.tp, tool: tool, source: source,
-                                ranks: (0..<plan.tp).map { Manifest.Rank(rank: $0, files: files[$0].map(\.relativePath)) },
-                                extraFiles: extraNames.sorted(), tensors: tensors, order: plan.tensors.map(\.name))
-        if let subset = options.ranks {
-            // A partial run: record this part's pieces for `finalize` instead of the manifest.
+
+        /// Phase 3: fsync and rename every rank file; the fsyncs wait on the disk, so they run side by side.
+        func commit(_ outputs: [[OutputFile]]) throws {
+            let all = ranks.flatMap { outputs[$0] }
+            try WorkerPool.forEach(count: all.count, workers: min(8, all.count)) { i in
+                try all[i].commit()
+                return {}
+            }
+        }
+
+        /// Phase 4: rank-level index files, so that each rank directory is an ordinary multi-file checkpoint.
+        func writeRankIndexes() throws {
+            for r in ranks where files[r].count > 1 {
+                var map: [(tensor: String, file: String)] = []
+                for f in files[r] {
+                    for e in f.layout.entries { map.append((e.name, f.relativePath.lastPathComponent)) }
+                }
+                let dir = plan.tp == 1 ? output.path : Path.join(output.path, "rank-\(r)")
+                let path = Path.join(dir, HFIndex.safetensorsName)
+                output.track(path)
+                try FileSystem.writeSmallFile(HFIndex.serialized(weightMap: map, totalSize: plan.bytesPerRank[r]),
+                                              to: path, durable: options.durable)
+            }
+        }
+
+        /// Phase 5: the carried-along files (written with rank 0); returns their names.
+        func copyExtraFiles(_ extraFiles: [(from: String, name: String)]) throws -> [String] {
+            if options.ranks == nil || ranks.contains(0) {
+                for (from, name) in extraFiles {
+                    let to = Path.join(output.path, name)
+                    output.track(to)
+                    try FileSystem.copySmallFile(from: from, to: to, durable: options.durable)
+                }
+            }
+            return extraFiles.map(\.name).sorted()
+        }
+
+        /// Phase 6: the manifest of the whole set (pieces of ranks not written here have no checksum).
+        func manifest(source: Manifest.Source, tool: Manifest.Tool, extraFiles: [String],
+                      checksums: [[UInt32]]) -> Manifest {
+            var tensors: [String: Manifest.Tensor] = [:]
+            tensors.reserveCapacity(plan.tensors.count)
+            let written = Set(ranks)
+            for (ti, t) in plan.tensors.enumerated() {
+                let pieces = (0..<plan.tp).map { r in
+                    Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath, shape: t.pieceShape(rank: r),
+                                   intervals: t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] },
+                                   crc32c: written.contains(r) ? CRC32C(value: checksums[r][ti]).hex : "")
+                }
+                tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize,
+                                                  pieces: pieces)
+            }
+            return Manifest(tp: plan.tp, tool: tool, source: source,
+                            ranks: (0..<plan.tp).map { Manifest.Rank(rank: $0, files: files[$0].map(\.relativePath)) },
+                            extraFiles: extraFiles, tensors: tensors, order: plan.tensors.map(\.name))
+        }
+
+        /// Phase 7 of a partial run: each rank's part of the manifest, for `finalize`.
+        func writeParts(of manifest: Manifest, ranks subset: [Int]) throws {
             for r in subset {
                 var part = manifest
-                part.tensors = tensors.mapValues { var t = $0; t.pieces = [t.pieces[r]]; return t }
-                let path = FileSystem.join(directory, "rank-\(r)/part.json")
-                created.append(path)
-                try ShardSetWriter.writeSmallFile(Array(try part.encoded()), to: path, durable: options.durable)
+                part.tensors = manifest.tensors.mapValues { var t = $0; t.pieces = [t.pieces[r]]; return t }
+                let path = Path.join(output.path, "rank-\(r)/part.json")
+                output.track(path)
+                try FileSystem.writeSmallFile(try part.encoded(), to: path, durable: options.durable)
             }
-            if options.durable { try FileSystem.syncDirectory(directory) }
-            return manifest
+            if options.durable { try FileSystem.syncDirectory(output.path) }
         }
-        try ShardSetWriter.writeManifest(&manifest, directory: directory, durable: options.durable)
-        return manifest
     }
 
     /// Writes `manifest.json` through a temporary file, then fsyncs the directory.
     static func writeManifest(_ manifest: inout Manifest, directory: String, durable: Bool = true) throws {
         // The rank files' renames must be durable before the manifest that vouches for them.
         if durable {
-            if manifest.tp > 1 { for r in 0..<manifest.tp { try FileSystem.syncDirectory(FileSystem.join(directory, "rank-\(r)")) } }
+            if manifest.tp > 1 {
+                for r in 0..<manifest.tp { try FileSystem.syncDirectory(Path.join(directory, "rank-\(r)")) }
+            }
             try FileSystem.syncDirectory(directory)
         }
-        try writeSmallFile(Array(try manifest.encoded()), to: FileSystem.join(directory, Manifest.fileName), durable: durable)
+        try FileSystem.writeSmallFile(try manifest.encoded(), to: Path.join(directory, Manifest.fileName),
+                                      durable: durable)
         if durable { try FileSystem.syncDirectory(directory) }
-    }
-
-    static func writeSmallFile(_ bytes: [UInt8], to path: String, durable: Bool = true) throws {
-        let f = try OutputFile(path: path, durable: durable)
-        try bytes.withUnsafeBytes { try f.write($0, at: 0) }
-        try f.commit()
     }
 }

@@ -82,7 +82,7 @@ extension ShardPlan {
             return try RulesFile.ruleSet(from: rulesFile.json, origin: rulesFile.origin, config: checkpoint.config)
         }
         guard let config = checkpoint.config else {
-            throw ShardKitError(.invalidCheckpoint, "\(FileSystem.join(checkpoint.directory, "config.json")): missing; a preset needs it (or pass --rules)")
+            throw ShardKitError(.invalidCheckpoint, "\(Path.join(checkpoint.directory, "config.json")): missing; a preset needs it", remedy: .rules)
         }
         return try Preset.rules(for: config)
     }

@@ -7,7 +7,7 @@ public enum Preset {
     /// The preset for `config`'s model_type. Throws `invalidConfig` for an unknown type or a missing key.
     public static func rules(for config: ModelConfig) throws -> RuleSet {
         guard let type = config.modelType else {
-            throw ShardKitError(.invalidConfig, "\(config.path): no \"model_type\"; pass --rules to shard without a preset")
+            throw ShardKitError(.invalidConfig, "\(config.path): no \"model_type\", so no preset applies", remedy: .rules)
         }
         let heads = try config.requireInt("num_attention_heads", "n_head")
         let kv = config.int("num_key_value_heads", "multi_query_group_num") ?? heads
@@ -117,7 +117,7 @@ public enum Preset {
             ]
         default:
             throw ShardKitError(.invalidConfig,
-                "\(config.path): unknown model_type \"\(type)\" (presets: \(modelTypes.joined(separator: ", "))); pass --rules to describe it")
+                "\(config.path): unknown model_type \"\(type)\" (presets: \(modelTypes.joined(separator: ", ")))", remedy: .rules)
         }
         return RuleSet(name: origin, entries: entries)
     }

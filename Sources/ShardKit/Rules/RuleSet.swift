@@ -39,16 +39,17 @@ public struct RuleSet: Sendable {
         rules.reserveCapacity(tensors.count)
         for t in tensors {
             guard let i = entries.firstIndex(where: { $0.pattern.matches(t.name) }) else {
-                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name); add one with --rules")
+                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name)", remedy: .rules)
             }
             used[i] = true
             rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name))
         }
         if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {
             let e = entries[unused]
-            throw ShardKitError(.unmatchedRule, e.origin.hasPrefix("preset")
-                ? "\(e.origin): no tensor matches \"\(e.pattern)\"; is config.json's model_type right? (or pass --rules)"
-                : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor")
+            let preset = e.origin.hasPrefix("preset")
+            throw ShardKitError(.unmatchedRule, preset
+                ? "\(e.origin): no tensor matches \"\(e.pattern)\"; is config.json's model_type right?"
+                : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor", remedy: preset ? .rules : nil)
         }
         return rules
     }

@@ -1,12 +1,7 @@
 /// A rule before it meets a tensor: fused part sizes may still be unknown (derived from the tensor's
 /// size: parts with head counts share the dimension in proportion to their heads, the others equally).
 public struct RuleSpec: Sendable, Hashable {
-    public enum Kind: String, Sendable, CaseIterable {
-        case replicated, column, row, heads
-        case kvHeads = "kv_heads"
-        case outProjection = "out_projection"
-        case vocab, fused
-    }
+    public typealias Kind = RuleKind
     public struct Part: Sendable, Hashable {
         public var split: FusedPart.Split
         public var size: Int?

@@ -43,7 +43,7 @@ public enum RulesFile {
             let dim = try integer(item["dim"], "dim", entry: n) ?? 0
             guard dim >= 0 else { throw bad("entry \(n): dim must be non-negative") }
             let heads = try integer(item["heads"], "heads", entry: n)
-            if [.heads, .kvHeads, .outProjection].contains(kind) {
+            if kind.needsHeads {
                 guard let h = heads, h > 0 else { throw bad("entry \(n) (\(patternText)): rule \(kindName) needs \"heads\" > 0") }
             }
             var parts: [RuleSpec.Part] = []
@@ -57,14 +57,13 @@ public enum RulesFile {
                     let ph = try integer(p["heads"], "part \(j + 1) heads", entry: n)
                     let size = try integer(p["size"], "part \(j + 1) size", entry: n)
                     if let size, size <= 0 { throw bad("entry \(n) part \(j + 1): size must be positive") }
-                    let split: FusedPart.Split
-                    switch pk {
-                    case "even", "column": split = .even
-                    case "replicated": split = .replicated
-                    case "heads", "kv_heads":
-                        guard let ph, ph > 0 else { throw bad("entry \(n) part \(j + 1): \(pk) needs \"heads\" > 0") }
-                        split = pk == "heads" ? .heads(ph) : .kvHeads(ph)
-                    default: throw bad("entry \(n) part \(j + 1): unknown part rule \"\(pk)\" (expected even, heads, kv_heads, replicated)")
+                    // "column" is accepted for an evenly split part, as the rule of that name splits.
+                    guard let partKind = pk == "column" ? .even : FusedPart.Split.Kind(rawValue: pk) else {
+                        let names = FusedPart.Split.Kind.allCases.map(\.rawValue).joined(separator: ", ")
+                        throw bad("entry \(n) part \(j + 1): unknown part rule \"\(pk)\" (expected \(names))")
+                    }
+                    guard let split = FusedPart.Split(kind: partKind, heads: ph) else {
+                        throw bad("entry \(n) part \(j + 1): \(pk) needs \"heads\" > 0")
                     }
                     parts.append(.init(split, size: size))
                 }

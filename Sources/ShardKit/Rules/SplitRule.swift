@@ -38,19 +38,44 @@ public indirect enum SplitRule: Sendable, Equatable, Hashable {
         }
     }
 
-    /// The rule's name as written in manifests and rules files.
-    public var kindName: String {
+    /// The rule's kind, whose name manifests, rules files and reports write.
+    public var kind: RuleKind {
         switch self {
-        case .replicated: return "replicated"
-        case .column: return "column"
-        case .row: return "row"
-        case .heads: return "heads"
-        case .kvHeads: return "kv_heads"
-        case .outProjection: return "out_projection"
-        case .vocab: return "vocab"
-        case .fused: return "fused"
+        case .replicated: return .replicated
+        case .column: return .column
+        case .row: return .row
+        case .heads: return .heads
+        case .kvHeads: return .kvHeads
+        case .outProjection: return .outProjection
+        case .vocab: return .vocab
+        case .fused: return .fused
         }
     }
+
+    /// The rule's name as written in manifests and rules files.
+    public var kindName: String { kind.rawValue }
+
+    /// The rule with its parameters, for reports: `heads(dim 0, 16 heads)`, `fused(dim 0, parts [..])`.
+    public var summary: String {
+        switch self {
+        case .replicated: return kindName
+        case .column(let d), .row(let d), .vocab(let d): return "\(kindName)(dim \(d))"
+        case .heads(let d, let h), .kvHeads(let d, let h), .outProjection(let d, let h):
+            return "\(kindName)(dim \(d), \(h) heads)"
+        case .fused(let d, let parts): return "fused(dim \(d), parts \(parts.map(\.size)))"
+        }
+    }
+}
+
+/// The names of the rule kinds, as manifests, rules files and reports spell them: the one table.
+public enum RuleKind: String, CaseIterable, Sendable {
+    case replicated, column, row, heads
+    case kvHeads = "kv_heads"
+    case outProjection = "out_projection"
+    case vocab, fused
+
+    /// Kinds that need a head count.
+    public var needsHeads: Bool { self == .heads || self == .kvHeads || self == .outProjection }
 }
 
 /// One part of a fused tensor: `size` rows (along the fused dimension) split by `split`.
@@ -60,6 +85,41 @@ public struct FusedPart: Sendable, Equatable, Hashable {
         case heads(Int)
         case kvHeads(Int)
         case replicated
+
+        /// The names of the part splits, as manifests and rules files spell them.
+        public enum Kind: String, CaseIterable, Sendable {
+            case even, heads
+            case kvHeads = "kv_heads"
+            case replicated
+        }
+
+        public var kind: Kind {
+            switch self {
+            case .even: return .even
+            case .heads: return .heads
+            case .kvHeads: return .kvHeads
+            case .replicated: return .replicated
+            }
+        }
+
+        /// The head count of a heads or kv_heads part.
+        public var heads: Int? {
+            switch self {
+            case .heads(let h), .kvHeads(let h): return h
+            default: return nil
+            }
+        }
+
+        /// The split of `kind`; nil when a heads kind has no positive head count.
+        public init?(kind: Kind, heads: Int?) {
+            switch kind {
+            case .even: self = .even
+            case .replicated: self = .replicated
+            case .heads, .kvHeads:
+                guard let h = heads, h > 0 else { return nil }
+                self = kind == .heads ? .heads(h) : .kvHeads(h)
+            }
+        }
     }
     public var size: Int
     public var split: Split

@@ -27,12 +27,17 @@ public final class OutputFile: @unchecked Sendable {
     /// False skips the writeback hints and the `fsync` of `commit()` (the rename still happens last).
     public let durable: Bool
 
-    /// Creates `finalPath + ".tmp"` (truncating any leftover) with `open(O_CREAT | O_TRUNC | O_WRONLY)`.
+    /// Creates `finalPath + ".tmp"` anew: a leftover entry of that name (a crashed run's file, or a
+    /// symbolic link planted there) is unlinked first, and the file is created with
+    /// `open(O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY)`, so that no byte is ever written through a link.
     public init(path: String, durable: Bool = true) throws {
         self.durable = durable
         finalPath = path
         temporaryPath = path + ".tmp"
-        let fd = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if unlink(temporaryPath) != 0 && errno != ENOENT {
+            throw ShardKitError.io("unlink", path: temporaryPath, errno: errno)
+        }
+        let fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ShardKitError.io("create", path: temporaryPath, errno: errno) }
         descriptor = fd
     }

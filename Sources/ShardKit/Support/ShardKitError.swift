@@ -26,22 +26,53 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
         case invalidManifest
         /// Bytes do not match their recorded checksum.
         case checksumMismatch
-        /// The output exists (use --force) or is not a ShardKit directory.
+        /// The output exists, is not a ShardKit directory, overlaps the input, or is in use by
+        /// another run.
         case outputExists
         /// A caller asked for something that does not exist (tensor name, rank).
         case notFound
+        /// A caller passed an argument the operation cannot use (a buffer of the wrong size).
+        case invalidArgument
         /// A verification check failed.
         case verificationFailed
     }
 
+    /// What the user can do about an error, named without any one front end's spelling: the CLI
+    /// turns it into its flag ("pass --force to replace it"), a library caller into its option.
+    public enum Remedy: Sendable, Equatable {
+        /// Replacing the output (`ShardSetWriter.Options.force`, `--force`) would proceed.
+        case force
+        /// A rules file (`--rules`) describing the tensors would proceed.
+        case rules
+        /// The shard set was written in parts: finalize it once every rank exists.
+        case finalize(directory: String)
+        /// Rank `rank` of a set written in parts is missing: write it.
+        case writeRank(Int)
+    }
+
     public var code: Code
     public var message: String
+    /// What would let the operation proceed, when something would.
+    public var remedy: Remedy?
+    /// The `errno` of the failed system call, for `.io` errors.
+    public var errno: Int32?
+    /// The error this one reports (a parser's own error), when there is one.
+    public var underlying: (any Error)?
 
     /// Control characters in `message` (which may quote names read from a file: newlines, terminal
     /// escapes) are written as escapes, so that the message stays one printable line.
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, remedy: Remedy? = nil, errno: Int32? = nil,
+                underlying: (any Error)? = nil) {
         self.code = code
         self.message = ShardKitError.printable(message)
+        self.remedy = remedy
+        self.errno = errno
+        self.underlying = underlying
+    }
+
+    /// Equal code, message and remedy (the cause is detail).
+    public static func == (a: ShardKitError, b: ShardKitError) -> Bool {
+        a.code == b.code && a.message == b.message && a.remedy == b.remedy
     }
 
     /// `s` with control characters written as `\xNN` / `\u{N}` escapes (for messages and tables
@@ -65,7 +96,7 @@ public struct ShardKitError: Error, CustomStringConvertible, Equatable, Sendable
 
 extension ShardKitError {
     static func io(_ what: String, path: String, errno code: Int32) -> ShardKitError {
-        ShardKitError(.io, "\(path): \(what) failed: \(String(cString: strerror(code)))")
+        ShardKitError(.io, "\(path): \(what) failed: \(String(cString: strerror(code)))", errno: code)
     }
 }
 

@@ -1,0 +1,320 @@
+/// The manifest's JSON (docs/manifest.schema.json is the source of truth for the field names):
+/// written with sorted keys and two-space indentation, read with the strict `JSONReader` (duplicate
+/// keys, unknown keys, non-integers and excessive nesting refused, each with where it is).
+extension Manifest {
+    /// The manifest's JSON: sorted keys, pretty printed.
+    public func encoded() throws -> [UInt8] {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("checksum"); w.string(checksum)
+        w.key("extra_files"); w.beginArray(); for f in extraFiles { w.string(f, asItem: true) }; w.endArray()
+        w.key("format"); w.string(format)
+        w.key("order"); w.beginArray(); for n in order { w.string(n, asItem: true) }; w.endArray()
+        w.key("ranks"); w.beginArray()
+        for r in ranks {
+            w.beginObject(asItem: true)
+            w.key("files"); w.beginArray(); for f in r.files { w.string(f, asItem: true) }; w.endArray()
+            w.key("rank"); w.int(r.rank)
+            w.endObject()
+        }
+        w.endArray()
+        w.key("source"); w.beginObject()
+        w.key("files"); w.beginArray(); for f in source.files { w.string(f, asItem: true) }; w.endArray()
+        if let m = source.modelType { w.key("model_type"); w.string(m) }
+        w.key("path"); w.string(source.path)
+        w.key("rules"); w.string(source.rules)
+        w.endObject()
+        w.key("tensors"); w.beginObject()
+        for name in tensors.keys.sorted() {
+            let t = tensors[name]!
+            w.key(name); w.beginObject()
+            w.key("dtype"); w.string(t.dtype.rawValue)
+            if let p = t.paddedSize { w.key("padded_size"); w.int(p) }
+            w.key("pieces"); w.beginArray()
+            for p in t.pieces {
+                w.beginObject(asItem: true)
+                w.key("crc32c"); w.string(p.crc32c)
+                w.key("file"); w.string(p.file)
+                w.key("intervals"); w.beginArray(); for i in p.intervals { w.ints(i, asItem: true) }; w.endArray()
+                w.key("rank"); w.int(p.rank)
+                w.key("shape"); w.ints(p.shape)
+                w.endObject()
+            }
+            w.endArray()
+            w.key("rule"); t.rule.write(to: &w)
+            w.key("shape"); w.ints(t.shape)
+            w.endObject()
+        }
+        w.endObject()
+        w.key("tool"); w.beginObject()
+        w.key("name"); w.string(tool.name)
+        w.key("operation"); w.string(tool.operation)
+        w.key("version"); w.string(tool.version)
+        w.endObject()
+        w.key("tp"); w.int(tp)
+        w.key("version"); w.int(version)
+        w.endObject()
+        return w.finish()
+    }
+
+    /// Decodes a manifest (or a part file) from its JSON; `path` names it in errors. Structure only:
+    /// `validate(path:)` checks the values against each other.
+    public init(json bytes: [UInt8], path: String) throws {
+        func bad(_ e: Error) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(e)", underlying: e) }
+        var m = Manifest(tp: 0, tool: Tool(name: "", version: "", operation: ""),
+                         source: Source(path: "", files: [], modelType: nil, rules: ""),
+                         ranks: [], extraFiles: [], tensors: [:], order: [])
+        do {
+            try bytes.withUnsafeBytes { raw in
+                var r = JSONReader(bytes: raw)
+                try r.document { r in try m.read(&r) }
+            }
+        } catch let e as JSONParseError { throw bad(e) }
+        self = m
+    }
+
+    private mutating func read(_ r: inout JSONReader) throws {
+        var seen = Set<String>()
+        try r.object { r, key in
+            seen.insert(key)
+            switch key {
+            case "format": format = try r.string()
+            case "version": version = try r.int()
+            case "tp": tp = try r.int()
+            case "checksum": checksum = try r.string()
+            case "tool": tool = try Tool.read(&r)
+            case "source": source = try Source.read(&r)
+            case "ranks": try r.array { r, _ in ranks.append(try Rank.read(&r)) }
+            case "extra_files": try r.array { r, _ in extraFiles.append(try r.string()) }
+            case "order": try r.array { r, _ in order.append(try r.string()) }
+            case "tensors": try r.object { r, name in tensors[name] = try Tensor.read(&r) }
+            default: throw r.error("unknown key \"\(key)\"")
+            }
+        }
+        try JSONReader.require(["format", "version", "tp", "checksum", "tool", "source", "ranks", "extra_files",
+                                "tensors", "order"], in: seen, r)
+    }
+}
+
+extension JSONReader {
+    /// Throws naming the first of `keys` missing from `seen` (the keys of the object just read).
+    static func require(_ keys: [String], in seen: Set<String>, _ r: JSONReader) throws {
+        if let missing = keys.first(where: { !seen.contains($0) }) { throw r.error("missing \"\(missing)\"") }
+    }
+
+    /// Reads an object whose members are all read by `member`; unknown keys are refused, `required`
+    /// keys must be present.
+    mutating func fields(required: [String], _ member: (inout JSONReader, String) throws -> Bool) throws {
+        var seen = Set<String>()
+        try object { r, key in
+            guard try member(&r, key) else { throw r.error("unknown key \"\(key)\"") }
+            seen.insert(key)
+        }
+        try JSONReader.require(required, in: seen, self)
+    }
+
+    mutating func ints() throws -> [Int] {
+        var values: [Int] = []
+        try array { r, _ in values.append(try r.int()) }
+        return values
+    }
+}
+
+extension Manifest.Tool {
+    static func read(_ r: inout JSONReader) throws -> Self {
+        var t = Self(name: "", version: "", operation: "")
+        try r.fields(required: ["name", "version", "operation"]) { r, key in
+            switch key {
+            case "name": t.name = try r.string()
+            case "version": t.version = try r.string()
+            case "operation": t.operation = try r.string()
+            default: return false
+            }
+            return true
+        }
+        return t
+    }
+}
+
+extension Manifest.Source {
+    static func read(_ r: inout JSONReader) throws -> Self {
+        var s = Self(path: "", files: [], modelType: nil, rules: "")
+        try r.fields(required: ["path", "files", "rules"]) { r, key in
+            switch key {
+            case "path": s.path = try r.string()
+            case "files": try r.array { r, _ in s.files.append(try r.string()) }
+            case "model_type": s.modelType = try r.null() ? nil : try r.string()
+            case "rules": s.rules = try r.string()
+            default: return false
+            }
+            return true
+        }
+        return s
+    }
+}
+
+extension Manifest.Rank {
+    static func read(_ r: inout JSONReader) throws -> Self {
+        var k = Self(rank: 0, files: [])
+        try r.fields(required: ["rank", "files"]) { r, key in
+            switch key {
+            case "rank": k.rank = try r.int()
+            case "files": try r.array { r, _ in k.files.append(try r.string()) }
+            default: return false
+            }
+            return true
+        }
+        return k
+    }
+}
+
+extension Manifest.Tensor {
+    static func read(_ r: inout JSONReader) throws -> Self {
+        var t = Self(dtype: .u8, shape: [], rule: .replicated, paddedSize: nil, pieces: [])
+        try r.fields(required: ["dtype", "shape", "rule", "pieces"]) { r, key in
+            switch key {
+            case "dtype":
+                let name = try r.string()
+                guard let d = DType(rawValue: name) else { throw r.error("unknown dtype \"\(name)\"") }
+                t.dtype = d
+            case "shape": t.shape = try r.ints()
+            case "rule": t.rule = try SplitRule.read(&r)
+            case "padded_size": t.paddedSize = try r.null() ? nil : try r.int()
+            case "pieces": try r.array { r, _ in t.pieces.append(try Manifest.Piece.read(&r)) }
+            default: return false
+            }
+            return true
+        }
+        return t
+    }
+}
+
+extension Manifest.Piece {
+    static func read(_ r: inout JSONReader) throws -> Self {
+        var p = Self(rank: 0, file: "", shape: [], intervals: [], crc32c: "")
+        try r.fields(required: ["rank", "file", "shape", "intervals", "crc32c"]) { r, key in
+            switch key {
+            case "rank": p.rank = try r.int()
+            case "file": p.file = try r.string()
+            case "shape": p.shape = try r.ints()
+            case "intervals":
+                try r.array { r, _ in
+                    let pair = try r.ints()
+                    guard pair.count == 2 else { throw r.error("an interval is [start, end], found \(pair.count) numbers") }
+                    p.intervals.append(pair)
+                }
+            case "crc32c": p.crc32c = try r.string()
+            default: return false
+            }
+            return true
+        }
+        return p
+    }
+}
+
+// MARK: - SplitRule as JSON: {"kind", "dim", "heads", "parts": [{"size", "split", "heads"}]}
+
+extension SplitRule {
+    func write(to w: inout JSONWriter) {
+        w.beginObject()
+        if let d = dim { w.key("dim"); w.int(d) }
+        switch self {
+        case .heads(_, let h), .kvHeads(_, let h), .outProjection(_, let h): w.key("heads"); w.int(h)
+        default: break
+        }
+        w.key("kind"); w.string(kindName)
+        if case .fused(_, let parts) = self {
+            w.key("parts"); w.beginArray()
+            for part in parts {
+                w.beginObject(asItem: true)
+                if let h = part.split.heads { w.key("heads"); w.int(h) }
+                w.key("size"); w.int(part.size)
+                w.key("split"); w.string(part.split.kind.rawValue)
+                w.endObject()
+            }
+            w.endArray()
+        }
+        w.endObject()
+    }
+
+    static func read(_ r: inout JSONReader) throws -> SplitRule {
+        var kindName: String?, dim: Int?, heads: Int?, parts: [FusedPart]?
+        try r.fields(required: ["kind"]) { r, key in
+            switch key {
+            case "kind": kindName = try r.string()
+            case "dim": dim = try r.int()
+            case "heads": heads = try r.int()
+            case "parts":
+                var list: [FusedPart] = []
+                try r.array { r, _ in list.append(try FusedPart.read(&r)) }
+                parts = list
+            default: return false
+            }
+            return true
+        }
+        guard let kind = RuleKind(rawValue: kindName ?? "") else { throw r.error("unknown rule kind \"\(kindName ?? "")\"") }
+        if kind == .replicated { return .replicated }
+        guard let d = dim, d >= 0 else { throw r.error("rule \(kind.rawValue) needs a non-negative \"dim\"") }
+        if kind.needsHeads {
+            guard let h = heads, h > 0 else { throw r.error("rule \(kind.rawValue) needs \"heads\" > 0") }
+            switch kind {
+            case .heads: return .heads(dim: d, heads: h)
+            case .kvHeads: return .kvHeads(dim: d, heads: h)
+            default: return .outProjection(dim: d, heads: h)
+            }
+        }
+        switch kind {
+        case .column: return .column(dim: d)
+        case .row: return .row(dim: d)
+        case .vocab: return .vocab(dim: d)
+        default:
+            guard let parts, !parts.isEmpty else { throw r.error("fused rule without parts") }
+            return .fused(dim: d, parts: parts)
+        }
+    }
+}
+
+extension FusedPart {
+    static func read(_ r: inout JSONReader) throws -> FusedPart {
+        var size: Int?, splitName: String?, heads: Int?
+        try r.fields(required: ["size", "split"]) { r, key in
+            switch key {
+            case "size": size = try r.int()
+            case "split": splitName = try r.string()
+            case "heads": heads = try r.int()
+            default: return false
+            }
+            return true
+        }
+        guard let size, size > 0 else { throw r.error("part size must be positive") }
+        guard let kind = Split.Kind(rawValue: splitName ?? "") else {
+            throw r.error("unknown part split \"\(splitName ?? "")\"")
+        }
+        guard let split = Split(kind: kind, heads: heads) else { throw r.error("\(kind.rawValue) part needs \"heads\" > 0") }
+        return FusedPart(size: size, split: split)
+    }
+}
+
+extension SplitRule: Encodable {
+    enum Keys: String, CodingKey { case kind, dim, heads, parts }
+    enum PartKeys: String, CodingKey { case size, split, heads }
+
+    /// The same fields as the manifest's, for reports (`plan --json`).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(kindName, forKey: .kind)
+        try c.encodeIfPresent(dim, forKey: .dim)
+        switch self {
+        case .heads(_, let h), .kvHeads(_, let h), .outProjection(_, let h): try c.encode(h, forKey: .heads)
+        case .fused(_, let parts):
+            var list = c.nestedUnkeyedContainer(forKey: .parts)
+            for part in parts {
+                var p = list.nestedContainer(keyedBy: PartKeys.self)
+                try p.encode(part.size, forKey: .size)
+                try p.encode(part.split.kind.rawValue, forKey: .split)
+                try p.encodeIfPresent(part.split.heads, forKey: .heads)
+            }
+        default: break
+        }
+    }
+}

@@ -1,0 +1,201 @@
+/// A strict pull reader over one JSON document, for untrusted JSON that is decoded straight into a
+/// type (the manifest and part files) without building a tree: the same parser as `JSONValue`
+/// (UTF-8 checked, duplicate keys refused, nesting depth bounded, integers exact), and errors that say
+/// what is wrong and where (`at tensors.x.pieces[1].rank: expected an integer, found 1e30`).
+package struct JSONReader {
+    private var parser: JSONParser
+    /// Where the reader is, for messages: keys and array indices from the top.
+    private var path: [String] = []
+    private var depth = 0
+
+    package init(bytes: UnsafeRawBufferPointer) {
+        parser = JSONParser(bytes: bytes)
+    }
+
+    /// A message naming the current position.
+    package func error(_ message: String) -> JSONParseError {
+        let at = path.isEmpty ? "at the top level" : "at " + path.joined()
+        return JSONParseError(message: "\(at): \(message)", offset: parser.position)
+    }
+
+    /// Reads the whole document with `body`, then checks that nothing follows it.
+    package mutating func document(_ body: (inout JSONReader) throws -> Void) throws {
+        parser.skipWhitespace()
+        try body(&self)
+        parser.skipWhitespace()
+        guard parser.position == parser.bytes.count else { throw parser.error("unexpected data after the JSON value") }
+    }
+
+    private mutating func enter() throws(JSONParseError) {
+        depth += 1
+        guard depth < JSONParser.maxDepth else { throw error("JSON nested more than \(JSONParser.maxDepth) deep") }
+    }
+
+    /// Reads an object, calling `member` with each key (the reader positioned at its value, which
+    /// `member` must read). A duplicate key is an error.
+    package mutating func object(_ member: (inout JSONReader, String) throws -> Void) throws {
+        parser.skipWhitespace()
+        guard parser.current == UInt8(ascii: "{") else { throw error("expected an object, found \(found())") }
+        try enter()
+        parser.position += 1
+        var seen = Set<String>()
+        parser.skipWhitespace()
+        if parser.current == UInt8(ascii: "}") { parser.position += 1; depth -= 1; return }
+        while true {
+            parser.skipWhitespace()
+            guard parser.current == UInt8(ascii: "\"") else { throw parser.error("expected a string key") }
+            let key = try parser.parseString()
+            guard seen.insert(key).inserted else { throw error("duplicate key \"\(key)\"") }
+            parser.skipWhitespace()
+            guard parser.current == UInt8(ascii: ":") else { throw parser.error("expected ':'") }
+            parser.position += 1
+            path.append(path.isEmpty ? key : "." + key)
+            try member(&self, key)
+            path.removeLast()
+            parser.skipWhitespace()
+            if parser.current == UInt8(ascii: ",") { parser.position += 1; continue }
+            if parser.current == UInt8(ascii: "}") { parser.position += 1; depth -= 1; return }
+            throw parser.error("expected ',' or '}'")
+        }
+    }
+
+    /// Reads an array, calling `element` with each index (the reader positioned at the element).
+    package mutating func array(_ element: (inout JSONReader, Int) throws -> Void) throws {
+        parser.skipWhitespace()
+        guard parser.current == UInt8(ascii: "[") else { throw error("expected an array, found \(found())") }
+        try enter()
+        parser.position += 1
+        parser.skipWhitespace()
+        if parser.current == UInt8(ascii: "]") { parser.position += 1; depth -= 1; return }
+        var i = 0
+        while true {
+            path.append("[\(i)]")
+            try element(&self, i)
+            path.removeLast()
+            i += 1
+            parser.skipWhitespace()
+            if parser.current == UInt8(ascii: ",") { parser.position += 1; continue }
+            if parser.current == UInt8(ascii: "]") { parser.position += 1; depth -= 1; return }
+            throw parser.error("expected ',' or ']'")
+        }
+    }
+
+    package mutating func string() throws -> String {
+        parser.skipWhitespace()
+        guard parser.current == UInt8(ascii: "\"") else { throw error("expected a string, found \(found())") }
+        return try parser.parseString()
+    }
+
+    /// An integer written as one (no fraction or exponent) that fits in an `Int`.
+    package mutating func int() throws -> Int {
+        parser.skipWhitespace()
+        let start = parser.position
+        guard let c = parser.current, c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
+            throw error("expected an integer, found \(found())")
+        }
+        guard case .int(let i) = try parser.parseNumber() else {
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: parser.bytes[start..<parser.position]), as: UTF8.self)
+            throw error("expected an integer, found \(text.prefix(40))")
+        }
+        return i
+    }
+
+    /// `null` (returns true, consumed) or anything else (returns false, not consumed).
+    package mutating func null() throws -> Bool {
+        parser.skipWhitespace()
+        guard parser.current == UInt8(ascii: "n") else { return false }
+        try parser.expect("null")
+        return true
+    }
+
+    /// Describes the value at the current position, for messages.
+    private func found() -> String {
+        switch parser.current {
+        case nil: return "the end of the document"
+        case UInt8(ascii: "{"): return "an object"
+        case UInt8(ascii: "["): return "an array"
+        case UInt8(ascii: "\""): return "a string"
+        case UInt8(ascii: "t"), UInt8(ascii: "f"): return "a boolean"
+        case UInt8(ascii: "n"): return "null"
+        default: return "a number"
+        }
+    }
+}
+
+/// Writes JSON straight into bytes (no tree): keys in the order written, two-space indentation.
+package struct JSONWriter {
+    package private(set) var bytes: [UInt8] = []
+    private var indent = 0
+    /// Whether the current container has a member yet.
+    private var hasMember: [Bool] = []
+
+    package init() {}
+
+    private mutating func newline() {
+        bytes.append(0x0A)
+        for _ in 0..<indent { bytes.append(0x20); bytes.append(0x20) }
+    }
+
+    private mutating func beginItem() {
+        if let has = hasMember.last {
+            if has { bytes.append(UInt8(ascii: ",")) }
+            hasMember[hasMember.count - 1] = true
+            newline()
+        }
+    }
+
+    /// `"key": ` inside an object.
+    package mutating func key(_ k: String) {
+        beginItem()
+        string(k, asItem: false)
+        bytes.append(UInt8(ascii: ":")); bytes.append(0x20)
+    }
+
+    package mutating func beginObject(asItem: Bool = false) { open(UInt8(ascii: "{"), asItem) }
+    package mutating func endObject() { close(UInt8(ascii: "}")) }
+    package mutating func beginArray(asItem: Bool = false) { open(UInt8(ascii: "["), asItem) }
+    package mutating func endArray() { close(UInt8(ascii: "]")) }
+
+    private mutating func open(_ c: UInt8, _ asItem: Bool) {
+        if asItem { beginItem() }
+        bytes.append(c)
+        indent += 1
+        hasMember.append(false)
+    }
+
+    private mutating func close(_ c: UInt8) {
+        indent -= 1
+        if hasMember.removeLast() { newline() }
+        bytes.append(c)
+    }
+
+    /// A small array of integers on one line (`[1, 2]`).
+    package mutating func ints(_ values: [Int], asItem: Bool = false) {
+        if asItem { beginItem() }
+        bytes.append(UInt8(ascii: "["))
+        for (i, v) in values.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")); bytes.append(0x20) }
+            bytes.append(contentsOf: String(v).utf8)
+        }
+        bytes.append(UInt8(ascii: "]"))
+    }
+
+    package mutating func int(_ v: Int, asItem: Bool = false) {
+        if asItem { beginItem() }
+        bytes.append(contentsOf: String(v).utf8)
+    }
+
+    package mutating func null() { bytes.append(contentsOf: "null".utf8) }
+
+    package mutating func string(_ s: String, asItem: Bool = false) {
+        if asItem { beginItem() }
+        var out = ""
+        JSONValue.writeString(s, to: &out)
+        bytes.append(contentsOf: out.utf8)
+    }
+
+    package mutating func finish() -> [UInt8] {
+        bytes.append(0x0A)
+        return bytes
+    }
+}

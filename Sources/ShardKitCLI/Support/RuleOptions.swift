@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import ShardKit
+import Yams
+
+/// Options shared by the commands that read a checkpoint and choose rules.
+struct RuleOptions: ParsableArguments {
+    @Option(name: .long, help: "Rules file (JSON or YAML) that overrides or replaces the preset (docs/rules.md).")
+    var rules: String?
+
+    func load(for checkpoint: Checkpoint) throws -> RuleSet {
+        guard let rules else { return try ShardPlan.rules(for: checkpoint, rulesFile: nil) }
+        return try ShardPlan.rules(for: checkpoint, rulesFile: (try RulesLoader.load(path: rules), rules))
+    }
+}
+
+/// Reads a rules file as JSON (the core's strict parser) or YAML (Yams), into a JSONValue.
+enum RulesLoader {
+    static func load(path: String) throws -> JSONValue {
+        let file = try ReadOnlyFile(path: path)
+        let bytes = try file.read(count: file.size, at: 0)
+        if path.hasSuffix(".json") {
+            do { return try JSONValue.parse(bytes) } catch {
+                throw ShardKitError(.invalidRules, "\(path): not valid JSON: \(error)")
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ShardKitError(.invalidRules, "\(path): not UTF-8 text")
+        }
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw ShardKitError(.invalidRules, "\(path): not valid YAML: \(error)")
+        }
+        guard let node else { throw ShardKitError(.invalidRules, "\(path): empty rules file") }
+        return try convert(node, path: path)
+    }
+
+    static func convert(_ node: Node, path: String) throws -> JSONValue {
+        switch node {
+        case .scalar(let s):
+            if s.style == .plain {
+                if let i = Int(s.string) { return .int(i) }
+                switch s.string {
+                case "true": return .bool(true)
+                case "false": return .bool(false)
+                case "null", "~": return .null
+                default: break
+                }
+                if let d = Double(s.string) { return .double(d) }
+            }
+            return .string(s.string)
+        case .sequence(let seq):
+            return .array(try seq.map { try convert($0, path: path) })
+        case .mapping(let map):
+            var members: [(String, JSONValue)] = []
+            for (k, v) in map {
+                guard case .scalar(let key) = k else { throw ShardKitError(.invalidRules, "\(path): mapping keys must be strings") }
+                if members.contains(where: { $0.0 == key.string }) {
+                    throw ShardKitError(.invalidRules, "\(path): duplicate key \"\(key.string)\"")
+                }
+                members.append((key.string, try convert(v, path: path)))
+            }
+            return .object(members)
+        case .alias:
+            throw ShardKitError(.invalidRules, "\(path): YAML aliases are not supported")
+        }
+    }
+}
+
