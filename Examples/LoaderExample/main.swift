@@ -15,9 +15,9 @@ do {
     let view = try shards.rank(rank)
     var bytes = 0
     for name in view.names {
-        let t = try view.tensor(name)                 // zero-copy: t.bytes points into the mapped file
+        let t = try view.tensor(name)                 // zero-copy: the view reads the mapped file
         let rule = view.record(name)!.rule            // how the tensor is split, e.g. .heads(dim: 0, heads: 8)
-        bytes += t.bytes.count
+        bytes += t.byteCount
         if name.hasSuffix("layers.0.self_attn.q_proj.weight") {
             print("\(name): \(t.dtype.rawValue) \(t.shape) \(rule.kindName)")
         }
@@ -30,7 +30,7 @@ do {
     for name in view.names {
         let piece = try slicer.piece(name, rank: rank)
         let shard = try view.tensor(name)
-        if piece.shape == shard.shape && piece.bytes.elementsEqual(shard.bytes) { same += 1 }
+        if piece.shape == shard.shape && shard.withUnsafeBytes({ piece.bytes.elementsEqual($0) }) { same += 1 }
     }
     print("\(same) of \(view.names.count) tensors identical to the shard files")
     exit(same == view.names.count ? 0 : 1)

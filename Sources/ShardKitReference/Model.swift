@@ -8,15 +8,18 @@ struct Model {
     typealias Observer = (_ name: String, _ perRank: [Act]) throws -> Void
 
     let type: String
+    let architecture: Architecture
+    let pass: ForwardPass
     let config: ModelConfig
     let hidden: Int, heads: Int, kvHeads: Int, headDim: Int, layers: Int, vocab: Int
     let eps: Double
 
-    static let supported = ["llama", "mistral", "qwen2", "gemma", "mixtral", "phi3", "gpt2", "gpt_neox", "bert"]
+    /// The model types with a forward pass (the registry's).
+    static var supported: [String] { Architectures.withForwardPass }
 
     init(config: ModelConfig) throws {
         guard let type = config.modelType else { throw ShardKitError(.verificationFailed, "\(config.path): no model_type") }
-        guard Model.supported.contains(type) else {
+        guard let architecture = Architectures.named(type), let pass = architecture.forwardPass else {
             throw ShardKitError(.verificationFailed, "model_type \"\(type)\" has no reference forward pass (supported: \(Model.supported.joined(separator: ", "))); use the generic linear check")
         }
         func need(_ v: Int?, _ what: String) throws -> Int {
@@ -24,6 +27,8 @@ struct Model {
             return v
         }
         self.type = type
+        self.architecture = architecture
+        self.pass = pass
         self.config = config
         hidden = try need(config.hiddenSize, "hidden_size")
         heads = try need(config.attentionHeads, "num_attention_heads")
@@ -32,8 +37,7 @@ struct Model {
         layers = try need(config.layers, "num_hidden_layers")
         vocab = try need(config.vocabSize, "vocab_size")
         // transformers 4.57's config defaults, for a config.json that omits the key.
-        let defaultEps: Double = ["gpt2", "gpt_neox", "mixtral", "phi3"].contains(type) ? 1e-5 : type == "bert" ? 1e-12 : 1e-6
-        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? defaultEps
+        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? architecture.defaultEpsilon
         guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads not a multiple of \(kvHeads) KV heads") }
         // The pass multiplies these (q/kv widths, buffer sizes): absurd values must fail here, not trap.
         guard !heads.multipliedReportingOverflow(by: headDim).overflow,
@@ -43,25 +47,24 @@ struct Model {
     }
 
     /// "logits" for decoders, "last_hidden_state" for BERT.
-    var outputName: String { type == "bert" ? "last_hidden_state" : "logits" }
-    var outputWidth: Int { type == "bert" ? hidden : vocab }
+    var outputName: String { pass == .bert ? "last_hidden_state" : "logits" }
+    var outputWidth: Int { pass == .bert ? hidden : vocab }
 
     /// Runs the pass; `observe` sees every rank's hidden state after the embeddings, after each layer
     /// and after the final norm. Returns every rank's final output (labels 0..<outputWidth).
     func forward(_ ctx: TPContext, tokens: [Int], tokenTypes: [Int]?, observe: Observer) throws -> [Act] {
-        switch type {
-        case "gpt2": return try gpt2(ctx, tokens, observe)
-        case "gpt_neox": return try gptNeoX(ctx, tokens, observe)
-        case "bert": return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
-        default: return try llamaFamily(ctx, tokens, observe)
+        switch pass {
+        case .gpt2: return try gpt2(ctx, tokens, observe)
+        case .gptNeoX: return try gptNeoX(ctx, tokens, observe)
+        case .bert: return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
+        case .llamaFamily: return try llamaFamily(ctx, tokens, observe)
         }
     }
 
     var activation: Activation {
         get throws {
             // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there).
-            let defaults = ["gpt2": "gelu_new", "gemma": "gelu_pytorch_tanh", "gpt_neox": "gelu", "bert": "gelu"]
-            let name = config.string("hidden_act", "activation_function") ?? defaults[type] ?? "silu"
+            let name = config.string("hidden_act", "activation_function") ?? architecture.defaultActivation
             return try Activation(name: name)
         }
     }

@@ -151,9 +151,9 @@ struct HDF5FormatTests {
             let manifest = try Shard.run(checkpoint: h5, sourcePath: Fixtures.path("llama-gqa-h5"), rules: rules, tp: 2, output: tmp + "/out")
             #expect(manifest.source.files == ["model.h5"])
             let set = try ShardSet(directory: tmp + "/out")
-            #expect(Verify.integrity(set).status == "pass")
+            #expect(Verify.integrity(set).status == .pass)
             let recon = Verify.reconstruction(set, source: st)
-            #expect(recon.status == "pass", "\(recon.failures)")
+            #expect(recon.status == .pass, "\(recon.failures)")
         }
     }
 }

@@ -124,8 +124,8 @@ struct ReshardTests {
             try expectSameFiles(parts, tmp + "/full")
             #expect(try readManifest(parts).tool == readManifest(tmp + "/full").tool)
             let set = try ShardSet(directory: parts)
-            #expect(Verify.integrity(set).status == "pass")
-            #expect(Verify.reconstruction(set, source: try loadCheckpoint("phi3")).status == "pass")
+            #expect(Verify.integrity(set).status == .pass)
+            #expect(Verify.reconstruction(set, source: try loadCheckpoint("phi3")).status == .pass)
             // Finalizing twice is refused.
             expectShardKitError(caught { try Reshard.finalize(directory: parts) }, .outputExists, ["manifest.json"])
         }

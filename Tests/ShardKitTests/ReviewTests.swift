@@ -267,7 +267,7 @@ extension ReviewTests {
             expectShardKitError(caught { try Shard.run(checkpoint: ckpt, sourcePath: src, rules: rules, tp: 4, output: done, options: o) },
                                 .outputExists, ["--force"])
             #expect(listFiles(done) == before)
-            #expect(Verify.integrity(try ShardSet(directory: done)).status == "pass")
+            #expect(Verify.integrity(try ShardSet(directory: done)).status == .pass)
             // ...and with --force the finished set is replaced by the part.
             o.force = true
             try Shard.run(checkpoint: ckpt, sourcePath: src, rules: rules, tp: 4, output: done, options: o)

@@ -36,9 +36,9 @@ struct RoundTripTests {
 
             // `shardkit verify --source` style checks pass.
             let integrity = Verify.integrity(set)
-            #expect(integrity.status == "pass", "\(integrity.failures)")
+            #expect(integrity.status == .pass, "\(integrity.failures)")
             let recon = Verify.reconstruction(set, source: try loadCheckpoint(c.fixture))
-            #expect(recon.status == "pass", "\(recon.failures)")
+            #expect(recon.status == .pass, "\(recon.failures)")
         }
     }
 
@@ -77,14 +77,14 @@ struct RoundTripTests {
             try writeBytes(bytes, to: file)
             let set = try ShardSet(directory: out)
             let integrity = Verify.integrity(set)
-            #expect(integrity.status == "fail")
+            #expect(integrity.status == .fail)
             #expect(integrity.failures.contains { $0.contains("model.layers.1.mlp.up_proj.weight") && $0.contains("rank-1/model.safetensors") })
             let recon = Verify.reconstruction(set, source: try loadCheckpoint("llama-gqa"))
-            #expect(recon.status == "fail")
+            #expect(recon.status == .fail)
             #expect(recon.failures.contains { $0.contains("model.layers.1.mlp.up_proj.weight") && $0.contains("rank 1") })
             // A different model with the same tensor names is not the source.
             let mistral = Verify.reconstruction(set, source: try loadCheckpoint("mistral"))
-            #expect(mistral.status == "fail")
+            #expect(mistral.status == .fail)
         }
     }
 

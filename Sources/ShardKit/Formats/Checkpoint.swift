@@ -12,6 +12,8 @@ public struct Checkpoint: Sendable {
     public let config: ModelConfig?
     /// Non-weight files worth carrying along to an output directory (config, tokenizer, generation config).
     public let auxiliaryFiles: [String]
+    /// What was skipped while opening (a dangling optional file), for the caller to show.
+    public let warnings: [String]
     private let index: [String: Int]
 
     public static let indexName = HFIndex.safetensorsName
@@ -52,12 +54,13 @@ public struct Checkpoint: Sendable {
                 throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors\(formats.isEmpty ? "" : " or " + formats.flatMap(\.suffixes).joined(separator: "/")) file")
             }
             if let indexPath { fileNames = try HFIndex.fileNames(indexPath) }
-            auxiliaryFiles = entries.filter(Checkpoint.isAuxiliary)
+            (auxiliaryFiles, warnings) = try Checkpoint.carriedFiles(entries.filter(Checkpoint.isAuxiliary), in: path)
         } else {
             guard FileSystem.exists(path) else { throw ShardKitError(.io, "\(path): no such file or directory") }
             directory = path.deletingLastPathComponent
             fileNames = [path.lastPathComponent]
             auxiliaryFiles = []
+            warnings = []
         }
         self.directory = directory
         var files: [CheckpointFile] = []
@@ -97,6 +100,35 @@ public struct Checkpoint: Sendable {
             throw ShardKitError(.invalidCheckpoint, "\(path): several weights files (\(candidates.joined(separator: ", "))); give the file's path")
         }
         return candidates.first
+    }
+
+    /// Of the carried-along files `names` in `directory`, those to copy, and warnings for the ones
+    /// skipped. A file that is a symbolic link must resolve inside the directory, or (a Hugging Face
+    /// cache snapshot, `…/snapshots/REV/`) inside the cache's `blobs/` folder: anything else, such as
+    /// `tokenizer.json -> /etc/passwd`, is refused rather than copied into the output. A dangling link
+    /// or an entry that is not a regular file is skipped with a warning (every such file is optional).
+    static func carriedFiles(_ names: [String], in directory: String) throws -> ([String], [String]) {
+        guard let home = Path.resolved(directory) else { return ([], []) }
+        var allowed = [home]
+        if Path.name(Path.parent(home)) == "snapshots" { allowed.append(Path.join(Path.parent(Path.parent(home)), "blobs")) }
+        var kept: [String] = [], warnings: [String] = []
+        for name in names {
+            let path = Path.join(directory, name)
+            guard let real = Path.resolved(path) else {
+                warnings.append("\(path): a dangling link; not carried into the output")
+                continue
+            }
+            guard allowed.contains(where: { Path.contains($0, real) }) else {
+                throw ShardKitError(.invalidCheckpoint,
+                    "\(path): resolves to \(real), outside the checkpoint directory; refusing to copy it into the output")
+            }
+            guard !FileSystem.isDirectory(real), (try? ReadOnlyFile(path: real)) != nil else {
+                warnings.append("\(path): not a readable regular file; not carried into the output")
+                continue
+            }
+            kept.append(name)
+        }
+        return (kept, warnings)
     }
 
     static func isAuxiliary(_ name: String) -> Bool {

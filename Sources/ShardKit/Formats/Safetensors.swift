@@ -72,6 +72,9 @@ public struct SafetensorsFile: Sendable {
         for (name, value) in members {
             if name == "__metadata__" {
                 guard let map = value.objectValue else { throw bad("__metadata__ is not an object") }
+                if map.contains(where: { $0.0 == "data_offsets" }) {
+                    throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; rename the tensor")
+                }
                 for (k, v) in map {
                     guard let s = v.stringValue else { throw bad("__metadata__ value for \"\(k)\" is not a string") }
                     metadata[k] = s

@@ -1,11 +1,29 @@
-/// A tensor's bytes, borrowed from a mapped file: no copy is made. Valid while its `RankView` (or
-/// `CheckpointView`) is alive.
+/// A tensor's bytes in a mapped file: no copy is made. The view holds the mapping it reads from, so it
+/// stays valid however long it is kept, even after its `RankView` is gone; the bytes are lent out only
+/// inside `withUnsafeBytes`, so no pointer outlives the mapping.
 public struct TensorView: @unchecked Sendable {
     public let name: String
     public let dtype: DType
     /// The shape of these bytes (a rank's piece shape for a shard).
     public let shape: [Int]
-    public let bytes: UnsafeRawBufferPointer
+    /// The mapped file, kept alive by the view.
+    private let file: MappedFile
+    private let range: Range<Int>
+
+    init(name: String, dtype: DType, shape: [Int], file: MappedFile, range: Range<Int>) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.file = file; self.range = range
+    }
+
+    /// Number of bytes.
+    public var byteCount: Int { range.count }
+
+    /// Calls `body` with the bytes, in place in the mapped file (valid only during the call).
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(rebasing: file.bytes[range]))
+    }
+
+    /// A copy of the bytes.
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
 }
 
 /// One rank of a shard set, its files mapped: the zero-copy view a loader uses.
@@ -35,8 +53,8 @@ public final class RankView: @unchecked Sendable {
     /// This rank's piece of `name`, zero-copy.
     public func tensor(_ name: String) throws -> TensorView {
         guard let (file, info) = located[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(shardSet.directory)") }
-        let bytes = UnsafeRawBufferPointer(rebasing: mapped[file]!.bytes[info.offset..<(info.offset + info.byteCount)])
-        return TensorView(name: name, dtype: info.dtype, shape: info.shape, bytes: bytes)
+        return TensorView(name: name, dtype: info.dtype, shape: info.shape, file: mapped[file]!,
+                          range: info.offset..<(info.offset + info.byteCount))
     }
 
     /// The manifest's record of `name` (rule, global shape, intervals).

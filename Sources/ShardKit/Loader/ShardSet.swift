@@ -20,13 +20,24 @@ public struct ShardSet: Sendable {
         guard r >= 0 && r < tp else { throw ShardKitError(.notFound, "rank \(r) out of range 0..<\(tp)") }
         var result: [String: SafetensorsFile] = [:]
         for f in manifest.ranks[r].files {
-            let path = Path.join(directory, f)
+            let path = try member(f)
             guard FileSystem.exists(path) else {
                 throw ShardKitError(.invalidManifest, "\(path): named by manifest.json for rank \(r) but missing")
             }
             result[f] = try SafetensorsFile(path: path)
         }
         return result
+    }
+
+    /// The path of `relative`, a file the manifest names, checked to resolve inside the directory: a
+    /// symbolic link out of the set (ShardKit never writes one) is refused, not read.
+    public func member(_ relative: String) throws -> String {
+        let path = Path.join(directory, relative)
+        guard let real = Path.resolved(path) else { return path }   // missing: the caller says so
+        guard let home = Path.resolved(directory), Path.contains(home, real), real != home else {
+            throw ShardKitError(.invalidManifest, "\(path): resolves to \(real), outside the shard set; refusing to read it")
+        }
+        return path
     }
 
     /// Where rank `r`'s piece of `name` lives, checked against the manifest.

@@ -10,7 +10,7 @@ public enum Reshard {
         let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
         let plan = try ShardPlan(tensors: list, rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
         let files = try input.openAllRanks()
-        let extras = m.extraFiles.map { (from: Path.join(input.directory, $0), name: $0) }
+        let extras = try m.extraFiles.map { (from: try input.member($0), name: $0) }
         for e in extras where !FileSystem.exists(e.from) {
             throw ShardKitError(.invalidManifest, "\(e.from): listed in extra_files but missing")
         }

@@ -1,14 +1,18 @@
 /// The byte-level checks of `shardkit verify`: integrity (files, structure, checksums) and exact
 /// reconstruction against the source checkpoint. The numeric checks live in ShardKitReference.
 public enum Verify {
+    /// The outcome of a check.
+    public enum Status: String, Codable, Sendable {
+        case pass, fail, skipped
+    }
+
     public struct Check: Codable, Sendable {
         public var name: String
-        /// "pass", "fail" or "skipped".
-        public var status: String
+        public var status: Status
         public var detail: String
         public var failures: [String]
 
-        public init(name: String, status: String, detail: String, failures: [String]) {
+        public init(name: String, status: Status, detail: String, failures: [String]) {
             self.name = name; self.status = status; self.detail = detail; self.failures = failures
         }
     }
@@ -23,14 +27,17 @@ public enum Verify {
             var open: [String: (SafetensorsFile, ReadOnlyFile)] = [:]
             for f in m.ranks[r].files {
                 do {
-                    let sf = try SafetensorsFile(path: Path.join(set.directory, f))
+                    let sf = try SafetensorsFile(path: try set.member(f))
                     open[f] = (sf, try ReadOnlyFile(path: sf.path))
                 } catch { failures.append("\(error)") }
             }
             files.append(open)
         }
-        for f in m.extraFiles where !FileSystem.exists(Path.join(set.directory, f)) {
-            failures.append("\(Path.join(set.directory, f)): listed in extra_files but missing")
+        for f in m.extraFiles {
+            do {
+                let path = try set.member(f)
+                if !FileSystem.exists(path) { failures.append("\(path): listed in extra_files but missing") }
+            } catch { failures.append("\(error)") }
         }
         let buffers = CopyBuffers(budget: 16 << 20)
         let total = m.order.reduce(0) { acc, n in
@@ -62,7 +69,7 @@ public enum Verify {
                 progress?(done, total)
             }
         }
-        return Check(name: "integrity", status: failures.isEmpty ? "pass" : "fail",
+        return Check(name: "integrity", status: failures.isEmpty ? .pass : .fail,
                      detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(m.ranks.reduce(0) { $0 + $1.files.count }) files checked (crc32c)",
                      failures: failures)
     }
@@ -109,7 +116,7 @@ public enum Verify {
                 var sinks: [(Int, ComparingSink)] = []
                 for r in 0..<m.tp {
                     let piece = try set.pieceLocation(name, rank: r, files: rankFiles[r])
-                    sinks.append((r, ComparingSink(file: try ReadOnlyFile(path: Path.join(set.directory, t.pieces[r].file)), offset: piece.offset)))
+                    sinks.append((r, ComparingSink(file: try ReadOnlyFile(path: try set.member(t.pieces[r].file)), offset: piece.offset)))
                 }
                 try CopyEngine.copy(tensor: name, geometry: g,
                                     sources: [CopySource.whole(info, geometry: g, file: handles[fi]!)],
@@ -125,7 +132,7 @@ public enum Verify {
             done += info.byteCount
             progress?(done, total)
         }
-        return Check(name: "reconstruction", status: failures.isEmpty ? "pass" : "fail",
+        return Check(name: "reconstruction", status: failures.isEmpty ? .pass : .fail,
                      detail: "\(compared) of \(m.order.count) tensors compared byte for byte with \(source.directory)",
                      failures: failures)
     }

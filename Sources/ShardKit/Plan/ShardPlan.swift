@@ -84,6 +84,6 @@ extension ShardPlan {
         guard let config = checkpoint.config else {
             throw ShardKitError(.invalidCheckpoint, "\(Path.join(checkpoint.directory, "config.json")): missing; a preset needs it", remedy: .rules)
         }
-        return try Preset.rules(for: config)
+        return try Architectures.rules(for: config)
     }
 }

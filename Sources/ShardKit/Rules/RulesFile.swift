@@ -81,14 +81,14 @@ public enum RulesFile {
         if baseName == "auto" {
             presetConfig = config
         } else {
-            guard Preset.modelTypes.contains(baseName) else {
-                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(Preset.modelTypes.joined(separator: ", ")))")
+            guard Architectures.modelTypes.contains(baseName) else {
+                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(Architectures.modelTypes.joined(separator: ", ")))")
             }
             var members = config.json.objectValue ?? []
             members.removeAll { $0.0 == "model_type" }
             members.append(("model_type", .string(baseName)))
             presetConfig = ModelConfig(json: .object(members), path: config.path)
         }
-        return own.overriding(try Preset.rules(for: presetConfig))
+        return own.overriding(try Architectures.rules(for: presetConfig))
     }
 }

@@ -18,7 +18,7 @@ struct PlanCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source, formats: inputFormats)
+            let checkpoint = try openCheckpoint(source)
             let rules = try ruleOptions.load(for: checkpoint)
             let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
             let rows = plan.tensors.map { t in

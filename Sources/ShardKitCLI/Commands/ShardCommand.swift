@@ -16,7 +16,7 @@ struct ShardCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try Checkpoint(path: source, formats: inputFormats)
+            let checkpoint = try openCheckpoint(source)
             let rules = try ruleOptions.load(for: checkpoint)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import ShardKit
-import ShardKitHDF5
 import ShardKitReference
 
 struct VerifyCommand: ParsableCommand {
@@ -19,49 +18,31 @@ struct VerifyCommand: ParsableCommand {
     @Flag(name: .long, help: "Also measure cblas_sgemm on square 2048x2048 matrices, to compare the pass's matrix-product rate with it.")
     var sgemmBaseline = false
 
-    struct Report: Codable {
-        var shards: String
-        var tp: Int
-        var checks: [Verify.Check]
-        var numerics: NumericsSummary?
-        var passed: Bool
-    }
-
     func run() throws {
-        let report: Report = try ShardKitCommand.guarded {
+        let report: VerifyReport = try ShardKitCommand.guarded {
             let set: ShardSet
             do { set = try ShardSet(directory: shards) } catch let e as ShardKitError where e.code == .invalidManifest {
-                throw ShardKitError(.verificationFailed, e.message)
+                throw ShardKitError(.verificationFailed, e.message, remedy: e.remedy)
             }
-            var checks = [Verify.integrity(set, progress: Terminal.progress(label: "integrity"))]
-            Terminal.clearProgress()
-            var checkpoint: Checkpoint?
-            if let source {
-                checkpoint = try Checkpoint(path: source, formats: inputFormats)
-                checks.append(Verify.reconstruction(set, source: checkpoint!, progress: Terminal.progress(label: "reconstruction")))
+            guard tokens >= 1 else { throw ShardKitError(.verificationFailed, "--tokens must be at least 1") }
+            var run = VerifyRun(shards: set, source: try source.map(openCheckpoint), reference: reference)
+            run.numerics = !noNumerics
+            run.sgemmBaseline = sgemmBaseline
+            run.options.tokenCount = tokens
+            if let tolerance { run.options.tolerance = tolerance }
+            let report = try run.run { label in
                 Terminal.clearProgress()
-            } else {
-                checks.append(.init(name: "reconstruction", status: "skipped", detail: "no --source given", failures: []))
+                return Terminal.progress(label: label)
             }
-            var numerics: NumericsSummary?
-            if noNumerics || checks.contains(where: { $0.status == "fail" }) {
-                checks.append(.init(name: "numerics", status: "skipped",
-                                    detail: noNumerics ? "--no-numerics" : "skipped because a byte-level check failed", failures: []))
-            } else {
-                var (check, summary) = try Numerics.run(set: set, full: checkpoint, reference: reference, tokens: tokens, tolerance: tolerance)
-                if sgemmBaseline { summary?.squareSgemmGFLOPS = ReferenceForward.sgemmThroughput(n: 2048) }
-                checks.append(check)
-                numerics = summary
-            }
-            return Report(shards: shards, tp: set.tp, checks: checks, numerics: numerics,
-                          passed: checks.allSatisfy { $0.status != "fail" })
+            Terminal.clearProgress()
+            return report
         }
         if json {
             try Terminal.printJSON(report)
         } else {
             print("verify \(shards) (tp \(report.tp))")
             for c in report.checks {
-                print("  \(c.status.uppercased().padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.name): \(c.detail)")
+                print("  \(c.status.rawValue.uppercased().padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.name): \(c.detail)")
                 for f in c.failures.prefix(20) { print("          \(f)") }
                 if c.failures.count > 20 { print("          … \(c.failures.count - 20) more") }
             }
