@@ -1,8 +1,8 @@
 #include "shardkit_support.h"
+#include <pthread.h>
 #include <string.h>
 
 static uint32_t table[8][256];
-static int table_ready = 0;
 
 static void build_table(void) {
     for (uint32_t i = 0; i < 256; i++) {
@@ -13,7 +13,6 @@ static void build_table(void) {
     for (uint32_t i = 0; i < 256; i++) {
         for (int t = 1; t < 8; t++) table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
     }
-    table_ready = 1;
 }
 
 /* Slicing-by-8 on the already inverted register. */
@@ -134,20 +133,27 @@ static int has_hardware(void) { return 0; }
 
 int shardkit_crc32c_is_hardware(void) { return has_hardware(); }
 
-static int mode = -1;
 
-/* Tables and CPU detection, once (the first call may race harmlessly: every thread computes the
-   same tables; `mode` is published last). */
+static int mode;
+static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+
+/* Tables and CPU detection, exactly once, before any thread reads them (pthread_once orders the
+   writes here before every caller's reads). */
 static void setup(void) {
-    if (!table_ready) build_table();
+    build_table();
     zeros_table(long_zeros, LONG_BLOCK);
     zeros_table(short_zeros, SHORT_BLOCK);
-    __atomic_store_n(&mode, has_hardware(), __ATOMIC_RELEASE);
+    mode = has_hardware();
 }
 
 uint32_t shardkit_crc32c(uint32_t crc, const void *data, size_t length) {
-    if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0) setup();
+    pthread_once(&setup_once, setup);
     uint32_t c = ~crc;
     c = mode ? hardware(c, (const unsigned char *)data, length) : software(c, (const unsigned char *)data, length);
     return ~c;
+}
+
+uint32_t shardkit_crc32c_software(uint32_t crc, const void *data, size_t length) {
+    pthread_once(&setup_once, setup);
+    return ~software(~crc, (const unsigned char *)data, length);
 }

@@ -33,7 +33,19 @@ public struct HDF5Format: WeightsFileFormat {
     /// Keras' and Hugging Face's (TensorFlow) names.
     public var standardNames: [String] { ["model.h5", "tf_model.h5", "model.weights.h5"] }
 
-    public func recognizes(_ file: ReadOnlyFile) -> Bool { CheckpointFile.hasHDF5Signature(file) }
+    public func recognizes(_ file: ReadOnlyFile) -> Bool { HDF5Format.hasSignature(file) }
+
+    /// The 8-byte HDF5 signature, at byte 0 or (after a user block) at 512, 1024, 2048, ...
+    public static func hasSignature(_ file: ReadOnlyFile) -> Bool {
+        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        var offset = 0
+        while offset + 8 <= file.size {
+            if (try? file.read(count: 8, at: offset)) == signature { return true }
+            offset = offset == 0 ? 512 : offset * 2
+        }
+        return false
+    }
+
 
     public func tensors(in file: ReadOnlyFile) throws -> [TensorInfo] {
         if let inspector { return try HDF5Inspection.run(inspector, file: file, timeout: inspectionTimeout) }

@@ -8,6 +8,10 @@
 /// a table otherwise.
 uint32_t shardkit_crc32c(uint32_t crc, const void *data, size_t length);
 
+/// The same value computed with the table (slicing-by-8) only, whatever the CPU: for tests that
+/// compare the two ways.
+uint32_t shardkit_crc32c_software(uint32_t crc, const void *data, size_t length);
+
 /// 1 when the hardware instruction is used.
 int shardkit_crc32c_is_hardware(void);
 

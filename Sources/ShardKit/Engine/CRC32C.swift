@@ -24,6 +24,12 @@ public struct CRC32C: Sendable, Equatable {
 
     static let zeros = [UInt8](repeating: 0, count: 64 * 1024)
 
+    /// The same checksum computed with the table alone (for tests of the hardware path).
+    package static func software(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return crc }
+        return shardkit_crc32c_software(crc, base, bytes.count)
+    }
+
     /// True when the hardware instruction is in use.
     public static var isHardwareAccelerated: Bool { shardkit_crc32c_is_hardware() != 0 }
 
@@ -38,6 +44,3 @@ public struct CRC32C: Sendable, Equatable {
         return UInt32(hex, radix: 16)
     }
 }
-
-/// Transitional name kept while the rest of the tree moves to `CRC32C`.
-public typealias CRC32 = CRC32C

@@ -22,33 +22,12 @@ public enum CopyEngine {
         var extent = g.size
         for s in chosen { extent = max(extent, s.layout.segments.last?.upperBound ?? 0) }
         for d in destinations { extent = max(extent, d.layout.segments.last?.upperBound ?? 0) }
-        let maxLocal = chosen.map(\.layout.length).max() ?? 0
-        let rowBytes = max(g.size, maxLocal) * g.inner
-        // Units small enough to stay in cache between the read, the checksum and the write.
-        let half = min(buffers.budget / 2, buffers.unitBytes)
-        // No bytes to move (a zero-sized dimension): return before looping over `outer` rows of nothing.
-        if g.outer == 0 || extent == 0 || g.inner == 0 { return try verify(crcs, chosen, tensor) }
-
-        if rowBytes <= half {
-            // Units of whole outer rows.
-            let rows = max(1, half / max(rowBytes, 1))
-            var o = 0
-            while o < g.outer {
-                let o2 = min(g.outer, o + rows)
-                try unit(tensor, g, chosen, &crcs, destinations, buffers, rows: o..<o2, window: 0..<extent, progress)
-                o = o2
-            }
-        } else {
-            // One row at a time, cut into windows along the split dimension.
-            let span = max(1, half / max(g.inner, 1))
-            for o in 0..<g.outer {
-                var w = 0
-                while w < extent {
-                    let w2 = min(extent, w + span)
-                    try unit(tensor, g, chosen, &crcs, destinations, buffers, rows: o..<(o + 1), window: w..<w2, progress)
-                    w = w2
-                }
-            }
+        let plan = CopyUnitPlan(geometry: g, extent: extent, longestSource: chosen.map(\.layout.length).max() ?? 0,
+                                unitBytes: min(buffers.budget / 2, buffers.unitBytes))
+        for u in plan {
+            try gather(g, chosen, &crcs, buffers, rows: u.rows, window: u.window)
+            let produced = try emit(g, destinations, buffers, rows: u.rows, window: u.window)
+            progress?(produced)
         }
         try verify(crcs, chosen, tensor)
     }
@@ -92,10 +71,10 @@ public enum CopyEngine {
         return chosen.sorted()
     }
 
-    /// One unit of work: rows `rows` × global window `window`.
-    private static func unit(_ tensor: String, _ g: TensorGeometry, _ sources: [CopySource], _ crcs: inout [CRC32C],
-                             _ destinations: [CopyDestination], _ buffers: CopyBuffers,
-                             rows: Range<Int>, window: Range<Int>, _ progress: ((Int) -> Void)?) throws {
+    /// The read step of a unit: each source's bytes of rows `rows` × global window `window`, read in
+    /// order (checksummed as they pass) and placed in global index order in the buffers' window.
+    private static func gather(_ g: TensorGeometry, _ sources: [CopySource], _ crcs: inout [CRC32C],
+                               _ buffers: CopyBuffers, rows: Range<Int>, window: Range<Int>) throws {
         let inner = g.inner
         // The assembled window covers global [window.lower, min(window.upper, size)) for each row.
         let wLow = window.lowerBound
@@ -170,7 +149,16 @@ public enum CopyEngine {
                 }
             }
         }
+    }
 
+    /// The write step of a unit: each destination gets, in order, its intervals' bytes from the
+    /// window (adjacent runs coalesced, across rows too) and zeros for padding. Returns the bytes
+    /// produced.
+    private static func emit(_ g: TensorGeometry, _ destinations: [CopyDestination], _ buffers: CopyBuffers,
+                             rows: Range<Int>, window: Range<Int>) throws -> Int {
+        let inner = g.inner, wLow = window.lowerBound
+        let wRow = max(0, min(window.upperBound, g.size) - wLow) * inner
+        let W = buffers.window
         var produced = 0
         for d in destinations {
             // Coalesce adjacent pieces of the window (across rows too) into one append.
@@ -204,7 +192,64 @@ public enum CopyEngine {
                 produced += runEnd - runStart
             }
         }
-        progress?(produced)
+        return produced
     }
 }
 
+
+/// How one tensor's copy is cut into units of work: pure arithmetic over the geometry. A unit is
+/// several whole outer rows when a row (`max(size, longest source piece) · inner` bytes) fits in
+/// `unitBytes`, else one row cut into windows along the split dimension; so each source's part of a
+/// unit is one contiguous byte range. Units come in file order, which is what lets every source be
+/// read once, front to back.
+struct CopyUnitPlan: Sequence {
+    struct Unit: Equatable {
+        var rows: Range<Int>
+        /// Global indices of the split dimension (up to `extent`, padding included).
+        var window: Range<Int>
+    }
+
+    let outer: Int
+    let extent: Int
+    /// Rows per unit (whole-row units), or 0 for windowed units.
+    let rowsPerUnit: Int
+    /// Indices per window (windowed units).
+    let span: Int
+
+    /// `extent`: the largest global index any source or destination reaches (past `size` with padding).
+    init(geometry g: TensorGeometry, extent: Int, longestSource: Int, unitBytes: Int) {
+        // No bytes to move (a zero-sized dimension): no units, rather than `outer` rows of nothing.
+        let empty = g.outer == 0 || extent == 0 || g.inner == 0
+        outer = empty ? 0 : g.outer
+        self.extent = extent
+        let rowBytes = Swift.max(g.size, longestSource) * g.inner
+        if rowBytes <= unitBytes {
+            rowsPerUnit = Swift.max(1, unitBytes / Swift.max(rowBytes, 1))
+            span = extent
+        } else {
+            rowsPerUnit = 0
+            span = Swift.max(1, unitBytes / Swift.max(g.inner, 1))
+        }
+    }
+
+    struct Iterator: IteratorProtocol {
+        let plan: CopyUnitPlan
+        var row = 0
+        var windowStart = 0
+
+        mutating func next() -> Unit? {
+            guard row < plan.outer else { return nil }
+            if plan.rowsPerUnit > 0 {
+                let end = Swift.min(plan.outer, row + plan.rowsPerUnit)
+                defer { row = end }
+                return Unit(rows: row..<end, window: 0..<plan.extent)
+            }
+            let end = Swift.min(plan.extent, windowStart + plan.span)
+            let unit = Unit(rows: row..<(row + 1), window: windowStart..<end)
+            if end >= plan.extent { row += 1; windowStart = 0 } else { windowStart = end }
+            return unit
+        }
+    }
+
+    func makeIterator() -> Iterator { Iterator(plan: self) }
+}

@@ -46,8 +46,9 @@ public struct CheckpointFile: Sendable {
         } else if let other = formats.first(where: { $0.recognizes(file) }) {
             format = other.name
             tensors = try other.tensors(in: file)
-        } else if CheckpointFile.hasHDF5Signature(file) {
-            throw ShardKitError(.invalidCheckpoint, "\(path): an HDF5 file; reading HDF5 needs the ShardKitHDF5 library (HDF5Format), which the shardkit command includes")
+        } else if let (suffix, reader) = CheckpointFile.readElsewhere.first(where: { path.hasSuffix($0.suffix) }) {
+            throw ShardKitError(.invalidCheckpoint,
+                "\(path): a \(suffix) file; reading it needs \(reader), which the shardkit command includes")
         } else {
             format = "safetensors"
             tensors = try SafetensorsFile(file: file).tensors
@@ -56,15 +57,9 @@ public struct CheckpointFile: Sendable {
 
     static let pytorchSuffixes = [".bin", ".pt", ".pth"]
 
-    /// The 8-byte HDF5 signature, at byte 0 or (after a user block) at 512, 1024, 2048, ...
-    public static func hasHDF5Signature(_ file: ReadOnlyFile) -> Bool {
-        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
-        var offset = 0
-        while offset + 8 <= file.size {
-            if (try? file.read(count: 8, at: offset)) == signature { return true }
-            offset = offset == 0 ? 512 : offset * 2
-        }
-        return false
-    }
+    /// Weights files whose name says they are in a format read by a library outside the core (no
+    /// bytes of theirs are interpreted here), with the library to name.
+    static let readElsewhere = [(suffix: ".h5", reader: "the HDF5 format of the ShardKitHDF5 library (HDF5Format)"),
+                                (suffix: ".hdf5", reader: "the HDF5 format of the ShardKitHDF5 library (HDF5Format)")]
 }
 
