@@ -83,13 +83,14 @@ public final class BufferSink: PieceSink {
     let buffer: UnsafeMutableRawBufferPointer
     public private(set) var position = 0
     public init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+    static let tooSmall = ShardKitError(.invalidArgument, "destination buffer too small")
     public func append(_ b: UnsafeRawBufferPointer) throws {
-        guard position + b.count <= buffer.count else { throw ShardKitError(.notFound, "destination buffer too small") }
+        guard position + b.count <= buffer.count else { throw BufferSink.tooSmall }
         (buffer.baseAddress! + position).copyMemory(from: b.baseAddress!, byteCount: b.count)
         position += b.count
     }
     public func appendZeros(_ count: Int) throws {
-        guard position + count <= buffer.count else { throw ShardKitError(.notFound, "destination buffer too small") }
+        guard position + count <= buffer.count else { throw BufferSink.tooSmall }
         (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: count)
         position += count
     }

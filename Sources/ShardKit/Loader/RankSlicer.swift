@@ -37,7 +37,8 @@ public final class RankSlicer: @unchecked Sendable {
     public func read(_ name: String, rank r: Int, into buffer: UnsafeMutableRawBufferPointer) throws {
         let t = try planned(name, rank: r)
         guard buffer.count == t.pieceBytes(rank: r) else {
-            throw ShardKitError(.notFound, "tensor \(name) rank \(r) piece is \(t.pieceBytes(rank: r)) bytes, buffer is \(buffer.count)")
+            throw ShardKitError(.invalidArgument,
+                "tensor \(name) rank \(r) piece is \(t.pieceBytes(rank: r)) bytes, buffer is \(buffer.count)")
         }
         try copy(t, rank: r, into: BufferSink(buffer))
     }

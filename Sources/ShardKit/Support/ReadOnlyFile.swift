@@ -51,7 +51,7 @@ public final class ReadOnlyFile: @unchecked Sendable {
                 throw ShardKitError.io("read", path: path, errno: errno)
             }
             if n == 0 {
-                throw ShardKitError(.invalidSafetensors,
+                throw ShardKitError(.io,
                     "\(path): unexpected end of file at byte \(offset + done) (file has \(size) bytes)")
             }
             done += n
