@@ -11,14 +11,20 @@ private func bytes(_ file: CheckpointFile, _ name: String) throws -> [UInt8] {
     return try ReadOnlyFile(path: file.path).read(count: t.byteCount, at: t.offset)
 }
 
-private func f32(_ values: [Float]) -> [UInt8] { values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) } }
-private func u16(_ values: [UInt16]) -> [UInt8] { values.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) } }
+/// Little-endian bytes of values (as a storage record holds them).
+func f32(_ values: [Float]) -> [UInt8] {
+    values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }
+}
+func u16(_ values: [UInt16]) -> [UInt8] { values.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) } }
 
 @Suite("PyTorch torch.save checkpoints (fixtures/bad/torch, *-bin fixtures)")
 struct PyTorchFileTests {
-    static func torchFile(_ name: String) throws -> CheckpointFile { try CheckpointFile(path: Fixtures.bad("torch/" + name)) }
+    static func torchFile(_ name: String) throws -> CheckpointFile {
+        try CheckpointFile(path: Fixtures.bad("torch/" + name))
+    }
 
-    @Test("valid.bin and its unaligned, plainly-zipped twin give the documented tensors", arguments: ["valid.bin", "misaligned.bin"])
+    @Test("valid.bin and its unaligned, plainly-zipped twin give the documented tensors",
+          arguments: ["valid.bin", "misaligned.bin"])
     func valid(_ name: String) throws {
         let file = try Self.torchFile(name)
         #expect(file.format == "pytorch")
@@ -51,7 +57,7 @@ struct PyTorchFileTests {
     }
 
     @Test("each malformed or unsupported file is refused with its reason", arguments: [
-        ("non-contiguous.bin", ["tensor t", "not contiguous", "(1, 3)".replacingOccurrences(of: "(", with: "[").replacingOccurrences(of: ")", with: "]").replacingOccurrences(of: ", ", with: ", ")]),
+        ("non-contiguous.bin", ["tensor t", "not contiguous", "[1, 3]"]),
         ("legacy-format.bin", ["legacy", "pre-1.6"]),
         ("truncated.bin", ["end-of-central-directory"]),
         ("evil-global.bin", ["os.system", "does not allow"]),
@@ -107,7 +113,7 @@ struct PyTorchFileTests {
         #expect(refused > 0)
     }
 
-    @Test("a pytorch_model.bin checkpoint (and a sharded one with its index) holds the safetensors fixture's tensors bit for bit",
+    @Test("a pytorch_model.bin checkpoint (and a sharded one with its index) has the safetensors tensors bitwise",
           arguments: [("llama-gqa-bin", "llama-gqa"), ("llama-bf16-sharded-bin", "llama-bf16-sharded")])
     func sameAsSafetensors(_ bin: String, _ safetensors: String) throws {
         let a = try Checkpoint(path: Fixtures.path(bin)), b = try Checkpoint(path: Fixtures.path(safetensors))
@@ -128,12 +134,13 @@ struct PyTorchFileTests {
             for r in 0..<tp {
                 for f in fromBin.ranks[r].files {
                     // Same tensors and bytes; the files' tensor order follows each source's order.
-                    #expect(try readRawSafetensors(tmp + "/bin/" + f).tensors == readRawSafetensors(tmp + "/st/" + f).tensors, "rank \(r) \(f)")
+                    #expect(try readRawSafetensors(tmp + "/bin/" + f).tensors
+                            == readRawSafetensors(tmp + "/st/" + f).tensors, "rank \(r) \(f)")
                 }
             }
             let set = try ShardSet(directory: tmp + "/bin")
             let recon = Verify.reconstruction(set, source: try loadCheckpoint("llama-gqa-bin"))
-            #expect(recon.status == "pass", "\(recon.failures)")
+            #expect(recon.status == .pass, "\(recon.failures)")
         }
     }
 
@@ -141,9 +148,11 @@ struct PyTorchFileTests {
     func directoryChoice() throws {
         try withTempDir { tmp in
             try copyFixture("llama-gqa", to: tmp + "/both")
-            try FileManager.default.copyItem(atPath: Fixtures.path("llama-gqa-bin/pytorch_model.bin"), toPath: tmp + "/both/pytorch_model.bin")
+            try FileManager.default.copyItem(atPath: Fixtures.path("llama-gqa-bin/pytorch_model.bin"),
+                                             toPath: tmp + "/both/pytorch_model.bin")
             #expect(try Checkpoint(path: tmp + "/both").files.map(\.format) == ["safetensors"])
-            #expect(try Checkpoint(path: Fixtures.path("llama-gqa-bin")).files.map { $0.path.lastPathComponent } == ["pytorch_model.bin"])
+            #expect(try Checkpoint(path: Fixtures.path("llama-gqa-bin")).files.map { $0.path.lastPathComponent }
+                    == ["pytorch_model.bin"])
         }
     }
 }
@@ -153,28 +162,34 @@ struct PyTorchFileTests {
 
 /// A minimal torch.save-style archive: stored entries `archive/data.pkl` and `archive/<name>` for
 /// each record, a central directory and an end record.
-private func torchArchive(pickle: [UInt8], records: [(String, [UInt8])] = []) -> [UInt8] {
+func torchArchive(pickle: [UInt8], records: [(String, [UInt8])] = []) -> [UInt8] {
     func le16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
     func le32(_ v: Int) -> [UInt8] { le16(v & 0xFFFF) + le16(v >> 16 & 0xFFFF) }
     var out: [UInt8] = [], central: [UInt8] = []
     for (name, data) in [("archive/data.pkl", pickle)] + records.map({ ("archive/" + $0.0, $0.1) }) {
         let n = Array(name.utf8), offset = out.count
-        out += le32(0x0403_4B50) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(data.count) + le32(data.count)
-            + le16(n.count) + le16(0) + n + data
-        central += le32(0x0201_4B50) + le16(20) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(data.count)
-            + le32(data.count) + le16(n.count) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0) + le32(offset) + n
+        out += le32(0x0403_4B50) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0)
+            + le32(data.count) + le32(data.count) + le16(n.count) + le16(0) + n + data
+        central += le32(0x0201_4B50) + le16(20) + le16(20) + le16(0) + le16(0) + le16(0) + le16(0) + le32(0)
+            + le32(data.count) + le32(data.count) + le16(n.count) + le16(0) + le16(0) + le16(0) + le16(0)
+            + le32(0) + le32(offset) + n
     }
     let count = 1 + records.count, directoryOffset = out.count
-    return out + central + le32(0x0605_4B50) + le16(0) + le16(0) + le16(count) + le16(count) + le32(central.count) + le32(directoryOffset) + le16(0)
+    return out + central + le32(0x0605_4B50) + le16(0) + le16(0) + le16(count) + le16(count)
+        + le32(central.count) + le32(directoryOffset) + le16(0)
 }
 
 /// Pickle opcodes, spelled out.
-private enum P {
-    static let proto2: [UInt8] = [0x80, 2], emptyDict: [UInt8] = [0x7D], emptyList: [UInt8] = [0x5D], mark: [UInt8] = [0x28]
-    static let none: [UInt8] = [0x4E], newFalse: [UInt8] = [0x89], tuple: [UInt8] = [0x74], tuple1: [UInt8] = [0x85]
-    static let tuple2: [UInt8] = [0x86], reduce: [UInt8] = [0x52], binpersid: [UInt8] = [0x51], setitem: [UInt8] = [0x73]
-    static let setitems: [UInt8] = [0x75], append: [UInt8] = [0x61], memoize: [UInt8] = [0x94], stop: [UInt8] = [0x2E]
-    static func str(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [0x58] + withUnsafeBytes(of: UInt32(b.count).littleEndian, Array.init) + b }
+enum P {
+    static let proto2: [UInt8] = [0x80, 2], emptyDict: [UInt8] = [0x7D], emptyList: [UInt8] = [0x5D]
+    static let mark: [UInt8] = [0x28], none: [UInt8] = [0x4E], newFalse: [UInt8] = [0x89], tuple: [UInt8] = [0x74]
+    static let tuple1: [UInt8] = [0x85], tuple2: [UInt8] = [0x86], reduce: [UInt8] = [0x52]
+    static let binpersid: [UInt8] = [0x51], setitem: [UInt8] = [0x73], setitems: [UInt8] = [0x75]
+    static let append: [UInt8] = [0x61], memoize: [UInt8] = [0x94], stop: [UInt8] = [0x2E]
+    static func str(_ s: String) -> [UInt8] {
+        let b = Array(s.utf8)
+        return [0x58] + withUnsafeBytes(of: UInt32(b.count).littleEndian, Array.init) + b
+    }
     static func int(_ v: Int32) -> [UInt8] { [0x4A] + withUnsafeBytes(of: v.littleEndian, Array.init) }
     static func global(_ module: String, _ name: String) -> [UInt8] { [0x63] + Array("\(module)\n\(name)\n".utf8) }
     static func binput(_ k: UInt8) -> [UInt8] { [0x71, k] }
@@ -182,9 +197,9 @@ private enum P {
     /// `{name: _rebuild_tensor_v2(FloatStorage '0' of `numel`, 0, shape, stride, False, {})}`
     static func floatTensor(_ name: String, shape: [Int32], stride: [Int32], numel: Int32) -> [UInt8] {
         proto2 + emptyDict + str(name) + global("torch._utils", "_rebuild_tensor_v2") + mark
-            + mark + str("storage") + global("torch", "FloatStorage") + str("0") + str("cpu") + int(numel) + tuple + binpersid
-            + int(0) + mark + shape.flatMap(int) + tuple + mark + stride.flatMap(int) + tuple + newFalse + emptyDict + tuple
-            + reduce + setitem + stop
+            + mark + str("storage") + global("torch", "FloatStorage") + str("0") + str("cpu") + int(numel) + tuple
+            + binpersid + int(0) + mark + shape.flatMap(int) + tuple + mark + stride.flatMap(int) + tuple + newFalse
+            + emptyDict + tuple + reduce + setitem + stop
     }
 }
 
@@ -204,31 +219,38 @@ struct HostilePyTorchTests {
     @Test("the builder's well-formed archive reads back (so the refusals below are about what they change)")
     func builderIsValid() throws {
         let data = f32([0, 1, 2, 3, 4, 5])
-        let file = try open(torchArchive(pickle: P.floatTensor("t", shape: [2, 3], stride: [3, 1], numel: 6), records: [("data/0", data)]))
-        #expect(file.tensors.map(\.name) == ["t"] && file.tensors[0].shape == [2, 3] && file.tensors[0].byteCount == 24)
+        let file = try open(torchArchive(pickle: P.floatTensor("t", shape: [2, 3], stride: [3, 1], numel: 6),
+                                         records: [("data/0", data)]))
+        #expect(file.tensors.map(\.name) == ["t"] && file.tensors[0].shape == [2, 3]
+                && file.tensors[0].byteCount == 24)
     }
 
     @Test("negative sizes are refused as such")
     func negativeShape() {
-        refused(torchArchive(pickle: P.floatTensor("t", shape: [-2, -3], stride: [3, 1], numel: 6), records: [("data/0", f32([0, 1, 2, 3, 4, 5]))]),
+        refused(torchArchive(pickle: P.floatTensor("t", shape: [-2, -3], stride: [3, 1], numel: 6),
+                             records: [("data/0", f32([0, 1, 2, 3, 4, 5]))]),
                 ["tensor t", "negative size"])
     }
 
     @Test("containers nested 60,000 deep are refused, not freed recursively (which overflowed the stack)")
     func deepNesting() {
-        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.none + [UInt8](repeating: P.tuple1[0], count: 60_000) + P.setitem + P.stop
+        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.none + [UInt8](repeating: P.tuple1[0], count: 60_000)
+            + P.setitem + P.stop
         refused(torchArchive(pickle: pickle), ["nested more than 64 deep"])
     }
 
     @Test("a flood of MARKs or memo entries is refused at the cap, with bounded memory")
     func floods() {
-        refused(torchArchive(pickle: P.proto2 + [UInt8](repeating: P.mark[0], count: 1_000_001) + P.stop), ["open MARKs"])
-        refused(torchArchive(pickle: P.proto2 + P.none + [UInt8](repeating: P.memoize[0], count: 2_000_001) + P.stop), ["memo entries"])
+        refused(torchArchive(pickle: P.proto2 + [UInt8](repeating: P.mark[0], count: 1_000_001) + P.stop),
+                ["open MARKs"])
+        refused(torchArchive(pickle: P.proto2 + P.none + [UInt8](repeating: P.memoize[0], count: 2_000_001) + P.stop),
+                ["memo entries"])
     }
 
     @Test("a list appended to itself (a reference cycle) is refused")
     func selfReference() {
-        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.emptyList + P.binput(0) + P.binget(0) + P.append + P.setitem + P.stop
+        let pickle = P.proto2 + P.emptyDict + P.str("a") + P.emptyList + P.binput(0) + P.binget(0) + P.append
+            + P.setitem + P.stop
         refused(torchArchive(pickle: pickle), ["a list inserted into itself"])
     }
 
@@ -244,13 +266,16 @@ struct HostilePyTorchTests {
 
     @Test("shapes of more than 64 dimensions and long storage keys are refused")
     func limits() {
-        refused(torchArchive(pickle: P.floatTensor("t", shape: [Int32](repeating: 1, count: 65), stride: [Int32](repeating: 1, count: 65), numel: 1),
+        let ones = [Int32](repeating: 1, count: 65)
+        refused(torchArchive(pickle: P.floatTensor("t", shape: ones, stride: ones, numel: 1),
                              records: [("data/0", f32([1]))]), ["more than 64 dimensions"])
         let longKey = String(repeating: "9", count: 33)
         let pickle = P.proto2 + P.emptyDict + P.str("t") + P.global("torch._utils", "_rebuild_tensor_v2") + P.mark
-            + P.mark + P.str("storage") + P.global("torch", "FloatStorage") + P.str(longKey) + P.str("cpu") + P.int(1) + P.tuple + P.binpersid
-            + P.int(0) + P.mark + P.int(1) + P.tuple + P.mark + P.int(1) + P.tuple + P.newFalse + P.emptyDict + P.tuple + P.reduce + P.setitem + P.stop
-        refused(torchArchive(pickle: pickle, records: [("data/" + longKey, f32([1]))]), ["storage key", "not a short name"])
+            + P.mark + P.str("storage") + P.global("torch", "FloatStorage") + P.str(longKey) + P.str("cpu") + P.int(1)
+            + P.tuple + P.binpersid + P.int(0) + P.mark + P.int(1) + P.tuple + P.mark + P.int(1) + P.tuple + P.newFalse
+            + P.emptyDict + P.tuple + P.reduce + P.setitem + P.stop
+        refused(torchArchive(pickle: pickle, records: [("data/" + longKey, f32([1]))]),
+                ["storage key", "not a short name"])
     }
 
     @Test("names from the file cannot break the message into lines or send terminal escapes")
@@ -266,7 +291,8 @@ struct HostilePyTorchTests {
     func entryCountBomb() {
         func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
         let body: [UInt8] = [0x50, 0x4B, 0x03, 0x04] + [UInt8](repeating: 0, count: 26)
-        let record = le(UInt32(0x0606_4B50)) + le(UInt64(44)) + le(UInt16(45)) + le(UInt16(45)) + le(UInt32(0)) + le(UInt32(0))
+        let record = le(UInt32(0x0606_4B50)) + le(UInt64(44)) + le(UInt16(45)) + le(UInt16(45)) + le(UInt32(0))
+            + le(UInt32(0))
             + le(UInt64(10_000_000)) + le(UInt64(10_000_000)) + le(UInt64(0)) + le(UInt64(0))
         let locator = le(UInt32(0x0706_4B50)) + le(UInt32(0)) + le(UInt64(body.count)) + le(UInt32(1))
         let end = le(UInt32(0x0605_4B50)) + le(UInt16(0)) + le(UInt16(0)) + le(UInt16(0xFFFF)) + le(UInt16(0xFFFF))
@@ -276,7 +302,8 @@ struct HostilePyTorchTests {
 
     @Test("a tensor named __metadata__ (which safetensors reserves) is refused before anything is written")
     func reservedName() {
-        let bytes = torchArchive(pickle: P.floatTensor("__metadata__", shape: [1], stride: [1], numel: 1), records: [("data/0", f32([1]))])
+        let bytes = torchArchive(pickle: P.floatTensor("__metadata__", shape: [1], stride: [1], numel: 1),
+                                 records: [("data/0", f32([1]))])
         expectShardKitError(caught {
             try withTempDir { tmp in
                 try writeBytes(bytes, to: tmp + "/pytorch_model.bin")
@@ -296,8 +323,10 @@ struct HostilePyTorchTests {
     @Test("a .safetensors name is read as safetensors even when the bytes start like a ZIP")
     func nameDecides() throws {
         try withTempDir { tmp in
-            try FileManager.default.copyItem(atPath: Fixtures.bad("torch/valid.bin"), toPath: tmp + "/model.safetensors")
-            expectShardKitError(caught { _ = try CheckpointFile(path: tmp + "/model.safetensors") }, .invalidSafetensors, ["model.safetensors"])
+            try FileManager.default.copyItem(atPath: Fixtures.bad("torch/valid.bin"),
+                                             toPath: tmp + "/model.safetensors")
+            expectShardKitError(caught { _ = try CheckpointFile(path: tmp + "/model.safetensors") },
+                                .invalidSafetensors, ["model.safetensors"])
         }
     }
 }

@@ -210,6 +210,9 @@ private struct PickleMachine {
     }
 
     /// Runs one opcode (its operands follow at `p`); the stream's value when `op` is STOP.
+    ///
+    /// Each step is a statement of its own: a method call evaluates `self` before its arguments, so
+    /// a non-mutating call whose argument mutates (`setItems(popToMark())`) would see the old stack.
     mutating func execute(_ op: Opcode, at start: Int) throws -> Value? {
         switch op {
         case .proto: _ = try uint(1, start)
@@ -223,23 +226,49 @@ private struct PickleMachine {
         case .none: try push(.none, start)
         case .newTrue: try push(.bool(true), start)
         case .newFalse: try push(.bool(false), start)
-        case .binInt1: try push(.int(Int(try uint(1, start))), start)
-        case .binInt2: try push(.int(Int(try uint(2, start))), start)
-        case .binInt: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4, start)))), start)
-        case .long1: try push(try long(lengthBytes: 1, start), start)
-        case .long4: try push(try long(lengthBytes: 4, start), start)
-        case .binFloat: try push(try binFloat(start), start)
-        case .binUnicode: try push(try string(lengthBytes: 4, start), start)
-        case .shortBinUnicode: try push(try string(lengthBytes: 1, start), start)
-        case .binUnicode8: try push(try string(lengthBytes: 8, start), start)
-        case .shortBinBytes: try push(try bytes(lengthBytes: 1, start), start)
-        case .binBytes: try push(try bytes(lengthBytes: 4, start), start)
-        case .binBytes8: try push(try bytes(lengthBytes: 8, start), start)
+        case .binInt1:
+            let v = try uint(1, start)
+            try push(.int(Int(v)), start)
+        case .binInt2:
+            let v = try uint(2, start)
+            try push(.int(Int(v)), start)
+        case .binInt:
+            let v = try uint(4, start)
+            try push(.int(Int(Int32(truncatingIfNeeded: v))), start)
+        case .long1:
+            let v = try long(lengthBytes: 1, start)
+            try push(v, start)
+        case .long4:
+            let v = try long(lengthBytes: 4, start)
+            try push(v, start)
+        case .binFloat:
+            let v = try binFloat(start)
+            try push(v, start)
+        case .shortBinUnicode:
+            let v = try string(lengthBytes: 1, start)
+            try push(v, start)
+        case .binUnicode:
+            let v = try string(lengthBytes: 4, start)
+            try push(v, start)
+        case .binUnicode8:
+            let v = try string(lengthBytes: 8, start)
+            try push(v, start)
+        case .shortBinBytes:
+            let v = try bytes(lengthBytes: 1, start)
+            try push(v, start)
+        case .binBytes:
+            let v = try bytes(lengthBytes: 4, start)
+            try push(v, start)
+        case .binBytes8:
+            let v = try bytes(lengthBytes: 8, start)
+            try push(v, start)
 
-        case .emptyDict: try push(try register(.dict(PickleReader.PickleDict()), start), start)
-        case .emptyList: try push(try register(.list(PickleReader.PickleList()), start), start)
+        case .emptyDict: try pushNew(.dict(PickleReader.PickleDict()), start)
+        case .emptyList: try pushNew(.list(PickleReader.PickleList()), start)
         case .emptyTuple: try push(tuple([]), start)
-        case .tuple: try push(tuple(try popToMark(start)), start)
+        case .tuple:
+            let items = try popToMark(start)
+            try push(tuple(items), start)
         case .tuple1:
             let a = try pop(start)
             try push(tuple([a]), start)
@@ -251,26 +280,38 @@ private struct PickleMachine {
             try push(tuple([a, b2, c]), start)
         case .list:
             let items = try popToMark(start)
-            try push(try register(.list(PickleReader.PickleList()), start), start)
+            try pushNew(.list(PickleReader.PickleList()), start)
             try append(items, start)
         case .dict:
             let items = try popToMark(start)
-            try push(try register(.dict(PickleReader.PickleDict()), start), start)
+            try pushNew(.dict(PickleReader.PickleDict()), start)
             try setItems(items, start)
         case .append:
             let v = try pop(start)
             try append([v], start)
-        case .appends: try append(try popToMark(start), start)
+        case .appends:
+            let items = try popToMark(start)
+            try append(items, start)
         case .setItem:
             let v = try pop(start), k = try pop(start)
             try setItems([k, v], start)
-        case .setItems: try setItems(try popToMark(start), start)
+        case .setItems:
+            let items = try popToMark(start)
+            try setItems(items, start)
 
-        case .binPut: try put(Int(try uint(1, start)), start)
-        case .longBinPut: try put(Int(try uint(4, start)), start)
+        case .binPut:
+            let key = try uint(1, start)
+            try put(Int(key), start)
+        case .longBinPut:
+            let key = try uint(4, start)
+            try put(Int(key), start)
         case .memoize: try put(memo.count, start)
-        case .binGet: try get(Int(try uint(1, start)), start)
-        case .longBinGet: try get(Int(try uint(4, start)), start)
+        case .binGet:
+            let key = try uint(1, start)
+            try get(Int(key), start)
+        case .longBinGet:
+            let key = try uint(4, start)
+            try get(Int(key), start)
 
         case .global: try global(start)
         case .stackGlobal: try stackGlobal(start)
@@ -410,17 +451,18 @@ private struct PickleMachine {
         seal(items)
         return .tuple(items, depth: 1 + (items.map(\.depth).max() ?? 0))
     }
-    /// Registers a list or dict (made here or by `interpreter`) for the teardown, within the cap.
-    mutating func register(_ v: Value, _ start: Int) throws -> Value {
+    /// Pushes a value made here or by `interpreter`, registering a list or dict for the teardown,
+    /// within the cap.
+    mutating func pushNew(_ v: Value, _ start: Int) throws {
         switch v {
         case .list(let l): lists.append(l)
         case .dict(let d): dicts.append(d)
-        default: return v
+        default: break
         }
         guard lists.count + dicts.count <= PickleReader.maxItems else {
             throw bad("more than \(PickleReader.maxItems) lists and dicts", at: start)
         }
-        return v
+        try push(v, start)
     }
     /// Checks that `items` may go into `container` (not sealed, not itself), seals them and raises
     /// the container's depth, within the cap.
@@ -486,7 +528,8 @@ private struct PickleMachine {
         guard case .tuple(let a, _) = args else {
             throw bad("REDUCE arguments are a \(args.typeName), not a tuple", at: start)
         }
-        try push(try register(try interpreter.reduce(callable, a), start), start)
+        let result = try interpreter.reduce(callable, a)
+        try pushNew(result, start)
     }
     /// BUILD: setting the state of the value below it. Accepted only on a dict, with no state or a
     /// dict of the attributes the caller allows (an OrderedDict's `_metadata` for PyTorch), and
@@ -506,7 +549,7 @@ private struct PickleMachine {
             for (key, _) in d.items {
                 guard case .string(let k) = key, interpreter.dictAttributes.contains(k) else {
                     let named: String
-                    if case .string(let k) = key { named = k } else { named = "a \(key.typeName) key" }
+                    if case .string(let k) = key { named = k } else { named = "a key of type \(key.typeName)" }
                     throw bad("BUILD sets \(named) on a dict, which is not allowed "
                               + "(only \(allowed.isEmpty ? "nothing" : allowed) may be set)", at: start)
                 }
@@ -520,6 +563,7 @@ private struct PickleMachine {
     mutating func persistentLoad(_ start: Int) throws {
         let pid = try pop(start)
         seal([pid])
-        try push(try register(try interpreter.persistentLoad(pid), start), start)
+        let result = try interpreter.persistentLoad(pid)
+        try pushNew(result, start)
     }
 }

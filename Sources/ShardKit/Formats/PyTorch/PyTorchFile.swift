@@ -9,11 +9,12 @@
 /// without a legacy storage class, such as float8), and a storage is the persistent id
 /// `('storage', torch.<Type>Storage, key, location, numel)`.
 ///
-/// The pickle is never executed: `PickleReader` recognises only the globals below and refuses any
-/// other. Checked before a tensor is handed out: the archive's entry table (`ZipArchive`), records
-/// stored uncompressed and little-endian, each storage record's size against its element count,
-/// each tensor row-major contiguous and inside its storage (overflow-checked). Tensors may share
-/// storage (views, tied weights).
+/// The pickle is never executed: `PickleReader` accepts only the globals of `allowedGlobals` (what
+/// torch writes for a state dict), refusing any other where it is named, and BUILD only as torch
+/// writes it (an OrderedDict's `_metadata`, dropped). Checked before a tensor is handed out: the
+/// archive's entry table (`ZipArchive`), records stored uncompressed and little-endian, each
+/// storage record's size against its element count, each tensor row-major contiguous and inside
+/// its storage (overflow-checked). Tensors may share storage (views, tied weights).
 public struct PyTorchFile: Sendable {
     public let path: String
     /// Tensors in the state dict's order.
@@ -28,14 +29,33 @@ public struct PyTorchFile: Sendable {
         "LongStorage": .i64, "IntStorage": .i32, "ShortStorage": .i16, "CharStorage": .i8,
         "ByteStorage": .u8, "BoolStorage": .bool, "ComplexFloatStorage": .c64,
     ]
-    /// `torch.<name>` dtypes (the `dtype` argument of `_rebuild_tensor_v3`).
+    /// `torch.<name>` dtypes (the `dtype` argument of `_rebuild_tensor_v3`), by the canonical names
+    /// torch pickles them under (`torch.float` is written `torch.float32`: aliases never appear).
     static let dtypes: [String: DType] = [
-        "float32": .f32, "float": .f32, "float64": .f64, "double": .f64, "float16": .f16, "half": .f16,
-        "bfloat16": .bf16, "int64": .i64, "long": .i64, "int32": .i32, "int": .i32, "int16": .i16,
-        "short": .i16, "int8": .i8, "uint8": .u8, "bool": .bool, "uint16": .u16, "uint32": .u32,
-        "uint64": .u64, "float8_e4m3fn": .f8e4m3, "float8_e5m2": .f8e5m2, "float8_e8m0fnu": .f8e8m0,
-        "complex64": .c64, "cfloat": .c64,
+        "float32": .f32, "float64": .f64, "float16": .f16, "bfloat16": .bf16, "int64": .i64,
+        "int32": .i32, "int16": .i16, "int8": .i8, "uint8": .u8, "bool": .bool, "uint16": .u16,
+        "uint32": .u32, "uint64": .u64, "float8_e4m3fn": .f8e4m3, "float8_e5m2": .f8e5m2,
+        "float8_e8m0fnu": .f8e8m0, "complex64": .c64,
     ]
+    /// The calls `reduce` interprets.
+    static let calls: [PickleReader.Global] = [
+        .init(module: "collections", name: "OrderedDict"),
+        .init(module: "torch._utils", name: "_rebuild_tensor_v2"),
+        .init(module: "torch._utils", name: "_rebuild_tensor_v3"),
+        .init(module: "torch._utils", name: "_rebuild_parameter"),
+        .init(module: "torch._utils", name: "_rebuild_parameter_with_state"),
+    ]
+    /// The storage type of a persistent id for an untyped storage (torch 2.x, `_rebuild_tensor_v3`).
+    static let untypedStorage = PickleReader.Global(module: "torch.storage", name: "UntypedStorage")
+    /// Every global `data.pkl` may name, which is exactly what this reader accepts and what torch
+    /// 2.x writes for a state dict: the calls above, the storage types of persistent ids and the
+    /// dtypes of `_rebuild_tensor_v3`. `PickleReader` refuses any other where it appears.
+    static let allowedGlobals: Set<PickleReader.Global> = Set(calls + [untypedStorage]
+        + storageTypes.keys.map { PickleReader.Global(module: "torch", name: $0) }
+        + dtypes.keys.map { PickleReader.Global(module: "torch", name: $0) })
+    /// The only attribute BUILD may set: torch pickles a `state_dict()` (an OrderedDict) with its
+    /// `_metadata` (module versions) as BUILD state. It is dropped.
+    static let dictAttributes: Set<String> = ["_metadata"]
 
     /// True when the file at `path` starts like a ZIP archive (how `torch.save` files begin).
     public static func looksLikeZip(_ file: ReadOnlyFile) -> Bool {
@@ -49,15 +69,21 @@ public struct PyTorchFile: Sendable {
 
     public init(file: ReadOnlyFile) throws {
         let path = file.path
-        func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidPyTorchFile, "\(path): \(message)") }
+        func bad(_ message: String) -> ShardKitError {
+            ShardKitError(.invalidPyTorchFile, "\(path): \(message)")
+        }
         guard PyTorchFile.looksLikeZip(file) else {
             if file.size >= 2, let head = try? file.read(count: 2, at: 0), head[0] == 0x80 {
-                throw bad("a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch.save, or as safetensors")
+                throw bad("a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch.save, "
+                          + "or as safetensors")
             }
             throw bad("not a PyTorch checkpoint (torch.save writes a ZIP archive, which starts with PK\\x03\\x04)")
         }
         let zip = try ZipArchive(file: file)
-        let pickles = zip.entries.filter { $0.name.hasSuffix("/data.pkl") && $0.name.split(separator: "/", omittingEmptySubsequences: false).count == 2 }
+        let pickles = zip.entries.filter {
+            $0.name.hasSuffix("/data.pkl")
+                && $0.name.split(separator: "/", omittingEmptySubsequences: false).count == 2
+        }
         guard pickles.count == 1, let pickle = pickles.first else {
             throw bad(pickles.isEmpty ? "no <archive>/data.pkl record: not a torch.save archive"
                                       : "several data.pkl records (\(pickles.map(\.name).joined(separator: ", ")))")
@@ -67,74 +93,91 @@ public struct PyTorchFile: Sendable {
         func stored(_ entry: ZipArchive.Entry) throws {
             guard !entry.encrypted else { throw bad("record \(entry.name) is encrypted") }
             guard entry.method == 0, entry.compressedSize == entry.size else {
-                throw bad("record \(entry.name) is compressed (method \(entry.method)); torch.save stores records uncompressed, and ShardKit reads them in place")
+                throw bad("record \(entry.name) is compressed (method \(entry.method)); torch.save stores records "
+                          + "uncompressed, and ShardKit reads them in place")
             }
         }
         if let order = zip.entry(named: prefix + "byteorder") {
             try stored(order)
             guard order.size <= 16 else { throw bad("byteorder record of \(order.size) bytes") }
             let value = String(decoding: try file.read(count: order.size, at: order.dataOffset), as: UTF8.self)
-            guard value == "little" else { throw bad("byteorder is \"\(value)\"; only little-endian checkpoints are read") }
+            guard value == "little" else {
+                throw bad("byteorder is \"\(value)\"; only little-endian checkpoints are read")
+            }
         }
         try stored(pickle)
-        guard pickle.size <= PyTorchFile.maxPickleSize else { throw bad("data.pkl of \(pickle.size) bytes is too large") }
+        guard pickle.size <= PyTorchFile.maxPickleSize else {
+            throw bad("data.pkl of \(pickle.size) bytes is too large")
+        }
         let pickleBytes = try file.read(count: pickle.size, at: pickle.dataOffset)
 
         // Storages by key; the same key must always be described the same way.
         var storages: [String: Storage] = [:]
         let interpreter = PickleReader.Interpreter(
+            globals: PyTorchFile.allowedGlobals,
+            dictAttributes: PyTorchFile.dictAttributes,
             reduce: { callable, args in try PyTorchFile.reduce(callable, args, bad: bad) },
             persistentLoad: { pid in
                 guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
                       case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
                       case .string = t[3], case .int(let numel) = t[4], numel >= 0 else {
-                    throw bad("data.pkl has a persistent id that is not ('storage', type, key, location, numel): \(pid.typeName)")
+                    throw bad("data.pkl has a persistent id that is not ('storage', type, key, location, numel): "
+                              + pid.typeName)
                 }
                 let dtype: DType?
                 if module == "torch", let d = PyTorchFile.storageTypes[typeName] {
                     dtype = d
-                } else if (module == "torch.storage" || module == "torch") && typeName == "UntypedStorage" {
+                } else if PickleReader.Global(module: module, name: typeName) == PyTorchFile.untypedStorage {
                     dtype = nil
                 } else {
                     throw bad("storage type \(module).\(typeName) is not supported")
                 }
                 // torch names storages "0", "1", ...: a long key is not one (and would be hashed
                 // again at every reference).
-                guard key.utf8.count <= 32, key.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
+                guard key.utf8.count <= 32,
+                      key.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
                     throw bad("storage key \(key.prefix(40))... is not a short name")
                 }
                 if let known = storages[key] {
-                    guard known.dtype == dtype, known.count == numel else { throw bad("storage \(key) is described two different ways") }
+                    guard known.dtype == dtype, known.count == numel else {
+                        throw bad("storage \(key) is described two different ways")
+                    }
                     return .object(known)
                 }
                 guard let entry = zip.entry(named: prefix + "data/" + key) else {
-                    throw bad("data.pkl refers to storage \(key), but the archive has no record \(prefix)data/\(key)")
+                    throw bad("data.pkl refers to storage \(key), but the archive has no record "
+                              + "\(prefix)data/\(key)")
                 }
                 try stored(entry)
                 guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1), bytes == entry.size else {
-                    throw bad("storage \(key) should hold \(numel) \(dtype?.rawValue ?? "byte") elements, but its record has \(entry.size) bytes")
+                    throw bad("storage \(key) should hold \(numel) \(dtype?.rawValue ?? "byte") elements, "
+                              + "but its record has \(entry.size) bytes")
                 }
-                let s = Storage(key: key, dtype: dtype, count: numel, dataOffset: entry.dataOffset, byteCount: entry.size)
+                let s = Storage(key: key, dtype: dtype, count: numel, dataOffset: entry.dataOffset,
+                                byteCount: entry.size)
                 storages[key] = s
                 return .object(s)
             })
-        self.tensors = try PickleReader(bytes: pickleBytes, what: "\(path): data.pkl", interpreter: interpreter).load { root in
-            try PyTorchFile.stateDict(root, bad: bad)
-        }
+        let reader = PickleReader(bytes: pickleBytes, what: "\(path): data.pkl", interpreter: interpreter)
+        self.tensors = try reader.load { root in try PyTorchFile.stateDict(root, bad: bad) }
         self.path = path
     }
 
     /// The tensors of a `{name: tensor}` dict, in its order.
-    static func stateDict(_ root: PickleReader.Value, bad: (String) -> ShardKitError) throws -> [TensorInfo] {
+    static func stateDict(_ root: PickleReader.Value,
+                          bad: (String) -> ShardKitError) throws -> [TensorInfo] {
         guard case .dict(let dict) = root else {
             throw bad("data.pkl holds a \(root.typeName), not a state dict (a dict of tensors)")
         }
         var tensors: [TensorInfo] = []
         var seen = Set<String>()
         for (key, value) in dict.items {
-            guard case .string(let name) = key else { throw bad("state dict key is a \(key.typeName), not a string") }
+            guard case .string(let name) = key else {
+                throw bad("state dict key is a \(key.typeName), not a string")
+            }
             guard case .object(let object) = value, let t = object as? TensorRef else {
-                throw bad("state dict entry \(name) is a \(value.typeName), not a tensor (nested dicts, e.g. {\"model\": {...}}, are not read; save the state dict itself)")
+                throw bad("state dict entry \(name) is a \(value.typeName), not a tensor (nested dicts, "
+                          + "e.g. {\"model\": {...}}, are not read; save the state dict itself)")
             }
             guard seen.insert(name).inserted else { throw bad("tensor \(name) appears twice") }
             tensors.append(try t.info(name: name, bad: bad))
@@ -151,7 +194,8 @@ public struct PyTorchFile: Sendable {
         let dataOffset: Int
         let byteCount: Int
         init(key: String, dtype: DType?, count: Int, dataOffset: Int, byteCount: Int) {
-            self.key = key; self.dtype = dtype; self.count = count; self.dataOffset = dataOffset; self.byteCount = byteCount
+            self.key = key; self.dtype = dtype; self.count = count
+            self.dataOffset = dataOffset; self.byteCount = byteCount
         }
     }
 
@@ -163,19 +207,25 @@ public struct PyTorchFile: Sendable {
         let shape: [Int]
         let stride: [Int]
         init(storage: Storage, dtype: DType, storageOffset: Int, shape: [Int], stride: [Int]) {
-            self.storage = storage; self.dtype = dtype; self.storageOffset = storageOffset; self.shape = shape; self.stride = stride
+            self.storage = storage; self.dtype = dtype; self.storageOffset = storageOffset
+            self.shape = shape; self.stride = stride
         }
 
         /// The tensor's byte range, once it is known to be contiguous and inside its storage.
         func info(name: String, bad: (String) -> ShardKitError) throws -> TensorInfo {
-            guard shape.count == stride.count else { throw bad("tensor \(name): \(shape.count) sizes but \(stride.count) strides") }
-            guard shape.allSatisfy({ $0 >= 0 }) else { throw bad("tensor \(name): shape \(shape) has a negative size") }
+            guard shape.count == stride.count else {
+                throw bad("tensor \(name): \(shape.count) sizes but \(stride.count) strides")
+            }
+            guard shape.allSatisfy({ $0 >= 0 }) else {
+                throw bad("tensor \(name): shape \(shape) has a negative size")
+            }
             guard let count = checkedProduct(shape) else { throw bad("tensor \(name): shape \(shape) overflows") }
             if count > 0 {
                 var expected = 1
                 for d in shape.indices.reversed() {
                     guard shape[d] == 1 || stride[d] == expected else {
-                        throw bad("tensor \(name) is not contiguous (shape \(shape), strides \(stride)); save it after .contiguous()")
+                        throw bad("tensor \(name) is not contiguous (shape \(shape), strides \(stride)); "
+                                  + "save it after .contiguous()")
                     }
                     expected *= shape[d]
                 }
@@ -184,9 +234,11 @@ public struct PyTorchFile: Sendable {
                   let first = checkedProduct([storageOffset], times: dtype.size),
                   let length = checkedProduct([count], times: dtype.size),
                   let end = checkedSum([first, length]), end <= storage.byteCount else {
-                throw bad("tensor \(name) (\(count) \(dtype.rawValue) elements at element \(storageOffset)) runs past the end of its storage \(storage.key) (\(storage.byteCount) bytes)")
+                throw bad("tensor \(name) (\(count) \(dtype.rawValue) elements at element \(storageOffset)) runs "
+                          + "past the end of its storage \(storage.key) (\(storage.byteCount) bytes)")
             }
-            return TensorInfo(name: name, dtype: dtype, shape: shape, offset: storage.dataOffset + first, byteCount: length)
+            return TensorInfo(name: name, dtype: dtype, shape: shape, offset: storage.dataOffset + first,
+                              byteCount: length)
         }
     }
 
@@ -201,7 +253,8 @@ public struct PyTorchFile: Sendable {
     }
 
     /// The calls a state dict makes, and nothing else.
-    static func reduce(_ callable: PickleReader.Value, _ args: [PickleReader.Value], bad: (String) -> ShardKitError) throws -> PickleReader.Value {
+    static func reduce(_ callable: PickleReader.Value, _ args: [PickleReader.Value],
+                       bad: (String) -> ShardKitError) throws -> PickleReader.Value {
         guard case .global(let module, let name) = callable else {
             throw bad("data.pkl calls a \(callable.typeName), which is not allowed")
         }
@@ -214,7 +267,8 @@ public struct PyTorchFile: Sendable {
             guard args.count >= (v3 ? 7 : 6), args.count <= (v3 ? 8 : 7),
                   case .object(let o) = args[0], let storage = o as? Storage,
                   case .int(let offset) = args[1], let shape = ints(args[2]), let stride = ints(args[3]) else {
-                throw bad("\(name) called with unexpected arguments (or a shape of more than \(maxRank) dimensions)")
+                throw bad("\(name) called with unexpected arguments (or a shape of more than \(maxRank) "
+                          + "dimensions)")
             }
             var dtype: DType
             if v3 {
@@ -222,19 +276,25 @@ public struct PyTorchFile: Sendable {
                     throw bad("\(name): dtype \(args[6].typeName) is not supported")
                 }
                 dtype = d
-                if let s = storage.dtype, s != d { throw bad("\(name): a \(d.rawValue) tensor on a \(s.rawValue) storage") }
+                if let s = storage.dtype, s != d {
+                    throw bad("\(name): a \(d.rawValue) tensor on a \(s.rawValue) storage")
+                }
             } else {
-                guard let d = storage.dtype else { throw bad("\(name): a tensor on an untyped storage without a dtype") }
+                guard let d = storage.dtype else {
+                    throw bad("\(name): a tensor on an untyped storage without a dtype")
+                }
                 dtype = d
             }
-            return .object(TensorRef(storage: storage, dtype: dtype, storageOffset: offset, shape: shape, stride: stride))
+            return .object(TensorRef(storage: storage, dtype: dtype, storageOffset: offset, shape: shape,
+                                     stride: stride))
         case ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"):
             guard let first = args.first, case .object(let o) = first, o is TensorRef else {
                 throw bad("\(name) called without a tensor")
             }
             return first
         default:
-            throw bad("data.pkl calls \(module).\(name), which ShardKit does not allow (only the tensors of a state dict are read; no pickled code is run)")
+            throw bad("data.pkl calls \(module).\(name), which ShardKit does not allow (only the tensors of a "
+                      + "state dict are read; no pickled code is run)")
         }
     }
 }
