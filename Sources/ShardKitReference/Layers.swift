@@ -11,7 +11,9 @@ enum Activation {
         case "gelu": self = .geluErf
         case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": self = .geluTanh
         case "relu": self = .relu
-        default: throw ShardKitError(.verificationFailed, "activation \"\(name)\" is not supported by the reference forward pass")
+        default:
+            throw ShardKitError(.verificationFailed,
+                                "activation \"\(name)\" is not supported by the reference forward pass")
         }
     }
 
@@ -67,7 +69,8 @@ enum Norm {
 
     static func checkReplicated(_ w: Piece, width: Int, rank: Int) throws {
         guard w.data.count == width, w.shape == w.globalShape else {
-            throw ShardKitError(.verificationFailed, "rank \(rank): norm weight \(w.name) must be replicated (\(width) values), the rank holds \(w.shape) of \(w.globalShape)")
+            throw ShardKitError(.verificationFailed, "rank \(rank): norm weight \(w.name) must be replicated "
+                + "(\(width) values), the rank holds \(w.shape) of \(w.globalShape)")
         }
     }
 }
@@ -80,21 +83,25 @@ struct Rope {
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
     init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil) throws {
-        guard dims % 2 == 0, dims > 0 else { throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive") }
+        guard dims % 2 == 0, dims > 0 else {
+            throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive")
+        }
         self.dims = dims
         let half = dims / 2
         var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
         var attentionFactor: Float = 1
         if let scaling, scaling.objectValue != nil {
             var type = scaling["rope_type"]?.stringValue ?? scaling["type"]?.stringValue ?? "default"
-            if type == "su" || type == "yarn", config?.modelType == "phi3" { type = "longrope" }     // Phi3Config's renaming
+            // Phi3Config's renaming.
+            if type == "su" || type == "yarn", config?.modelType == "phi3" { type = "longrope" }
             switch type {
             case "default": break
             case "dynamic":
                 // Dynamic NTK only changes inv_freq past max_position_embeddings.
                 let maxPos = config?.int("max_position_embeddings") ?? Int.max
                 if (positions.max() ?? 0) + 1 > maxPos {
-                    throw ShardKitError(.verificationFailed, "dynamic rope scaling past max_position_embeddings is not supported")
+                    throw ShardKitError(.verificationFailed,
+                                        "dynamic rope scaling past max_position_embeddings is not supported")
                 }
             case "longrope":
                 // As transformers 4.57: the config's original_max_position_embeddings (then factor is
@@ -102,16 +109,21 @@ struct Rope {
                 let maxPosition = config?.int("max_position_embeddings")
                 let topOriginal = config?.int("original_max_position_embeddings")
                 let original = topOriginal ?? maxPosition ?? scaling["original_max_position_embeddings"]?.intValue
-                guard let original, original > 0, let short = scaling["short_factor"]?.arrayValue?.compactMap(\.doubleValue),
-                      let long = scaling["long_factor"]?.arrayValue?.compactMap(\.doubleValue), short.count == half, long.count == half else {
-                    throw ShardKitError(.verificationFailed, "longrope scaling needs short_factor/long_factor of \(half) values and max_position_embeddings")
+                guard let original, original > 0,
+                      let short = scaling["short_factor"]?.arrayValue?.compactMap(\.doubleValue),
+                      let long = scaling["long_factor"]?.arrayValue?.compactMap(\.doubleValue),
+                      short.count == half, long.count == half else {
+                    throw ShardKitError(.verificationFailed, "longrope scaling needs short_factor/long_factor of "
+                        + "\(half) values and max_position_embeddings")
                 }
                 let factors = (positions.max() ?? 0) + 1 > original ? long : short
                 inv = (0..<half).map { Float(1.0 / (factors[$0] * pow(theta, Double(2 * $0) / Double(dims)))) }
                 if let a = scaling["attention_factor"]?.doubleValue {
                     attentionFactor = Float(a)
                 } else {
-                    let factor = topOriginal != nil ? Double(maxPosition ?? original) / Double(original) : scaling["factor"]?.doubleValue ?? 1
+                    let factor = topOriginal != nil
+                        ? Double(maxPosition ?? original) / Double(original)
+                        : scaling["factor"]?.doubleValue ?? 1
                     attentionFactor = factor <= 1 ? 1 : Float((1 + log(factor) / log(Double(original))).squareRoot())
                 }
             case "linear":
@@ -131,7 +143,8 @@ struct Rope {
                     return Float((1 - smooth) * Double(f) / factor + smooth * Double(f))
                 }
             default:
-                throw ShardKitError(.verificationFailed, "rope scaling type \"\(type)\" is not supported by the reference forward pass")
+                throw ShardKitError(.verificationFailed,
+                                    "rope scaling type \"\(type)\" is not supported by the reference forward pass")
             }
         }
         cos = positions.map { p in inv.map { Float(Foundation.cos(Double(Float(p) * $0))) * attentionFactor } }
@@ -158,13 +171,16 @@ enum Attention {
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, rope: Rope?, causal: Bool,
                     window: Int? = nil, scale: Float, rank: Int, layer: String) throws -> Act {
         let T = q.rows
-        guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(heads) heads are not a multiple of \(kvHeads) KV heads") }
+        guard heads % kvHeads == 0 else {
+            throw ShardKitError(.verificationFailed, "\(heads) heads are not a multiple of \(kvHeads) KV heads")
+        }
         let group = heads / kvHeads
         let qHeads = Array(Set(q.labels.map { $0 / hd })).sorted()
         func gather(_ a: Act, head h: Int, what: String) throws -> [Float] {
             let wanted = (0..<hd).map { h * hd + $0 }
             guard let s = a.select(wanted) else {
-                throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): needs \(what) head \(h) (all \(hd) dims), but holds \(what) features \(describe(a.labels))")
+                throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): needs \(what) head \(h) "
+                    + "(all \(hd) dims), but holds \(what) features \(describe(a.labels))")
             }
             return s.data
         }
@@ -221,13 +237,16 @@ func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) throws -> [
     for (j, l) in a.labels.enumerated() {
         let (p, local) = classify(l)
         guard p >= 0 && p < parts else {
-            throw ShardKitError(.verificationFailed, "fused output feature \(l) is past its \(parts) parts; the tensor's shape disagrees with config.json")
+            throw ShardKitError(.verificationFailed, "fused output feature \(l) is past its \(parts) parts; "
+                + "the tensor's shape disagrees with config.json")
         }
         cols[p].append(j); labels[p].append(local)
     }
     return (0..<parts).map { p in
         var data = [Float](repeating: 0, count: a.rows * cols[p].count)
-        for i in 0..<a.rows { for (k, c) in cols[p].enumerated() { data[i * cols[p].count + k] = a.data[i * a.cols + c] } }
+        for i in 0..<a.rows {
+            for (k, c) in cols[p].enumerated() { data[i * cols[p].count + k] = a.data[i * a.cols + c] }
+        }
         return Act(rows: a.rows, labels: labels[p], data: data)
     }
 }
@@ -235,7 +254,8 @@ func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) throws -> [
 /// act(gate) · up, matched by label (SwiGLU / GeGLU): gate and up must hold the same features.
 func gatedProduct(gate: Act, up: Act, act: Activation, rank: Int, what: String) throws -> Act {
     guard let u = up.select(gate.labels) else {
-        throw ShardKitError(.verificationFailed, "rank \(rank) \(what): gate features \(describe(gate.labels)) and up features \(describe(up.labels)) differ")
+        throw ShardKitError(.verificationFailed, "rank \(rank) \(what): gate features \(describe(gate.labels)) "
+            + "and up features \(describe(up.labels)) differ")
     }
     var out = gate
     for i in 0..<out.data.count { out.data[i] = act(gate.data[i]) * u.data[i] }

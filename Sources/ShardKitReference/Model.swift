@@ -18,12 +18,13 @@ struct Model {
     static var supported: [String] { Architectures.withForwardPass }
 
     init(config: ModelConfig) throws {
-        guard let type = config.modelType else { throw ShardKitError(.verificationFailed, "\(config.path): no model_type") }
+        guard let type = config.modelType else { throw Model.configError(config, "no model_type") }
         guard let architecture = Architectures.named(type), let pass = architecture.forwardPass else {
-            throw ShardKitError(.verificationFailed, "model_type \"\(type)\" has no reference forward pass (supported: \(Model.supported.joined(separator: ", "))); use the generic linear check")
+            throw ShardKitError(.verificationFailed, "model_type \"\(type)\" has no reference forward pass "
+                + "(supported: \(Model.supported.joined(separator: ", "))); use the generic linear check")
         }
         func need(_ v: Int?, _ what: String) throws -> Int {
-            guard let v, v > 0 else { throw ShardKitError(.verificationFailed, "\(config.path): missing or invalid \(what)") }
+            guard let v, v > 0 else { throw Model.configError(config, "missing or invalid \(what)") }
             return v
         }
         self.type = type
@@ -38,12 +39,24 @@ struct Model {
         vocab = try need(config.vocabSize, "vocab_size")
         // transformers 4.57's config defaults, for a config.json that omits the key.
         eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? architecture.defaultEpsilon
-        guard heads % kvHeads == 0 else { throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads not a multiple of \(kvHeads) KV heads") }
+        guard heads % kvHeads == 0 else {
+            throw Model.configError(config, "\(heads) heads not a multiple of \(kvHeads) KV heads")
+        }
         // The pass multiplies these (q/kv widths, buffer sizes): absurd values must fail here, not trap.
         guard !heads.multipliedReportingOverflow(by: headDim).overflow,
               !hidden.multipliedReportingOverflow(by: 4).overflow else {
-            throw ShardKitError(.verificationFailed, "\(config.path): \(heads) heads × head_dim \(headDim) (hidden \(hidden)) is too large")
+            throw Model.configError(config, "\(heads) heads × head_dim \(headDim) (hidden \(hidden)) is too large")
         }
+    }
+
+    /// A verification failure in config.json: "<path>: message".
+    private static func configError(_ config: ModelConfig, _ message: String) -> ShardKitError {
+        ShardKitError(.verificationFailed, "\(config.path): \(message)")
+    }
+
+    /// A verification failure on one rank: "rank r: message".
+    private static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
+        ShardKitError(.verificationFailed, "rank \(rank): \(message)")
     }
 
     /// "logits" for decoders, "last_hidden_state" for BERT.
@@ -71,12 +84,13 @@ struct Model {
 
     func rope(_ positions: [Int], factor: Double, theta: Double? = nil) throws -> Rope {
         guard factor > 0, factor <= 1 else {
-            throw ShardKitError(.verificationFailed, "\(config.path): partial rotary factor \(factor) is not in (0, 1]")
+            throw Model.configError(config, "partial rotary factor \(factor) is not in (0, 1]")
         }
         var dims = factor == 1 ? headDim : Int(Double(headDim) * factor)
         dims -= dims % 2
         let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
-        return try Rope(dims: dims, theta: theta ?? config.ropeTheta ?? 10000, positions: positions, scaling: scaling, config: config)
+        return try Rope(dims: dims, theta: theta ?? config.ropeTheta ?? 10000, positions: positions,
+                        scaling: scaling, config: config)
     }
 
     func rmsAll(_ ctx: TPContext, _ h: [Act], _ name: String, plusOne: Bool = false) throws -> [Act] {
@@ -93,7 +107,8 @@ struct Model {
     func add(_ a: inout [Act], _ b: [Act], _ what: @autoclosure () -> String) throws {
         for r in 0..<a.count {
             guard a[r].labels == b[r].labels, a[r].rows == b[r].rows else {
-                throw ShardKitError(.verificationFailed, "rank \(r) \(what()): adds features \(describe(b[r].labels)) to a hidden state of features \(describe(a[r].labels))")
+                throw ShardKitError(.verificationFailed, "rank \(r) \(what()): adds features \(describe(b[r].labels)) "
+                    + "to a hidden state of features \(describe(a[r].labels))")
             }
             a[r] += b[r]
         }
@@ -106,7 +121,9 @@ struct Model {
         for r in 0..<ctx.G {
             let w = try ctx.load(weight, rank: r)
             let (y, partial) = try ctx.linear(h[r], w, bias: nil, rank: r)
-            if partial { throw ShardKitError(.verificationFailed, "rank \(r): \(weight) is split along the hidden dimension; an LM head is vocab-parallel") }
+            if partial {
+                throw Model.rankError(r, "\(weight) is split along the hidden dimension; an LM head is vocab-parallel")
+            }
             size = w.globalShape[0]
             outs.append(y)
         }
@@ -119,8 +136,8 @@ struct Model {
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
                    scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
-            try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim, rope: rope,
-                              causal: causal, window: window, scale: scale, rank: $0, layer: layer)
+            try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
+                              rope: rope, causal: causal, window: window, scale: scale, rank: $0, layer: layer)
         }
     }
 
@@ -164,7 +181,8 @@ struct Model {
             let x = try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             if phi3 {
-                let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight", bias: p + "self_attn.qkv_proj.bias")
+                let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight",
+                                         bias: p + "self_attn.qkv_proj.bias")
                 for a in qkv {
                     let parts = try splitParts(a, parts: 3) { l in
                         l < qSize ? (0, l) : l < qSize + kvSize ? (1, l - qSize) : (2, l - qSize - kvSize)
@@ -178,7 +196,8 @@ struct Model {
             }
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
                                   scale: scale, layer: "layer \(i)")
-            try add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"), p + "self_attn.o_proj")
+            try add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"),
+                    p + "self_attn.o_proj")
             let x2 = try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
             let m: [Act]
             if type == "mixtral" {
@@ -195,7 +214,9 @@ struct Model {
                 } else {
                     let gate = try ctx.column(x2, weight: p + "mlp.gate_proj.weight", bias: p + "mlp.gate_proj.bias")
                     let up = try ctx.column(x2, weight: p + "mlp.up_proj.weight", bias: p + "mlp.up_proj.bias")
-                    for r in 0..<G { inner.append(try gatedProduct(gate: gate[r], up: up[r], act: act, rank: r, what: p + "mlp")) }
+                    for r in 0..<G {
+                        inner.append(try gatedProduct(gate: gate[r], up: up[r], act: act, rank: r, what: p + "mlp"))
+                    }
                 }
                 m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
             }
@@ -210,8 +231,9 @@ struct Model {
     /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,
     /// top-k, renormalised), runs its TP slice of each selected expert, then one all-reduce.
     func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation) throws -> [Act] {
-        guard let E = config.int("num_local_experts", "num_experts"), let K = config.int("num_experts_per_tok"), E > 0, K > 0, K <= E else {
-            throw ShardKitError(.verificationFailed, "\(config.path): missing num_local_experts / num_experts_per_tok")
+        guard let E = config.int("num_local_experts", "num_experts"), let K = config.int("num_experts_per_tok"),
+              E > 0, K > 0, K <= E else {
+            throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
         }
         let T = x[0].rows
         var outs: [Act] = [], partials: [Bool] = []
@@ -219,7 +241,7 @@ struct Model {
             let gate = try ctx.load(p + "gate.weight", rank: r)
             let (logits, partial) = try ctx.linear(x[r], gate, bias: nil, rank: r)
             guard !partial, logits.labels == Array(0..<E) else {
-                throw ShardKitError(.verificationFailed, "rank \(r): router \(p)gate.weight must be replicated (\(E) experts × hidden)")
+                throw Model.rankError(r, "router \(p)gate.weight must be replicated (\(E) experts × hidden)")
             }
             var chosen = [[(expert: Int, weight: Float)]](repeating: [], count: T)
             for t in 0..<T {
@@ -228,7 +250,9 @@ struct Model {
                 let e = row.map { Float(exp(Double($0 - m))) }
                 let s = e.reduce(0, +)
                 let probs = e.map { $0 / s }
-                let top = probs.enumerated().sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }.prefix(K)
+                let top = probs.enumerated()
+                    .sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }
+                    .prefix(K)
                 let norm = top.reduce(Float(0)) { $0 + $1.element }
                 chosen[t] = top.map { ($0.offset, $0.element / norm) }
             }
@@ -236,17 +260,23 @@ struct Model {
             var rankPartial: Bool? = nil
             for e in 0..<E {
                 var rows: [Int] = [], weights: [Float] = []
-                for t in 0..<T { if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) } }
+                for t in 0..<T {
+                    if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) }
+                }
                 if rows.isEmpty { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
                 let (g, pg) = try ctx.linear(sub, try ctx.load(ep + "w1.weight", rank: r), bias: nil, rank: r)
                 let (u, pu) = try ctx.linear(sub, try ctx.load(ep + "w3.weight", rank: r), bias: nil, rank: r)
-                if pg || pu { throw ShardKitError(.verificationFailed, "rank \(r): \(ep)w1/w3 must be column-parallel") }
+                if pg || pu { throw Model.rankError(r, "\(ep)w1/w3 must be column-parallel") }
                 let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
                 let (y, py) = try ctx.linear(inner, try ctx.load(ep + "w2.weight", rank: r), bias: nil, rank: r)
-                guard y.labels == Array(0..<hidden) else { throw ShardKitError(.verificationFailed, "rank \(r): \(ep)w2.weight must produce all hidden features") }
-                if let rp = rankPartial, rp != py { throw ShardKitError(.verificationFailed, "rank \(r): experts of \(p) are split inconsistently") }
+                guard y.labels == Array(0..<hidden) else {
+                    throw Model.rankError(r, "\(ep)w2.weight must produce all hidden features")
+                }
+                if let rp = rankPartial, rp != py {
+                    throw Model.rankError(r, "experts of \(p) are split inconsistently")
+                }
                 rankPartial = py
                 for (k, t) in rows.enumerated() {
                     for j in 0..<hidden { acc.data[t * hidden + j] += y.data[k * hidden + j] * weights[k] }
@@ -280,11 +310,13 @@ struct Model {
             var scale: Float = scaled ? Float(1 / Double(headDim).squareRoot()) : 1
             if byLayer { scale /= Float(i + 1) }
             let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: true, scale: scale, layer: "layer \(i)")
-            try add(&h, try ctx.row(a, weight: p + "attn.c_proj.weight", bias: p + "attn.c_proj.bias", conv1D: true), p + "attn.c_proj")
+            try add(&h, try ctx.row(a, weight: p + "attn.c_proj.weight", bias: p + "attn.c_proj.bias", conv1D: true),
+                    p + "attn.c_proj")
             let x2 = try layerNormAll(ctx, h, p + "ln_2")
             var f = try ctx.column(x2, weight: p + "mlp.c_fc.weight", bias: p + "mlp.c_fc.bias", conv1D: true)
             for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
-            try add(&h, try ctx.row(f, weight: p + "mlp.c_proj.weight", bias: p + "mlp.c_proj.bias", conv1D: true), p + "mlp.c_proj")
+            try add(&h, try ctx.row(f, weight: p + "mlp.c_proj.weight", bias: p + "mlp.c_proj.bias", conv1D: true),
+                    p + "mlp.c_proj")
             try observe("layers.\(i)", h)
         }
         h = try layerNormAll(ctx, h, pre + "ln_f")
@@ -308,7 +340,8 @@ struct Model {
         for i in 0..<layers {
             let p = "gpt_neox.layers.\(i)."
             let x = try layerNormAll(ctx, h, p + "input_layernorm")
-            let qkv = try ctx.column(x, weight: p + "attention.query_key_value.weight", bias: p + "attention.query_key_value.bias")
+            let qkv = try ctx.column(x, weight: p + "attention.query_key_value.weight",
+                                     bias: p + "attention.query_key_value.bias")
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             for a in qkv {
                 // [heads, 3, head_dim] interleaved.
@@ -338,14 +371,16 @@ struct Model {
         }
         h = try layerNormAll(ctx, h, "gpt_neox.final_layer_norm")
         try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: ctx.weights.has("embed_out.weight") ? "embed_out.weight" : "gpt_neox.embed_in.weight")
+        let head = ctx.weights.has("embed_out.weight") ? "embed_out.weight" : "gpt_neox.embed_in.weight"
+        return try lmHead(ctx, h, weight: head)
     }
 
     // MARK: BERT
 
     func bert(_ ctx: TPContext, _ tokens: [Int], _ types: [Int], _ observe: Observer) throws -> [Act] {
         if let kind = config.string("position_embedding_type"), kind != "absolute" {
-            throw ShardKitError(.verificationFailed, "BERT position_embedding_type \"\(kind)\" is not supported (only absolute)")
+            throw ShardKitError(.verificationFailed,
+                                "BERT position_embedding_type \"\(kind)\" is not supported (only absolute)")
         }
         let pre = ctx.weights.has("bert.embeddings.word_embeddings.weight") ? "bert." : ""
         let T = tokens.count

@@ -18,11 +18,15 @@ public enum ReferenceForward {
     /// when given. Throws `verificationFailed` for structural impossibilities (a rank lacks the KV head
     /// its query heads need, pieces that no collective can combine, unsupported architecture);
     /// numeric disagreement is `passed == false`.
-    public static func verify(shards: ShardSet, full: Checkpoint?, reference: String?, options: NumericsOptions) throws -> NumericsReport {
-        try GemmEngine.withSingleThreadedBLAS { try run(shards: shards, full: full, reference: reference, options: options) }
+    public static func verify(shards: ShardSet, full: Checkpoint?, reference: String?,
+                              options: NumericsOptions) throws -> NumericsReport {
+        try GemmEngine.withSingleThreadedBLAS {
+            try run(shards: shards, full: full, reference: reference, options: options)
+        }
     }
 
-    private static func run(shards: ShardSet, full: Checkpoint?, reference: String?, options: NumericsOptions) throws -> NumericsReport {
+    private static func run(shards: ShardSet, full: Checkpoint?, reference: String?,
+                            options: NumericsOptions) throws -> NumericsReport {
         let start = ContinuousClock.now
         let config: ModelConfig
         if let c = full?.config {
@@ -43,13 +47,15 @@ public enum ReferenceForward {
             let ref = try ReferenceFile(path: reference)
             let ids = try ref.ints("input_ids")
             if let tokens, tokens != ids {
-                throw ShardKitError(.verificationFailed, "\(reference): its input_ids differ from the tokens asked for; the reference cannot be compared")
+                throw ShardKitError(.verificationFailed, "\(reference): its input_ids differ from the tokens asked for; "
+                    + "the reference cannot be compared")
             }
             tokens = ids
             if ref.has("token_type_ids") { types = try ref.ints("token_type_ids") }
             expected = try ref.floats(model.outputName)
             guard expected!.count == ids.count * model.outputWidth else {
-                throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) values, expected \(ids.count) × \(model.outputWidth)")
+                throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) values, "
+                    + "expected \(ids.count) × \(model.outputWidth)")
             }
         }
         let input = tokens ?? defaultTokens(count: options.tokenCount, vocab: model.vocab)
@@ -58,14 +64,16 @@ public enum ReferenceForward {
             throw ShardKitError(.verificationFailed, "token id \(bad) outside the vocabulary 0..<\(model.vocab)")
         }
         if let types, types.count != input.count {
-            throw ShardKitError(.verificationFailed, "\(reference ?? "reference"): token_type_ids has \(types.count) values, input_ids \(input.count)")
+            throw ShardKitError(.verificationFailed, "\(reference ?? "reference"): token_type_ids has \(types.count) values, "
+                + "input_ids \(input.count)")
         }
 
         let gemm = GemmEngine()
         let fullWeights: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
         var snapshots: [String: [Float]] = [:]
         var order: [String] = []
-        let fullOut = try model.forward(TPContext(weights: fullWeights, gemm: gemm), tokens: input, tokenTypes: types) { name, acts in
+        let fullContext = TPContext(weights: fullWeights, gemm: gemm)
+        let fullOut = try model.forward(fullContext, tokens: input, tokenTypes: types) { name, acts in
             snapshots[name] = acts[0].data
             order.append(name)
         }
@@ -76,7 +84,8 @@ public enum ReferenceForward {
             var worst: ComparisonStats? = nil
             for (r, a) in acts.enumerated() {
                 guard a.data.count == want.count, a.labels == Array(0..<a.cols) else {
-                    throw ShardKitError(.verificationFailed, "rank \(r): \(name) has features \(describe(a.labels)), the full pass \(want.count / max(a.rows, 1))")
+                    throw ShardKitError(.verificationFailed, "rank \(r): \(name) has features \(describe(a.labels)), "
+                        + "the full pass \(want.count / max(a.rows, 1))")
                 }
                 let s = ComparisonStats.compare(a.data, want, tolerance: tolerance)
                 worst = worst.map { $0.worst(s) } ?? s
@@ -86,7 +95,9 @@ public enum ReferenceForward {
         let rankWeights = try RankWeights(shards)
         let tpContext = TPContext(weights: rankWeights, gemm: gemm)
         let tpOut = try model.forward(tpContext, tokens: input, tokenTypes: types) { name, acts in
-            guard let want = snapshots[name] else { throw ShardKitError(.verificationFailed, "TP pass produced \(name), the full pass did not") }
+            guard let want = snapshots[name] else {
+                throw ShardKitError(.verificationFailed, "TP pass produced \(name), the full pass did not")
+            }
             stats[name] = try compareRanks(acts, want, name: name, tolerance: tol)
         }
         var layers = order.compactMap { n in stats[n].map { LayerComparison(name: n, stats: $0) } }
@@ -95,7 +106,8 @@ public enum ReferenceForward {
         var refStats: ComparisonStats? = nil, refTP: ComparisonStats? = nil, refTol: Double? = nil
         if let expected {
             guard fullOut[0].data.count == expected.count else {
-                throw ShardKitError(.verificationFailed, "the full pass's \(model.outputName) has \(fullOut[0].data.count) values, the reference \(expected.count); config.json disagrees with the tensors' shapes")
+                throw ShardKitError(.verificationFailed, "the full pass's \(model.outputName) has \(fullOut[0].data.count) "
+                    + "values, the reference \(expected.count); config.json disagrees with the tensors' shapes")
             }
             let lowPrecision = shards.manifest.tensors.values.contains { ![.f32, .f64].contains($0.dtype) }
             let t = lowPrecision ? max(tol, options.lowPrecisionReferenceTolerance) : tol
@@ -106,7 +118,8 @@ public enum ReferenceForward {
         // Split weights the pass never read (experts no token was routed to, a pooler, ...) are checked
         // one by one as linear maps, so that no wrong layout goes unseen.
         let unread = shards.manifest.order.filter { !rankWeights.loaded.contains($0) }
-        let unreadChecks = try GenericLinearCheck.check(shards: shards, names: unread, full: fullWeights, ctx: tpContext, tolerance: tol)
+        let unreadChecks = try GenericLinearCheck
+            .check(shards: shards, names: unread, full: fullWeights, ctx: tpContext, tolerance: tol)
             .map { LayerComparison(name: "weight \($0.name) (not read by the pass)", stats: $0.stats) }
         layers += unreadChecks
         var all = layers + [LayerComparison(name: model.outputName, stats: final)]
@@ -114,9 +127,9 @@ public enum ReferenceForward {
         if let refTP { all.append(LayerComparison(name: "reference (TP)", stats: refTP)) }
         let worst = all.max { $0.stats.maxRelError < $1.stats.maxRelError }
         let passed = all.allSatisfy { $0.stats.passed }
-        return NumericsReport(architecture: model.type, tp: shards.tp, tokens: input.count, layers: layers, final: final,
-                              reference: refStats, referenceTP: refTP, worstLayer: worst?.name, passed: passed,
-                              tolerance: tol, referenceTolerance: refTol,
+        return NumericsReport(architecture: model.type, tp: shards.tp, tokens: input.count, layers: layers,
+                              final: final, reference: refStats, referenceTP: refTP, worstLayer: worst?.name,
+                              passed: passed, tolerance: tol, referenceTolerance: refTol,
                               gemmFlops: gemm.flops, gemmWorkers: gemm.workers,
                               gemmSeconds: gemm.secondsPerWorker,
                               gemmGFLOPS: gemm.gflops, productGFLOPS: gemm.productGFLOPS,
@@ -146,8 +159,10 @@ struct ReferenceFile {
     }
     func has(_ name: String) -> Bool { file.tensor(named: name) != nil }
 
+    private func bad(_ message: String) -> ShardKitError { ShardKitError(.verificationFailed, "\(file.path): \(message)") }
+
     func info(_ name: String) throws -> TensorInfo {
-        guard let t = file.tensor(named: name) else { throw ShardKitError(.verificationFailed, "\(file.path): no tensor \(name)") }
+        guard let t = file.tensor(named: name) else { throw bad("no tensor \(name)") }
         return t
     }
 
@@ -158,7 +173,7 @@ struct ReferenceFile {
             switch t.dtype {
             case .i64: return (0..<t.elementCount).map { Int(p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
             case .i32: return (0..<t.elementCount).map { Int(p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
-            default: throw ShardKitError(.verificationFailed, "\(file.path): \(name) is \(t.dtype.rawValue), expected I64 or I32")
+            default: throw bad("\(name) is \(t.dtype.rawValue), expected I64 or I32")
             }
         }
     }

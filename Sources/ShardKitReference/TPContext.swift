@@ -59,16 +59,25 @@ struct TPContext {
     func loadAll(_ name: String) throws -> [Piece] { try (0..<G).map { try weights.load(name, rank: $0) } }
     func loadAllIfPresent(_ name: String) throws -> [Piece]? { weights.has(name) ? try loadAll(name) : nil }
 
+    /// A verification failure on one rank: "rank r: message".
+    private static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
+        ShardKitError(.verificationFailed, "rank \(rank): \(message)")
+    }
+
     /// y = x·Wᵀ (+ bias) with the rank's piece of W (`[out, in]`, or `[in, out]` for GPT-2's Conv1D).
     /// Returns the output (labelled by the global output features the piece holds) and whether it is a
     /// partial sum (the piece holds only some input features). The bias is added only to complete sums.
     func linear(_ x: Act, _ w: Piece, bias: Piece?, conv1D: Bool = false, rank: Int) throws -> (y: Act, partial: Bool) {
-        guard w.shape.count == 2 else { throw ShardKitError(.verificationFailed, "tensor \(w.name): expected a 2-D weight, got shape \(w.shape)") }
+        guard w.shape.count == 2 else {
+            throw ShardKitError(.verificationFailed, "tensor \(w.name): expected a 2-D weight, got shape \(w.shape)")
+        }
         let outDim = conv1D ? 1 : 0, inDim = 1 - outDim
         let inLabels = w.labels(along: inDim), outLabels = w.labels(along: outDim)
         guard let xs = x.select(inLabels) else {
             let missing = inLabels.first { !Set(x.labels).contains($0) } ?? -1
-            throw ShardKitError(.verificationFailed, "rank \(rank): \(w.name) needs input feature \(missing), which the rank does not compute (its piece holds input features \(describe(inLabels)), the rank has \(describe(x.labels)))")
+            throw TPContext.rankError(rank, "\(w.name) needs input feature \(missing), which the rank does not compute "
+                                      + "(its piece holds input features \(describe(inLabels)), "
+                                      + "the rank has \(describe(x.labels)))")
         }
         var y = Act(rows: x.rows, labels: outLabels, data: [Float](repeating: 0, count: x.rows * outLabels.count))
         xs.data.withUnsafeBufferPointer { a in
@@ -84,14 +93,18 @@ struct TPContext {
 
     /// Adds the bias values of `y`'s output labels (labels at or past `trueSize` are padding).
     func addBias(_ y: inout Act, _ bias: Piece, trueSize: Int, rank: Int) throws {
-        guard bias.shape.count == 1 else { throw ShardKitError(.verificationFailed, "tensor \(bias.name): expected a 1-D bias, got shape \(bias.shape)") }
+        guard bias.shape.count == 1 else {
+            throw ShardKitError(.verificationFailed,
+                                "tensor \(bias.name): expected a 1-D bias, got shape \(bias.shape)")
+        }
         let labels = bias.labels(along: 0)
         var map: [Int: Float] = [:]
         for (i, l) in labels.enumerated() { map[l] = bias.data[i] }
         var values = [Float](repeating: 0, count: y.cols)
         for (j, l) in y.labels.enumerated() where l < trueSize {
             guard let v = map[l] else {
-                throw ShardKitError(.verificationFailed, "rank \(rank): \(bias.name) has no value for output feature \(l) (the rank holds \(describe(labels)))")
+                throw TPContext.rankError(rank, "\(bias.name) has no value for output feature \(l) "
+                                          + "(the rank holds \(describe(labels)))")
             }
             values[j] = v
         }
@@ -105,7 +118,10 @@ struct TPContext {
         return try (0..<G).map { r in
             let w = try load(weight, rank: r)
             let (y, partial) = try linear(xs[r], w, bias: b?[r], conv1D: conv1D, rank: r)
-            if partial { throw ShardKitError(.verificationFailed, "rank \(r): \(weight) is split along its input features, but this layer must be column-parallel or replicated") }
+            if partial {
+                throw TPContext.rankError(r, "\(weight) is split along its input features, "
+                                          + "but this layer must be column-parallel or replicated")
+            }
             return y
         }
     }
@@ -130,7 +146,8 @@ struct TPContext {
     func combine(_ outs: [Act], partial: [Bool], what: String) throws -> [Act] {
         if partial.allSatisfy({ !$0 }) { return outs }
         guard partial.allSatisfy({ $0 }) else {
-            throw ShardKitError(.verificationFailed, "\(what): some ranks hold partial input features and some hold all of them; no collective can combine that")
+            throw ShardKitError(.verificationFailed, "\(what): some ranks hold partial input features and some hold "
+                + "all of them; no collective can combine that")
         }
         return try allReduce(outs, what: what)
     }
@@ -141,18 +158,26 @@ struct TPContext {
         var outs: [Act] = [], partial: [Bool] = []
         for r in 0..<G {
             let e = try load(table, rank: r)
-            guard e.shape.count == 2 else { throw ShardKitError(.verificationFailed, "\(table): expected a 2-D embedding, got \(e.shape)") }
+            guard e.shape.count == 2 else {
+                throw ShardKitError(.verificationFailed, "\(table): expected a 2-D embedding, got \(e.shape)")
+            }
             let width = e.shape[1]
-            if e.dim == 1 { throw ShardKitError(.verificationFailed, "\(table): split along the hidden dimension; a vocab-parallel embedding splits rows") }
+            if e.dim == 1 {
+                throw ShardKitError(.verificationFailed, "\(table): split along the hidden dimension; "
+                    + "a vocab-parallel embedding splits rows")
+            }
             var rowOf: [Int: Int] = [:]
             for (i, l) in e.labels(along: 0).enumerated() where l < e.globalShape[0] { rowOf[l] = i }
             var a = Act(rows: tokens.count, width: width)
             for (t, tok) in tokens.enumerated() {
                 guard tok >= 0 && tok < e.globalShape[0] else {
-                    throw ShardKitError(.verificationFailed, "token id \(tok) outside the vocabulary 0..<\(e.globalShape[0])")
+                    throw ShardKitError(.verificationFailed,
+                                        "token id \(tok) outside the vocabulary 0..<\(e.globalShape[0])")
                 }
                 if let row = rowOf[tok] {
-                    a.data.withUnsafeMutableBufferPointer { e.storage.widen(from: row * width, count: width, into: $0.baseAddress! + t * width) }
+                    a.data.withUnsafeMutableBufferPointer {
+                        e.storage.widen(from: row * width, count: width, into: $0.baseAddress! + t * width)
+                    }
                 }
             }
             outs.append(a); partial.append(e.isPartial(along: 0))
@@ -165,11 +190,13 @@ struct TPContext {
         for r in 0..<G {
             let e = try load(table, rank: r)
             guard e.dim == nil || !e.isPartial(along: e.dim!), e.shape.count == 2, e.shape[1] == hs[r].cols else {
-                throw ShardKitError(.verificationFailed, "rank \(r): \(table) must be replicated with \(hs[r].cols) columns, got \(e.shape)")
+                throw TPContext.rankError(r, "\(table) must be replicated with \(hs[r].cols) columns, got \(e.shape)")
             }
             let width = e.shape[1]
             for (t, id) in ids.enumerated() {
-                guard id >= 0 && id < e.shape[0] else { throw ShardKitError(.verificationFailed, "\(table): index \(id) outside 0..<\(e.shape[0])") }
+                guard id >= 0 && id < e.shape[0] else {
+                    throw ShardKitError(.verificationFailed, "\(table): index \(id) outside 0..<\(e.shape[0])")
+                }
                 for j in 0..<width { hs[r].data[t * width + j] += e.data[id * width + j] }
             }
         }

@@ -60,55 +60,30 @@ public struct SafetensorsFile: Sendable {
     struct ParsedEntry { var name: String; var dtype: DType; var shape: [Int]; var begin: Int; var end: Int }
 
     /// Validates a header's JSON; returns the entries sorted by offset and the data area's length.
-    static func parseHeader(_ header: [UInt8], path: String) throws -> (tensors: [ParsedEntry], metadata: [String: String], end: Int) {
+    /// Read with the strict pull reader straight into entries: no JSON tree, so a header of a
+    /// million tensors costs what its entries do.
+    static func parseHeader(_ header: [UInt8], path: String) throws
+        -> (tensors: [ParsedEntry], metadata: [String: String], end: Int) {
         func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidSafetensors, "\(path): \(message)") }
         guard String(validating: header, as: UTF8.self) != nil else { throw bad("header is not valid UTF-8") }
-        let json: JSONValue
-        do { json = try JSONValue.parse(header) } catch { throw bad("header is not valid JSON: \(error)") }
-        guard let members = json.objectValue else { throw bad("header is not a JSON object") }
         var metadata: [String: String] = [:]
         var entries: [ParsedEntry] = []
-        entries.reserveCapacity(members.count)
-        for (name, value) in members {
-            if name == "__metadata__" {
-                guard let map = value.objectValue else { throw bad("__metadata__ is not an object") }
-                if map.contains(where: { $0.0 == "data_offsets" }) {
-                    throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; rename the tensor")
+        do {
+            try header.withUnsafeBytes { raw in
+                var r = JSONReader(bytes: raw)
+                try r.document { r in
+                    guard r.peekIsObject else { throw bad("header is not a JSON object") }
+                    try r.object { r, name in
+                        if name == "__metadata__" {
+                            metadata = try readMetadata(&r, bad)
+                        } else {
+                            entries.append(try readEntry(&r, name: name, bad))
+                        }
+                    }
                 }
-                for (k, v) in map {
-                    guard let s = v.stringValue else { throw bad("__metadata__ value for \"\(k)\" is not a string") }
-                    metadata[k] = s
-                }
-                continue
             }
-            guard let fields = value.objectValue else { throw bad("entry for tensor \"\(name)\" is not an object") }
-            for (k, _) in fields where !["dtype", "shape", "data_offsets"].contains(k) {
-                throw bad("tensor \"\(name)\" has unknown field \"\(k)\"")
-            }
-            guard let dtypeName = value["dtype"]?.stringValue else { throw bad("tensor \"\(name)\" has no dtype") }
-            guard let dtype = DType(rawValue: dtypeName) else { throw bad("tensor \"\(name)\" has unknown dtype \"\(dtypeName)\"") }
-            guard let dims = value["shape"]?.arrayValue else { throw bad("tensor \"\(name)\" has no shape") }
-            var shape: [Int] = []
-            for d in dims {
-                guard let i = d.intValue, i >= 0, case .int = d else {
-                    throw bad("tensor \"\(name)\" has a shape entry that is not a non-negative integer")
-                }
-                shape.append(i)
-            }
-            guard let offsets = value["data_offsets"]?.arrayValue, offsets.count == 2,
-                  case .int(let begin) = offsets[0], case .int(let end) = offsets[1] else {
-                throw bad("tensor \"\(name)\" has no valid data_offsets [begin, end]")
-            }
-            guard begin >= 0, end >= begin else {
-                throw bad("tensor \"\(name)\" has invalid data_offsets [\(begin), \(end)]")
-            }
-            guard let size = checkedProduct(shape, times: dtype.size) else {
-                throw bad("tensor \"\(name)\" shape \(shape) overflows")
-            }
-            guard size == end - begin else {
-                throw bad("tensor \"\(name)\" is \(dtype.rawValue) \(shape) = \(size) bytes but data_offsets cover \(end - begin)")
-            }
-            entries.append(ParsedEntry(name: name, dtype: dtype, shape: shape, begin: begin, end: end))
+        } catch let e as JSONParseError {
+            throw ShardKitError(.invalidSafetensors, "\(path): header is not valid JSON: \(e)", underlying: e)
         }
         entries.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
         var cursor = 0
@@ -118,6 +93,63 @@ public struct SafetensorsFile: Sendable {
             cursor = e.end
         }
         return (entries, metadata, cursor)
+    }
+
+    /// `__metadata__`: a map of strings.
+    private static func readMetadata(_ r: inout JSONReader, _ bad: (String) -> ShardKitError) throws -> [String: String] {
+        guard r.peekIsObject else { throw bad("__metadata__ is not an object") }
+        var map: [String: String] = [:]
+        try r.object { r, k in
+            guard r.peekIsString else {
+                // A tensor entry under the reserved key: say so rather than complain about its fields.
+                if ["dtype", "shape", "data_offsets"].contains(k) {
+                    throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; "
+                              + "rename the tensor")
+                }
+                throw bad("__metadata__ value for \"\(k)\" is not a string")
+            }
+            map[k] = try r.string()
+        }
+        if map["data_offsets"] != nil {
+            throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; rename the tensor")
+        }
+        return map
+    }
+
+    /// One tensor's `{dtype, shape, data_offsets}`, checked.
+    private static func readEntry(_ r: inout JSONReader, name: String, _ bad: (String) -> ShardKitError) throws -> ParsedEntry {
+        guard r.peekIsObject else { throw bad("entry for tensor \"\(name)\" is not an object") }
+        var dtypeName: String?, shape: [Int]?, offsets: [Int]?
+        var shapeValid = true, offsetsValid = true
+        try r.object { r, k in
+            switch k {
+            case "dtype":
+                if r.peekIsString { dtypeName = try r.string() } else { try r.skip() }
+            case "shape": (shape, shapeValid) = try r.optionalInts()
+            case "data_offsets": (offsets, offsetsValid) = try r.optionalInts()
+            default: throw bad("tensor \"\(name)\" has unknown field \"\(k)\"")
+            }
+        }
+        guard let dtypeName else { throw bad("tensor \"\(name)\" has no dtype") }
+        guard let dtype = DType(rawValue: dtypeName) else { throw bad("tensor \"\(name)\" has unknown dtype \"\(dtypeName)\"") }
+        guard let shape else { throw bad("tensor \"\(name)\" has no shape") }
+        guard shapeValid, shape.allSatisfy({ $0 >= 0 }) else {
+            throw bad("tensor \"\(name)\" has a shape entry that is not a non-negative integer")
+        }
+        guard offsetsValid, let offsets, offsets.count == 2 else {
+            throw bad("tensor \"\(name)\" has no valid data_offsets [begin, end]")
+        }
+        let (begin, end) = (offsets[0], offsets[1])
+        guard begin >= 0, end >= begin else {
+            throw bad("tensor \"\(name)\" has invalid data_offsets [\(begin), \(end)]")
+        }
+        guard let size = checkedProduct(shape, times: dtype.size) else {
+            throw bad("tensor \"\(name)\" shape \(shape) overflows")
+        }
+        guard size == end - begin else {
+            throw bad("tensor \"\(name)\" is \(dtype.rawValue) \(shape) = \(size) bytes but data_offsets cover \(end - begin)")
+        }
+        return ParsedEntry(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
     }
 
     public func tensor(named name: String) -> TensorInfo? { index[name].map { tensors[$0] } }

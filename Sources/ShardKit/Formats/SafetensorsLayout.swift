@@ -17,25 +17,32 @@ public struct SafetensorsLayout: Sendable {
 
     /// Lays out `tensors` in the given order, header padded with spaces to a multiple of 8 bytes.
     public init(tensors: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String]) throws {
-        var members: [(String, JSONValue)] = []
+        var w = JSONWriter(compact: true)
+        w.beginObject()
         if !metadata.isEmpty {
-            members.append(("__metadata__", .object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
+            w.key("__metadata__")
+            w.beginObject()
+            for (k, v) in metadata.sorted(by: { $0.key < $1.key }) { w.key(k); w.string(v) }
+            w.endObject()
         }
         var cursor = 0
         var entries: [Entry] = []
+        entries.reserveCapacity(tensors.count)
         for t in tensors {
             guard let size = checkedProduct(t.shape, times: t.dtype.size) else {
                 throw ShardKitError(.impossibleSplit, "tensor \(t.name): shape \(t.shape) overflows")
             }
-            members.append((t.name, .object([
-                ("dtype", .string(t.dtype.rawValue)),
-                ("shape", .array(t.shape.map { .int($0) })),
-                ("data_offsets", .array([.int(cursor), .int(cursor + size)])),
-            ])))
+            w.key(t.name)
+            w.beginObject()
+            w.key("dtype"); w.string(t.dtype.rawValue)
+            w.key("shape"); w.ints(t.shape)
+            w.key("data_offsets"); w.ints([cursor, cursor + size])
+            w.endObject()
             entries.append(Entry(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size, offset: cursor))
             cursor += size
         }
-        var header = Array(JSONValue.object(members).serialized.utf8)
+        w.endObject()
+        var header = w.finish()
         while (8 + header.count) % 8 != 0 { header.append(0x20) }
         self.header = header
         let start = 8 + header.count

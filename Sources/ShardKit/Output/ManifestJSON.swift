@@ -32,7 +32,7 @@ extension Manifest {
             if let p = t.paddedSize { w.key("padded_size"); w.int(p) }
             w.key("pieces"); w.beginArray()
             for p in t.pieces {
-                w.beginObject(asItem: true)
+                w.beginObject(asItem: true, inline: true)
                 w.key("crc32c"); w.string(p.crc32c)
                 w.key("file"); w.string(p.file)
                 w.key("intervals"); w.beginArray(); for i in p.intervals { w.ints(i, asItem: true) }; w.endArray()
@@ -216,7 +216,7 @@ extension Manifest.Piece {
 
 extension SplitRule {
     func write(to w: inout JSONWriter) {
-        w.beginObject()
+        w.beginObject(inline: true)
         if let d = dim { w.key("dim"); w.int(d) }
         switch self {
         case .heads(_, let h), .kvHeads(_, let h), .outProjection(_, let h): w.key("heads"); w.int(h)

@@ -100,6 +100,41 @@ package struct JSONReader {
         return i
     }
 
+    /// The next value, skipped (parsed and dropped; nesting bounded as everywhere).
+    package mutating func skip() throws {
+        parser.skipWhitespace()
+        _ = try parser.parseValue(depth: depth)
+    }
+
+    /// True when the next value is an object (nothing consumed).
+    package var peekIsObject: Bool { mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "{") } }
+    /// True when the next value is a string (nothing consumed).
+    package var peekIsString: Bool { mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "\"") } }
+
+    /// The next value as an integer, or nil (the value consumed either way) when it is anything else.
+    package mutating func intIfInteger() throws -> Int? {
+        parser.skipWhitespace()
+        guard let c = parser.current, c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
+            try skip()
+            return nil
+        }
+        if case .int(let i) = try parser.parseNumber() { return i }
+        return nil
+    }
+
+    /// An array of integers: nil when the value is not an array (consumed), and whether every
+    /// element was an integer (the others are dropped).
+    package mutating func optionalInts() throws -> (values: [Int]?, allIntegers: Bool) {
+        parser.skipWhitespace()
+        guard parser.current == UInt8(ascii: "[") else { try skip(); return (nil, true) }
+        var values: [Int] = []
+        var all = true
+        try array { r, _ in
+            if let v = try r.intIfInteger() { values.append(v) } else { all = false }
+        }
+        return (values, all)
+    }
+
     /// `null` (returns true, consumed) or anything else (returns false, not consumed).
     package mutating func null() throws -> Bool {
         parser.skipWhitespace()
@@ -122,62 +157,80 @@ package struct JSONReader {
     }
 }
 
-/// Writes JSON straight into bytes (no tree): keys in the order written, two-space indentation.
+/// Writes JSON straight into bytes (no tree): keys in the order written. Pretty (two-space
+/// indentation) by default; a container opened `inline` is written on one line with everything in
+/// it; `compact` writes no whitespace at all (safetensors headers).
 package struct JSONWriter {
     package private(set) var bytes: [UInt8] = []
     private var indent = 0
-    /// Whether the current container has a member yet.
-    private var hasMember: [Bool] = []
+    /// Per open container: whether it has a member yet, and whether it is laid out on one line.
+    private var open: [(hasMember: Bool, inline: Bool)] = []
+    private let compact: Bool
 
-    package init() {}
+    package init(compact: Bool = false) { self.compact = compact }
 
-    private mutating func newline() {
+    /// Inside a one-line container (or compact): no line breaks.
+    private var oneLine: Bool { compact || (open.last?.inline ?? false) }
+
+    private mutating func separator() {
+        if oneLine {
+            if !compact { bytes.append(0x20) }
+            return
+        }
         bytes.append(0x0A)
         for _ in 0..<indent { bytes.append(0x20); bytes.append(0x20) }
     }
 
     private mutating func beginItem() {
-        if let has = hasMember.last {
-            if has { bytes.append(UInt8(ascii: ",")) }
-            hasMember[hasMember.count - 1] = true
-            newline()
+        guard let last = open.last else { return }
+        if last.hasMember {
+            bytes.append(UInt8(ascii: ","))
+            separator()
+        } else if !oneLine {
+            separator()
         }
+        open[open.count - 1].hasMember = true
     }
 
     /// `"key": ` inside an object.
     package mutating func key(_ k: String) {
         beginItem()
-        string(k, asItem: false)
-        bytes.append(UInt8(ascii: ":")); bytes.append(0x20)
+        appendString(k)
+        bytes.append(UInt8(ascii: ":"))
+        if !compact { bytes.append(0x20) }
     }
 
-    package mutating func beginObject(asItem: Bool = false) { open(UInt8(ascii: "{"), asItem) }
-    package mutating func endObject() { close(UInt8(ascii: "}")) }
-    package mutating func beginArray(asItem: Bool = false) { open(UInt8(ascii: "["), asItem) }
-    package mutating func endArray() { close(UInt8(ascii: "]")) }
+    package mutating func beginObject(asItem: Bool = false, inline: Bool = false) {
+        begin(UInt8(ascii: "{"), asItem, inline)
+    }
+    package mutating func endObject() { end(UInt8(ascii: "}")) }
+    package mutating func beginArray(asItem: Bool = false, inline: Bool = false) {
+        begin(UInt8(ascii: "["), asItem, inline)
+    }
+    package mutating func endArray() { end(UInt8(ascii: "]")) }
 
-    private mutating func open(_ c: UInt8, _ asItem: Bool) {
+    private mutating func begin(_ c: UInt8, _ asItem: Bool, _ inline: Bool) {
         if asItem { beginItem() }
         bytes.append(c)
         indent += 1
-        hasMember.append(false)
+        open.append((false, inline || oneLine))
     }
 
-    private mutating func close(_ c: UInt8) {
+    private mutating func end(_ c: UInt8) {
         indent -= 1
-        if hasMember.removeLast() { newline() }
+        let closing = open.removeLast()
+        if closing.hasMember && !closing.inline && !compact {
+            bytes.append(0x0A)
+            for _ in 0..<indent { bytes.append(0x20); bytes.append(0x20) }
+        }
         bytes.append(c)
     }
 
-    /// A small array of integers on one line (`[1, 2]`).
+    /// An array of integers on one line (`[1, 2]`).
     package mutating func ints(_ values: [Int], asItem: Bool = false) {
-        if asItem { beginItem() }
-        bytes.append(UInt8(ascii: "["))
-        for (i, v) in values.enumerated() {
-            if i > 0 { bytes.append(UInt8(ascii: ",")); bytes.append(0x20) }
-            bytes.append(contentsOf: String(v).utf8)
-        }
-        bytes.append(UInt8(ascii: "]"))
+        beginArray(asItem: asItem, inline: true)
+        for v in values { int(v, asItem: true) }
+        endArray()
     }
 
     package mutating func int(_ v: Int, asItem: Bool = false) {
@@ -189,13 +242,18 @@ package struct JSONWriter {
 
     package mutating func string(_ s: String, asItem: Bool = false) {
         if asItem { beginItem() }
+        appendString(s)
+    }
+
+    private mutating func appendString(_ s: String) {
         var out = ""
         JSONValue.writeString(s, to: &out)
         bytes.append(contentsOf: out.utf8)
     }
 
+    /// The document (pretty documents end with a newline).
     package mutating func finish() -> [UInt8] {
-        bytes.append(0x0A)
+        if !compact { bytes.append(0x0A) }
         return bytes
     }
 }
