@@ -9,7 +9,8 @@ struct ShardKitCommand: ParsableCommand {
         commandName: "shardkit",
         abstract: "Cut model checkpoints into tensor-parallel shards, reshard them, and prove them right.",
         version: Shard.toolVersion,
-        subcommands: [ShardCommand.self, PlanCommand.self, ReshardCommand.self, VerifyCommand.self, HDF5InspectCommand.self])
+        subcommands: [ShardCommand.self, PlanCommand.self, ReshardCommand.self, VerifyCommand.self,
+                      HDF5InspectCommand.self])
 
     static func main() {
         // A file-size limit (ulimit -f) then fails the write with EFBIG, reported and cleaned up,

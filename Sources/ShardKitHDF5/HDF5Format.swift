@@ -118,10 +118,12 @@ private struct HDF5Reader {
         guard dcpl >= 0 else { throw badSet("no creation properties: \(HDF5Reader.lastError())") }
         defer { H5Pclose(dcpl) }
         let layout = H5Pget_layout(dcpl)
-        let repack = "ShardKit reads datasets in place; rewrite the file with contiguous datasets, e.g. `h5repack -l CONTI IN OUT`"
+        let repack = "ShardKit reads datasets in place; rewrite the file with contiguous datasets, "
+            + "e.g. `h5repack -l CONTI IN OUT`"
         switch layout {
         case H5D_CONTIGUOUS: break
-        case H5D_CHUNKED: throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
+        case H5D_CHUNKED:
+            throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
         case H5D_COMPACT: throw badSet("has compact layout (stored in its object header); \(repack)")
         case H5D_VIRTUAL: throw badSet("is a virtual dataset (its data is in other datasets or files); \(repack)")
         default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
@@ -139,7 +141,9 @@ private struct HDF5Reader {
             let rank = Int(H5Sget_simple_extent_ndims(space))
             guard rank >= 0, rank <= 64 else { throw badSet("rank \(rank) is not supported") }
             var dims = [hsize_t](repeating: 0, count: rank)
-            guard H5Sget_simple_extent_dims(space, &dims, nil) == rank else { throw badSet("cannot read its dimensions") }
+            guard H5Sget_simple_extent_dims(space, &dims, nil) == rank else {
+                throw badSet("cannot read its dimensions")
+            }
             shape = try dims.map { d in
                 guard let v = Int(exactly: d) else { throw badSet("dimension \(d) is too large") }
                 return v
@@ -169,7 +173,8 @@ private struct HDF5Reader {
             throw badSet("stores \(stored) bytes, but \(shape) × \(dtype.rawValue) needs \(byteCount)")
         }
         guard let offset = Int(exactly: address), let end = checkedSum([offset, byteCount]), end <= file.size else {
-            throw badSet("data (\(byteCount) bytes at \(address)) runs past the end of the file (\(file.size) bytes); the file is truncated")
+            throw badSet("data (\(byteCount) bytes at \(address)) runs past the end of the file "
+                         + "(\(file.size) bytes); the file is truncated")
         }
         try checkFirstValues(did, type: type, shape: shape, dtype: dtype, offset: offset, dataset: name)
         return TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: byteCount)
@@ -181,24 +186,35 @@ private struct HDF5Reader {
         let size = H5Tget_size(type)
         switch H5Tget_class(type) {
         case H5T_FLOAT:
-            guard H5Tget_order(type) == H5T_ORDER_LE else { throw badType("big-endian floats are not read (ShardKit moves bytes as they are)") }
-            var spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0
-            guard H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) >= 0 else { throw badType("cannot read its float layout") }
-            guard H5Tget_norm(type) == H5T_NORM_IMPLIED else {
-                throw badType("a float without an implied leading mantissa bit is not IEEE (its bytes would mean other values)")
+            guard H5Tget_order(type) == H5T_ORDER_LE else {
+                throw badType("big-endian floats are not read (ShardKit moves bytes as they are)")
             }
-            let layout = (size, spos, epos, esize, mpos, msize, Int(H5Tget_ebias(type)), Int(H5Tget_precision(type)), Int(H5Tget_offset(type)))
+            var spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0
+            guard H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) >= 0 else {
+                throw badType("cannot read its float layout")
+            }
+            guard H5Tget_norm(type) == H5T_NORM_IMPLIED else {
+                throw badType("a float without an implied leading mantissa bit is not IEEE "
+                              + "(its bytes would mean other values)")
+            }
+            let layout = (size, spos, epos, esize, mpos, msize,
+                          Int(H5Tget_ebias(type)), Int(H5Tget_precision(type)), Int(H5Tget_offset(type)))
             switch layout {
             case (2, 15, 10, 5, 0, 10, 15, 16, 0): return .f16
             case (2, 15, 7, 8, 0, 7, 127, 16, 0): return .bf16
             case (4, 31, 23, 8, 0, 23, 127, 32, 0): return .f32
             case (8, 63, 52, 11, 0, 52, 1023, 64, 0): return .f64
             default:
-                throw badType("a \(size)-byte float with \(esize) exponent and \(msize) mantissa bits is not an IEEE f16/bf16/f32/f64 layout")
+                throw badType("a \(size)-byte float with \(esize) exponent and \(msize) mantissa bits "
+                              + "is not an IEEE f16/bf16/f32/f64 layout")
             }
         case H5T_INTEGER:
-            guard size == 1 || H5Tget_order(type) == H5T_ORDER_LE else { throw badType("big-endian integers are not read (ShardKit moves bytes as they are)") }
-            guard Int(H5Tget_precision(type)) == 8 * size, H5Tget_offset(type) == 0 else { throw badType("integers with padding bits are not supported") }
+            guard size == 1 || H5Tget_order(type) == H5T_ORDER_LE else {
+                throw badType("big-endian integers are not read (ShardKit moves bytes as they are)")
+            }
+            guard Int(H5Tget_precision(type)) == 8 * size, H5Tget_offset(type) == 0 else {
+                throw badType("integers with padding bits are not supported")
+            }
             let signed = H5Tget_sign(type) == H5T_SGN_2
             switch (size, signed) {
             case (1, true): return .i8
@@ -221,7 +237,8 @@ private struct HDF5Reader {
             defer { H5Tclose(base) }
             guard H5Tget_class(base) == H5T_INTEGER, H5Tget_size(base) == 1 else { throw notBool }
             let members = [enumValue(type, member: 0), enumValue(type, member: 1)]
-            guard members[0]?.0 == "FALSE", members[0]?.1 == 0, members[1]?.0 == "TRUE", members[1]?.1 == 1 else { throw notBool }
+            guard members[0]?.0 == "FALSE", members[0]?.1 == 0,
+                  members[1]?.0 == "TRUE", members[1]?.1 == 1 else { throw notBool }
             return .bool
         case H5T_STRING: throw badType("strings are not tensors")
         case H5T_COMPOUND: throw badType("compound (struct) types are not supported")
@@ -240,7 +257,9 @@ private struct HDF5Reader {
 
     /// Reads up to 64 of the dataset's first elements through libhdf5 and compares them with the bytes
     /// at `offset`, proving the offset (user blocks, address arithmetic) right.
-    func checkFirstValues(_ did: hid_t, type: hid_t, shape: [Int], dtype: DType, offset: Int, dataset name: String) throws {
+    func checkFirstValues(_ did: hid_t, type: hid_t, shape: [Int], dtype: DType, offset: Int,
+                          dataset name: String) throws {
+        func badSet(_ message: String) -> ShardKitError { bad("dataset \(name): \(message)") }
         let last = shape.last ?? 1
         let n = min(last, 64)
         var start = [hsize_t](repeating: 0, count: shape.count)
@@ -252,15 +271,17 @@ private struct HDF5Reader {
         defer { H5Sclose(fileSpace); H5Sclose(memorySpace) }
         if !shape.isEmpty {
             guard H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, &start, nil, &count, nil) >= 0 else {
-                throw bad("dataset \(name): cannot select its first values: \(HDF5Reader.lastError())")
+                throw badSet("cannot select its first values: \(HDF5Reader.lastError())")
             }
         }
         var viaLibrary = [UInt8](repeating: 0, count: n * dtype.size)
-        let status = viaLibrary.withUnsafeMutableBytes { H5Dread(did, type, memorySpace, fileSpace, shardkit_h5p_default(), $0.baseAddress) }
-        guard status >= 0 else { throw bad("dataset \(name): libhdf5 cannot read it: \(HDF5Reader.lastError())") }
+        let status = viaLibrary.withUnsafeMutableBytes {
+            H5Dread(did, type, memorySpace, fileSpace, shardkit_h5p_default(), $0.baseAddress)
+        }
+        guard status >= 0 else { throw badSet("libhdf5 cannot read it: \(HDF5Reader.lastError())") }
         let inPlace = try file.read(count: n * dtype.size, at: offset)
         guard inPlace == viaLibrary else {
-            throw bad("dataset \(name): the bytes at its data offset \(offset) are not its values (unexpected file layout)")
+            throw badSet("the bytes at its data offset \(offset) are not its values (unexpected file layout)")
         }
     }
 }

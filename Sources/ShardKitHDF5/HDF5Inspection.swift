@@ -57,7 +57,9 @@ enum HDF5Inspection {
         if process.terminationReason == .uncaughtSignal {
             throw bad("libhdf5 crashed reading the file (signal \(process.terminationStatus)): the file is malformed")
         }
-        guard process.terminationStatus == 0 else { throw bad("the HDF5 inspector failed (exit status \(process.terminationStatus))") }
+        guard process.terminationStatus == 0 else {
+            throw bad("the HDF5 inspector failed (exit status \(process.terminationStatus))")
+        }
         let data = reader.data
         return try parse(data, file: file)
     }
@@ -68,10 +70,16 @@ enum HDF5Inspection {
         let path = file.path
         func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidHDF5File, "\(path): \(message)") }
         let json: JSONValue
-        do { json = try data.withUnsafeBytes { try JSONValue.parse($0) } } catch { throw bad("the HDF5 inspector's report is not valid JSON") }
+        do {
+            json = try data.withUnsafeBytes { try JSONValue.parse($0) }
+        } catch {
+            throw bad("the HDF5 inspector's report is not valid JSON")
+        }
         if let error = json["error"], error != .null {
             guard let code = error["code"]?.stringValue.flatMap(ShardKitError.Code.init(rawValue:)),
-                  let message = error["message"]?.stringValue else { throw bad("malformed error in the HDF5 inspector's report") }
+                  let message = error["message"]?.stringValue else {
+                throw bad("malformed error in the HDF5 inspector's report")
+            }
             // The child's message names the file already; keep it one reasonable line.
             let short = message.count > 2000 ? String(message.prefix(2000)) + "..." : message
             throw ShardKitError(code, short.hasPrefix(path) ? short : "\(path): \(short)")
@@ -80,15 +88,16 @@ enum HDF5Inspection {
         var seen = Set<String>()
         return try entries.map { e in
             guard let name = e["name"]?.stringValue, let dtype = e["dtype"]?.stringValue.flatMap(DType.init(rawValue:)),
-                  let shape = e["shape"]?.arrayValue?.compactMap(\.intValue), shape.count == e["shape"]?.arrayValue?.count,
-                  shape.count <= 64, shape.allSatisfy({ $0 >= 0 }),
+                  let shape = e["shape"]?.arrayValue?.compactMap(\.intValue),
+                  shape.count == e["shape"]?.arrayValue?.count, shape.count <= 64, shape.allSatisfy({ $0 >= 0 }),
                   let offset = e["offset"]?.intValue, let bytes = e["bytes"]?.intValue else {
                 throw bad("malformed entry in the HDF5 inspector's report")
             }
             guard seen.insert(name).inserted else { throw bad("dataset \(name) reported twice") }
-            guard let count = checkedProduct(shape), let size = checkedProduct([count], times: dtype.size), size == bytes,
-                  offset >= 0, let end = checkedSum([offset, bytes]), end <= file.size else {
-                throw bad("dataset \(name): reported range (\(bytes) bytes at \(offset), shape \(shape)) is not inside the file")
+            guard let count = checkedProduct(shape), let size = checkedProduct([count], times: dtype.size),
+                  size == bytes, offset >= 0, let end = checkedSum([offset, bytes]), end <= file.size else {
+                throw bad("dataset \(name): reported range (\(bytes) bytes at \(offset), shape \(shape)) "
+                          + "is not inside the file")
             }
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: bytes)
         }

@@ -8,7 +8,8 @@ extension TPContext {
         var sum = outs[0]
         for r in 1..<max(outs.count, 1) {
             guard outs[r].labels == sum.labels, outs[r].rows == sum.rows else {
-                throw ShardKitError(.verificationFailed, "\(what): rank \(r)'s partial sum covers output features \(describe(outs[r].labels)), rank 0's \(describe(sum.labels)); they cannot be all-reduced")
+                throw ShardKitError(.verificationFailed, "\(what): rank \(r)'s partial sum covers output features "
+                    + "\(describe(outs[r].labels)), rank 0's \(describe(sum.labels)); they cannot be all-reduced")
             }
             sum += outs[r]
         }
@@ -21,7 +22,9 @@ extension TPContext {
     /// some feature is on no rank.
     func allGather(_ outs: [Act], size: Int, what: String) throws -> [Act] {
         let rows = outs[0].rows
-        guard outs.allSatisfy({ $0.rows == rows }) else { throw ShardKitError(.verificationFailed, "\(what): ranks differ in row count") }
+        guard outs.allSatisfy({ $0.rows == rows }) else {
+            throw ShardKitError(.verificationFailed, "\(what): ranks differ in row count")
+        }
         var data = [Float](repeating: 0, count: rows * size)
         var seen = [Bool](repeating: false, count: size)
         for o in outs {

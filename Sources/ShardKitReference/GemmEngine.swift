@@ -110,7 +110,11 @@ final class GemmEngine {
                               f32: b.dtype == .f32 ? raw.baseAddress!.assumingMemoryBound(to: Float.self) : nil,
                               transB: transB, c: c, slots: slots)
             let used = min(workers, tiles)
-            if used == 1 { job.run(worker: 0) } else { DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) } }
+            if used == 1 {
+                job.run(worker: 0)
+            } else {
+                DispatchQueue.concurrentPerform(iterations: used) { job.run(worker: $0) }
+            }
         }
         withExtendedLifetime(atBuffer) {}
         productSeconds += start.duration(to: .now).seconds
@@ -204,7 +208,8 @@ extension ReferenceForward {
         let deadline = ContinuousClock.now + .seconds(2)
         repeat {
             let t0 = ContinuousClock.now
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, &c, Int32(n))
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n),
+                        1, a, Int32(n), b, Int32(n), 0, &c, Int32(n))
             best = min(best, t0.duration(to: .now).seconds)
             runs += 1
         } while runs < 3 || (runs < 20 && ContinuousClock.now < deadline)

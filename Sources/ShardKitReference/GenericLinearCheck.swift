@@ -25,17 +25,20 @@ public enum GenericLinearCheck {
         let start = ContinuousClock.now
         let fullW: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
         let ctx = TPContext(weights: try RankWeights(shards), gemm: GemmEngine())
-        let layers = try check(shards: shards, names: shards.manifest.order, full: fullW, ctx: ctx, tolerance: options.tolerance)
+        let layers = try check(shards: shards, names: shards.manifest.order, full: fullW, ctx: ctx,
+                               tolerance: options.tolerance)
         guard !layers.isEmpty else {
-            throw ShardKitError(.verificationFailed, "\(shards.directory): no split floating-point tensor of rank 1 or 2 to check")
+            throw ShardKitError(.verificationFailed,
+                                "\(shards.directory): no split floating-point tensor of rank 1 or 2 to check")
         }
         let worst = layers.max { $0.stats.maxRelError < $1.stats.maxRelError }!
         var final = layers[0].stats
         for l in layers.dropFirst() { final = final.worst(l.stats) }
         let config = full?.config
-        return NumericsReport(architecture: config?.modelType ?? shards.manifest.source.modelType ?? "generic", tp: shards.tp,
-                              tokens: vectors, layers: layers, final: final, reference: nil, referenceTP: nil,
-                              worstLayer: worst.name, passed: final.passed, tolerance: options.tolerance, referenceTolerance: nil,
+        return NumericsReport(architecture: config?.modelType ?? shards.manifest.source.modelType ?? "generic",
+                              tp: shards.tp, tokens: vectors, layers: layers, final: final, reference: nil,
+                              referenceTP: nil, worstLayer: worst.name, passed: final.passed,
+                              tolerance: options.tolerance, referenceTolerance: nil,
                               gemmFlops: ctx.gemm.flops, gemmWorkers: ctx.gemm.workers,
                               gemmSeconds: ctx.gemm.secondsPerWorker,
                               gemmGFLOPS: ctx.gemm.gflops, productGFLOPS: ctx.gemm.productGFLOPS,
@@ -44,24 +47,30 @@ public enum GenericLinearCheck {
 
     /// Checks each split floating-point tensor of rank 1 or 2 among `names` (others are skipped);
     /// one comparison per tensor. `ctx` holds the ranks' weights.
-    static func check(shards: ShardSet, names: [String], full fullW: WeightProvider, ctx: TPContext, tolerance tol: Double) throws -> [LayerComparison] {
+    static func check(shards: ShardSet, names: [String], full fullW: WeightProvider, ctx: TPContext,
+                      tolerance tol: Double) throws -> [LayerComparison] {
         let ranks = ctx.weights
         let position = Dictionary(uniqueKeysWithValues: shards.manifest.order.enumerated().map { ($1, $0) })
         var layers: [LayerComparison] = []
         for name in names {
             guard let t = shards.manifest.tensors[name], let index = position[name] else { continue }
-            guard let d = t.rule.dim, t.dtype.isFloatingPoint, t.shape.count <= 2, t.shape.allSatisfy({ $0 > 0 }) else { continue }
-            guard fullW.has(name) else { throw ShardKitError(.verificationFailed, "the full checkpoint has no tensor \(name)") }
+            guard let d = t.rule.dim, t.dtype.isFloatingPoint, t.shape.count <= 2,
+                  t.shape.allSatisfy({ $0 > 0 }) else { continue }
+            guard fullW.has(name) else {
+                throw ShardKitError(.verificationFailed, "the full checkpoint has no tensor \(name)")
+            }
             let w = try fullW.load(name, rank: 0)
             guard w.shape == t.shape else {
-                throw ShardKitError(.verificationFailed, "tensor \(name): the full checkpoint has shape \(w.shape), the manifest \(t.shape)")
+                throw ShardKitError(.verificationFailed, "tensor \(name): the full checkpoint has shape \(w.shape), "
+                    + "the manifest \(t.shape)")
             }
             var got: [Float] = [], want: [Float] = []
             if t.shape.count == 1 {
                 let pieces = try (0..<shards.tp).map { try ranks.load(name, rank: $0) }
-                let gathered = try ctx.allGather(pieces.map { Act(rows: 1, labels: $0.labels(along: 0), data: $0.data) }, size: t.shape[0], what: name)
+                let acts = pieces.map { Act(rows: 1, labels: $0.labels(along: 0), data: $0.data) }
+                let gathered = try ctx.allGather(acts, size: t.shape[0], what: name)
                 got = gathered[0].data; want = w.data
-                appendDuplicates(pieces.map { Act(rows: 1, labels: $0.labels(along: 0), data: $0.data) }, full: w.data, size: t.shape[0], got: &got, want: &want)
+                appendDuplicates(acts, full: w.data, size: t.shape[0], got: &got, want: &want)
             } else {
                 let outDim = t.rule.splitsInputFeatures ? 1 - d : d, inDim = 1 - outDim
                 let nIn = t.shape[inDim], nOut = t.shape[outDim]

@@ -47,17 +47,23 @@ public struct ComparisonStats: Codable, Sendable, Equatable {
             dot += a * b; na += a * a; nb += b * b
         }
         guard finite else {
-            return ComparisonStats(maxAbsError: .greatestFiniteMagnitude, maxRelError: .greatestFiniteMagnitude, cosine: -1, passed: false)
+            return ComparisonStats(maxAbsError: .greatestFiniteMagnitude, maxRelError: .greatestFiniteMagnitude,
+                                   cosine: -1, passed: false)
         }
         let rel = maxAbs == 0 ? 0 : maxAbs / max(maxRef, 1e-30)
         let cosine: Double
-        if na == 0 || nb == 0 { cosine = (na == 0 && nb == 0) ? 1 : 0 } else { cosine = dot / (na.squareRoot() * nb.squareRoot()) }
+        if na == 0 || nb == 0 {
+            cosine = (na == 0 && nb == 0) ? 1 : 0
+        } else {
+            cosine = dot / (na.squareRoot() * nb.squareRoot())
+        }
         return ComparisonStats(maxAbsError: maxAbs, maxRelError: rel, cosine: cosine, passed: rel <= tolerance)
     }
 
     /// The worse of two comparisons (largest relative error), keeping the lowest cosine.
     func worst(_ other: ComparisonStats) -> ComparisonStats {
-        ComparisonStats(maxAbsError: max(maxAbsError, other.maxAbsError), maxRelError: max(maxRelError, other.maxRelError),
+        ComparisonStats(maxAbsError: max(maxAbsError, other.maxAbsError),
+                        maxRelError: max(maxRelError, other.maxRelError),
                         cosine: min(cosine, other.cosine), passed: passed && other.passed)
     }
 }

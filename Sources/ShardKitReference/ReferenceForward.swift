@@ -47,15 +47,15 @@ public enum ReferenceForward {
             let ref = try ReferenceFile(path: reference)
             let ids = try ref.ints("input_ids")
             if let tokens, tokens != ids {
-                throw ShardKitError(.verificationFailed, "\(reference): its input_ids differ from the tokens asked for; "
-                    + "the reference cannot be compared")
+                throw ShardKitError(.verificationFailed, "\(reference): its input_ids differ from the tokens asked "
+                    + "for; the reference cannot be compared")
             }
             tokens = ids
             if ref.has("token_type_ids") { types = try ref.ints("token_type_ids") }
             expected = try ref.floats(model.outputName)
             guard expected!.count == ids.count * model.outputWidth else {
-                throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) values, "
-                    + "expected \(ids.count) × \(model.outputWidth)")
+                throw ShardKitError(.verificationFailed, "\(reference): \(model.outputName) has \(expected!.count) "
+                    + "values, expected \(ids.count) × \(model.outputWidth)")
             }
         }
         let input = tokens ?? defaultTokens(count: options.tokenCount, vocab: model.vocab)
@@ -64,8 +64,8 @@ public enum ReferenceForward {
             throw ShardKitError(.verificationFailed, "token id \(bad) outside the vocabulary 0..<\(model.vocab)")
         }
         if let types, types.count != input.count {
-            throw ShardKitError(.verificationFailed, "\(reference ?? "reference"): token_type_ids has \(types.count) values, "
-                + "input_ids \(input.count)")
+            throw ShardKitError(.verificationFailed, "\(reference ?? "reference"): token_type_ids has "
+                + "\(types.count) values, input_ids \(input.count)")
         }
 
         let gemm = GemmEngine()
@@ -106,8 +106,9 @@ public enum ReferenceForward {
         var refStats: ComparisonStats? = nil, refTP: ComparisonStats? = nil, refTol: Double? = nil
         if let expected {
             guard fullOut[0].data.count == expected.count else {
-                throw ShardKitError(.verificationFailed, "the full pass's \(model.outputName) has \(fullOut[0].data.count) "
-                    + "values, the reference \(expected.count); config.json disagrees with the tensors' shapes")
+                throw ShardKitError(.verificationFailed, "the full pass's \(model.outputName) has "
+                    + "\(fullOut[0].data.count) values, the reference \(expected.count); "
+                    + "config.json disagrees with the tensors' shapes")
             }
             let lowPrecision = shards.manifest.tensors.values.contains { ![.f32, .f64].contains($0.dtype) }
             let t = lowPrecision ? max(tol, options.lowPrecisionReferenceTolerance) : tol
@@ -159,7 +160,9 @@ struct ReferenceFile {
     }
     func has(_ name: String) -> Bool { file.tensor(named: name) != nil }
 
-    private func bad(_ message: String) -> ShardKitError { ShardKitError(.verificationFailed, "\(file.path): \(message)") }
+    private func bad(_ message: String) -> ShardKitError {
+        ShardKitError(.verificationFailed, "\(file.path): \(message)")
+    }
 
     func info(_ name: String) throws -> TensorInfo {
         guard let t = file.tensor(named: name) else { throw bad("no tensor \(name)") }

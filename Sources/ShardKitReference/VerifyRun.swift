@@ -28,12 +28,14 @@ public struct VerifyRun {
         if let source {
             checks.append(Verify.reconstruction(shards, source: source, progress: progress("reconstruction")))
         } else {
-            checks.append(.init(name: "reconstruction", status: .skipped, detail: "no source checkpoint given", failures: []))
+            checks.append(.init(name: "reconstruction", status: .skipped, detail: "no source checkpoint given",
+                                failures: []))
         }
         var summary: NumericsSummary?
         if !numerics || checks.contains(where: { $0.status == .fail }) {
             checks.append(.init(name: "numerics", status: .skipped,
-                                detail: numerics ? "skipped because a byte-level check failed" : "turned off", failures: []))
+                                detail: numerics ? "skipped because a byte-level check failed" : "turned off",
+                                failures: []))
         } else {
             let (check, s) = try runNumerics()
             checks.append(check)
@@ -45,7 +47,9 @@ public struct VerifyRun {
 
     /// The forward pass where the architecture has one, else the generic per-weight check.
     private func runNumerics() throws -> (Verify.Check, NumericsSummary) {
-        guard options.tokenCount >= 1 else { throw ShardKitError(.verificationFailed, "the token count must be at least 1") }
+        guard options.tokenCount >= 1 else {
+            throw ShardKitError(.verificationFailed, "the token count must be at least 1")
+        }
         let configPath = Path.join(shards.directory, "config.json")
         let modelType = source?.config?.modelType ?? (try? ModelConfig(path: configPath))?.modelType
         let report: NumericsReport
@@ -55,21 +59,30 @@ public struct VerifyRun {
             mode = "forward pass"
         } else {
             if reference != nil {
-                throw ShardKitError(.verificationFailed, "a reference needs a forward pass, and model type \(modelType ?? "(none)") "
+                throw ShardKitError(.verificationFailed, "a reference needs a forward pass, "
+                    + "and model type \(modelType ?? "(none)") "
                     + "has none (supported: \(ReferenceForward.supportedModelTypes.joined(separator: ", ")))")
             }
             report = try GenericLinearCheck.verify(shards: shards, full: source, options: options)
             mode = "generic linear check"
         }
-        var failures = report.layers.filter { !$0.stats.passed }.map { "\($0.name): max rel error \($0.stats.maxRelError)" }
-        if !report.final.passed { failures.append("final output: TP vs full max rel error \(report.final.maxRelError)") }
-        if let r = report.reference, !r.passed { failures.append("full pass vs reference: max rel error \(r.maxRelError)") }
-        if let r = report.referenceTP, !r.passed { failures.append("TP pass vs reference: max rel error \(r.maxRelError)") }
+        var failures = report.layers.filter { !$0.stats.passed }
+            .map { "\($0.name): max rel error \($0.stats.maxRelError)" }
+        if !report.final.passed {
+            failures.append("final output: TP vs full max rel error \(report.final.maxRelError)")
+        }
+        if let r = report.reference, !r.passed {
+            failures.append("full pass vs reference: max rel error \(r.maxRelError)")
+        }
+        if let r = report.referenceTP, !r.passed {
+            failures.append("TP pass vs reference: max rel error \(r.maxRelError)")
+        }
         var detail = "\(mode): TP vs full max rel \(String(format: "%.2e", report.final.maxRelError))"
         if let r = report.reference { detail += ", full vs reference \(String(format: "%.2e", r.maxRelError))" }
         var summary = NumericsSummary(mode: mode, report: report)
         if sgemmBaseline { summary.squareSgemmGFLOPS = ReferenceForward.sgemmThroughput(n: 2048) }
-        return (Verify.Check(name: "numerics", status: report.passed ? .pass : .fail, detail: detail, failures: failures),
+        return (Verify.Check(name: "numerics", status: report.passed ? .pass : .fail, detail: detail,
+                             failures: failures),
                 summary)
     }
 }

@@ -11,10 +11,10 @@ final class PieceStorage {
     /// Checks up front that `dtype` can be widened, so that later widening cannot fail.
     init(raw: [UInt8], dtype: DType, count: Int, name: String) throws {
         guard raw.count == count * dtype.size else {
-            throw ShardKitError(.verificationFailed, "tensor \(name): \(raw.count) bytes for \(count) \(dtype.rawValue) elements")
+            throw Widen.sizeMismatch(name, bytes: raw.count, count: count, dtype: dtype)
         }
         guard Widen.canWiden(dtype) else {
-            throw ShardKitError(.verificationFailed, "tensor \(name): dtype \(dtype.rawValue) is not a floating-point type the reference forward pass can read")
+            throw Widen.unreadable(name, dtype: dtype)
         }
         self.raw = raw
         self.dtype = dtype
@@ -96,10 +96,12 @@ final class CheckpointWeights: WeightProvider {
     func globalShape(_ name: String) -> [Int]? { byName[name]?.info.shape }
     func load(_ name: String, rank: Int) throws -> Piece {
         guard let (file, info) = byName[name] else {
-            throw ShardKitError(.verificationFailed, "\(checkpoint.directory): the full checkpoint has no tensor \(name)")
+            throw ShardKitError(.verificationFailed,
+                                "\(checkpoint.directory): the full checkpoint has no tensor \(name)")
         }
         let bytes = try handles[file].read(count: info.byteCount, at: info.offset)
-        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: info.shape, dtype: info.dtype, dim: nil, index: nil)
+        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: info.shape, dtype: info.dtype,
+                         dim: nil, index: nil)
     }
 }
 
@@ -118,10 +120,13 @@ final class ReassembledWeights: WeightProvider {
     func dtype(_ name: String) -> DType? { shardSet.manifest.tensors[name]?.dtype }
     func globalShape(_ name: String) -> [Int]? { shardSet.manifest.tensors[name]?.shape }
     func load(_ name: String, rank: Int) throws -> Piece {
-        guard let t = shardSet.manifest.tensors[name] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)") }
+        guard let t = shardSet.manifest.tensors[name] else {
+            throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)")
+        }
         let sink = MemorySink()
         try shardSet.reassemble(name, files: files, into: sink, buffers: buffers)
-        return try Piece(name: name, raw: sink.bytes, shape: t.shape, globalShape: t.shape, dtype: t.dtype, dim: nil, index: nil)
+        return try Piece(name: name, raw: sink.bytes, shape: t.shape, globalShape: t.shape, dtype: t.dtype,
+                         dim: nil, index: nil)
     }
 }
 
@@ -143,10 +148,13 @@ final class RankWeights: WeightProvider {
     func has(_ name: String) -> Bool { shardSet.manifest.tensors[name] != nil }
     func dtype(_ name: String) -> DType? { shardSet.manifest.tensors[name]?.dtype }
     func globalShape(_ name: String) -> [Int]? { shardSet.manifest.tensors[name]?.shape }
+    private func bad(_ message: String) -> ShardKitError {
+        ShardKitError(.verificationFailed, "\(shardSet.directory): \(message)")
+    }
     func load(_ name: String, rank r: Int) throws -> Piece {
-        guard let record = shardSet.manifest.tensors[name] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)") }
+        guard let record = shardSet.manifest.tensors[name] else { throw bad("no tensor \(name)") }
         let file = record.pieces[r].file
-        guard let (sf, handle) = files[r][file] else { throw ShardKitError(.verificationFailed, "\(shardSet.directory): rank \(r) file \(file) is not open") }
+        guard let (sf, handle) = files[r][file] else { throw bad("rank \(r) file \(file) is not open") }
         let info = try shardSet.pieceLocation(name, rank: r, files: [file: sf])
         let bytes = try handle.read(count: info.byteCount, at: info.offset)
         loaded.insert(name)
@@ -156,9 +164,11 @@ final class RankWeights: WeightProvider {
         }
         let dim = record.rule.dim
         if let dim, let index, dim < info.shape.count, index.count != info.shape[dim] {
-            throw ShardKitError(.verificationFailed, "tensor \(name) rank \(r): intervals cover \(index.count) indices, the piece has \(info.shape[dim])")
+            throw ShardKitError(.verificationFailed, "tensor \(name) rank \(r): intervals cover \(index.count) "
+                + "indices, the piece has \(info.shape[dim])")
         }
-        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: record.shape, dtype: record.dtype, dim: dim, index: index)
+        return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: record.shape, dtype: record.dtype,
+                         dim: dim, index: index)
     }
 }
 

@@ -28,6 +28,17 @@ enum Widen {
         [.f32, .bf16, .f16, .f64, .f8e4m3, .f8e5m2, .f8e8m0].contains(dtype)
     }
 
+    /// `bytes` bytes of tensor `name` do not hold `count` elements of `dtype`.
+    static func sizeMismatch(_ name: String, bytes: Int, count: Int, dtype: DType) -> ShardKitError {
+        ShardKitError(.verificationFailed, "tensor \(name): \(bytes) bytes for \(count) \(dtype.rawValue) elements")
+    }
+
+    /// Tensor `name`'s `dtype` is one `canWiden` rejects.
+    static func unreadable(_ name: String, dtype: DType) -> ShardKitError {
+        ShardKitError(.verificationFailed, "tensor \(name): dtype \(dtype.rawValue) is not a floating-point type "
+            + "the reference forward pass can read")
+    }
+
     static func toFloat(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, name: String) throws -> [Float] {
         if count == 0 { return [] }
         return try [Float](unsafeUninitializedCapacity: count) { out, n in
@@ -37,9 +48,10 @@ enum Widen {
     }
 
     /// Widens `count` elements of `dtype` from `bytes` into `out`.
-    static func toFloat(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, into out: UnsafeMutablePointer<Float>, name: String) throws {
+    static func toFloat(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int,
+                        into out: UnsafeMutablePointer<Float>, name: String) throws {
         guard bytes.count == count * dtype.size else {
-            throw ShardKitError(.verificationFailed, "tensor \(name): \(bytes.count) bytes for \(count) \(dtype.rawValue) elements")
+            throw sizeMismatch(name, bytes: bytes.count, count: count, dtype: dtype)
         }
         if count == 0 { return }
         do {
@@ -48,9 +60,13 @@ enum Widen {
             case .f32:
                 memcpy(out, p, count * 4)
             case .bf16:
-                for i in 0..<count { out[i] = Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16) }
+                for i in 0..<count {
+                    out[i] = Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
+                }
             case .f16:
-                for i in 0..<count { out[i] = Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+                for i in 0..<count {
+                    out[i] = Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                }
             case .f64:
                 for i in 0..<count { out[i] = Float(p.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
             case .f8e4m3:
@@ -65,7 +81,7 @@ enum Widen {
                     out[i] = b == 0xFF ? .nan : Float(pow(2.0, Double(Int(b) - 127)))
                 }
             default:
-                throw ShardKitError(.verificationFailed, "tensor \(name): dtype \(dtype.rawValue) is not a floating-point type the reference forward pass can read")
+                throw unreadable(name, dtype: dtype)
             }
         }
     }

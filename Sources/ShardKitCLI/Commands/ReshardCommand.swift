@@ -10,23 +10,30 @@ struct ReshardCommand: ParsableCommand {
     @Option(name: .long, help: "New tensor-parallel degree (1 writes an ordinary HF checkpoint).") var tp: Int?
     @Option(name: .long, help: "Output directory.") var out: String?
     @OptionGroup var writeOptions: WriteOptions
-    @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.") var finalize = false
+    @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.")
+    var finalize = false
     @Flag(name: .long, help: "Print a machine-readable summary.") var json = false
 
     func run() throws {
         try ShardKitCommand.guarded {
             if finalize {
                 let m = try Reshard.finalize(directory: input)
-                if json { try Terminal.printJSON(["finalized": input, "tp": String(m.tp)]) } else { print("finalized \(input): tp \(m.tp), \(m.order.count) tensors") }
+                if json {
+                    try Terminal.printJSON(["finalized": input, "tp": String(m.tp)])
+                } else {
+                    print("finalized \(input): tp \(m.tp), \(m.order.count) tensors")
+                }
                 return
             }
             guard let tp, let out else { throw ValidationError("reshard needs --tp and --out (or --finalize)") }
             let set = try ShardSet(directory: input)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
-            let manifest = try Reshard.run(input: set, tp: tp, output: out, options: options, progress: Terminal.progress(label: "reshard"))
+            let manifest = try Reshard.run(input: set, tp: tp, output: out, options: options,
+                                           progress: Terminal.progress(label: "reshard"))
             Terminal.clearProgress()
-            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0).print(json: json)
+            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0)
+                .print(json: json)
         }
     }
 }

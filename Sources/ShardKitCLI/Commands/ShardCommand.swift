@@ -6,7 +6,9 @@ struct ShardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shard", abstract: "Cut a full checkpoint into per-rank shard files plus manifest.json.")
 
-    @Argument(help: "Checkpoint directory (model.safetensors, pytorch_model.bin, their HF index, or model.h5) or one weights file (.safetensors, a torch.save .bin/.pt, or .h5); see docs/formats.md.")
+    @Argument(help: ArgumentHelp("Checkpoint directory (model.safetensors, pytorch_model.bin, their HF index, "
+                                 + "or model.h5) or one weights file (.safetensors, a torch.save .bin/.pt, or .h5); "
+                                 + "see docs/formats.md."))
     var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
@@ -23,7 +25,8 @@ struct ShardCommand: ParsableCommand {
             let manifest = try Shard.run(checkpoint: checkpoint, sourcePath: source, rules: rules, tp: tp, output: out,
                                          options: options, progress: Terminal.progress(label: "shard"))
             Terminal.clearProgress()
-            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0).print(json: json)
+            try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0)
+                .print(json: json)
         }
     }
 }

@@ -6,16 +6,21 @@ import ShardKitReference
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Prove a shard set right: integrity, exact reconstruction against the source, and a reference TP forward pass.")
+        abstract: "Prove a shard set right: integrity, exact reconstruction against the source, "
+            + "and a reference TP forward pass.")
 
     @Argument(help: "Shard set directory (with manifest.json).") var shards: String
-    @Option(name: .long, help: "The original checkpoint, for bit-exact reconstruction and the full forward pass.") var source: String?
-    @Option(name: .long, help: "reference.safetensors with input_ids and logits (or last_hidden_state).") var reference: String?
-    @Option(name: .long, help: "Number of tokens of the fixed deterministic input (without --reference).") var tokens: Int = 16
+    @Option(name: .long, help: "The original checkpoint, for bit-exact reconstruction and the full forward pass.")
+    var source: String?
+    @Option(name: .long, help: "reference.safetensors with input_ids and logits (or last_hidden_state).")
+    var reference: String?
+    @Option(name: .long, help: "Number of tokens of the fixed deterministic input (without --reference).")
+    var tokens: Int = 16
     @Option(name: .long, help: "Relative tolerance for the numeric checks.") var tolerance: Double?
     @Flag(name: .long, help: "Skip the forward pass (integrity and reconstruction only).") var noNumerics = false
     @Flag(name: .long, help: "Print a machine-readable report.") var json = false
-    @Flag(name: .long, help: "Also measure cblas_sgemm on square 2048x2048 matrices, to compare the pass's matrix-product rate with it.")
+    @Flag(name: .long, help: ArgumentHelp("Also measure cblas_sgemm on square 2048x2048 matrices, "
+                                          + "to compare the pass's matrix-product rate with it."))
     var sgemmBaseline = false
 
     func run() throws {
@@ -42,7 +47,8 @@ struct VerifyCommand: ParsableCommand {
         } else {
             print("verify \(shards) (tp \(report.tp))")
             for c in report.checks {
-                print("  \(c.status.rawValue.uppercased().padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.name): \(c.detail)")
+                let status = c.status.rawValue.uppercased().padding(toLength: 7, withPad: " ", startingAt: 0)
+                print("  \(status) \(c.name): \(c.detail)")
                 for f in c.failures.prefix(20) { print("          \(f)") }
                 if c.failures.count > 20 { print("          … \(c.failures.count - 20) more") }
             }

@@ -6,7 +6,8 @@ import ShardKitReference
 extension NumericsSummary {
     func printHuman() {
         let r = report
-        print("  numerics (\(mode), \(r.architecture), \(r.tokens) \(mode == "forward pass" ? "tokens" : "random inputs")):")
+        print("  numerics (\(mode), \(r.architecture), \(r.tokens) "
+              + "\(mode == "forward pass" ? "tokens" : "random inputs")):")
         func line(_ label: String, _ s: ComparisonStats) {
             print(String(format: "    %@ %-28@ max abs %.3e  max rel %.3e  cosine %.9f", s.passed ? "pass" : "FAIL",
                          label as NSString, s.maxAbsError, s.maxRelError, s.cosine))
@@ -19,11 +20,14 @@ extension NumericsSummary {
         if let w = r.worstLayer, let s = r.layers.first(where: { $0.name == w })?.stats {
             print(String(format: "    worst: %@ (max rel %.3e) of %d comparisons", w, s.maxRelError, r.layers.count))
         }
-        print(String(format: "    tolerance %.1e (reference %.1e); %.2fs", r.tolerance, r.referenceTolerance ?? r.tolerance, r.seconds))
-        print(String(format: "    matrix products: %.2f GFLOP; sgemm %.1f GFLOP/s on %d threads (%.1f GFLOP/s with widening to f32)",
+        print(String(format: "    tolerance %.1e (reference %.1e); %.2fs",
+                     r.tolerance, r.referenceTolerance ?? r.tolerance, r.seconds))
+        print(String(format: "    matrix products: %.2f GFLOP; sgemm %.1f GFLOP/s on %d threads "
+                     + "(%.1f GFLOP/s with widening to f32)",
                      r.gemmFlops / 1e9, r.gemmGFLOPS, r.gemmWorkers, r.productGFLOPS))
         if let square = squareSgemmGFLOPS {
-            print(String(format: "    square cblas_sgemm (2048): %.1f GFLOP/s; the pass reached %.0f%% of it", square, 100 * r.gemmGFLOPS / square))
+            print(String(format: "    square cblas_sgemm (2048): %.1f GFLOP/s; the pass reached %.0f%% of it",
+                         square, 100 * r.gemmGFLOPS / square))
         }
     }
 }

@@ -21,18 +21,23 @@ enum RulesLoader {
         let bytes = try file.read(count: file.size, at: 0)
         if path.hasSuffix(".json") {
             do { return try JSONValue.parse(bytes) } catch {
-                throw ShardKitError(.invalidRules, "\(path): not valid JSON: \(error)")
+                throw bad(path, "not valid JSON: \(error)")
             }
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw ShardKitError(.invalidRules, "\(path): not UTF-8 text")
+            throw bad(path, "not UTF-8 text")
         }
         let node: Node?
         do { node = try Yams.compose(yaml: text) } catch {
-            throw ShardKitError(.invalidRules, "\(path): not valid YAML: \(error)")
+            throw bad(path, "not valid YAML: \(error)")
         }
-        guard let node else { throw ShardKitError(.invalidRules, "\(path): empty rules file") }
+        guard let node else { throw bad(path, "empty rules file") }
         return try convert(node, path: path)
+    }
+
+    /// An error in the rules file at `path`: "<path>: message".
+    private static func bad(_ path: String, _ message: String) -> ShardKitError {
+        ShardKitError(.invalidRules, "\(path): \(message)")
     }
 
     static func convert(_ node: Node, path: String) throws -> JSONValue {
@@ -54,15 +59,15 @@ enum RulesLoader {
         case .mapping(let map):
             var members: [(String, JSONValue)] = []
             for (k, v) in map {
-                guard case .scalar(let key) = k else { throw ShardKitError(.invalidRules, "\(path): mapping keys must be strings") }
+                guard case .scalar(let key) = k else { throw bad(path, "mapping keys must be strings") }
                 if members.contains(where: { $0.0 == key.string }) {
-                    throw ShardKitError(.invalidRules, "\(path): duplicate key \"\(key.string)\"")
+                    throw bad(path, "duplicate key \"\(key.string)\"")
                 }
                 members.append((key.string, try convert(v, path: path)))
             }
             return .object(members)
         case .alias:
-            throw ShardKitError(.invalidRules, "\(path): YAML aliases are not supported")
+            throw bad(path, "YAML aliases are not supported")
         }
     }
 }

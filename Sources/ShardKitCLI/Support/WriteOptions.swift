@@ -36,10 +36,13 @@ struct WriteSummary: Codable {
 
     func print(json: Bool) throws {
         if json { try Terminal.printJSON(self); return }
-        Swift.print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp), \(tensors) tensors, \(files.count) rank files")
+        Swift.print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp), \(tensors) tensors, "
+                    + "\(files.count) rank files")
         for r in ranksWritten { Swift.print("  rank \(r): \(Terminal.bytes(bytesPerRank[r]))") }
         Swift.print(String(format: "  %.2fs, %@/s", seconds, Terminal.bytes(Int(bytesPerSecond))))
-        if partial { Swift.print("  no manifest yet: run `shardkit reshard --finalize \(output)` once every rank is written") }
+        if partial {
+            Swift.print("  no manifest yet: run `shardkit reshard --finalize \(output)` once every rank is written")
+        }
     }
 }
 
@@ -47,9 +50,11 @@ struct WriteSummary: Codable {
 struct WriteOptions: ParsableArguments {
     @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
     @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
-    @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.") var ranks: String?
+    @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.")
+    var ranks: String?
     @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
-    @Flag(name: .long, help: "Skip fsync: faster, but a power loss soon after can leave a manifest whose files never reached the disk.")
+    @Flag(name: .long, help: ArgumentHelp("Skip fsync: faster, but a power loss soon after can leave a manifest "
+                                          + "whose files never reached the disk."))
     var noSync = false
 
     func writerOptions() throws -> ShardSetWriter.Options {
