@@ -99,34 +99,39 @@ public final class BufferSink: PieceSink {
 /// Compares the bytes it receives with a reference stream read from a file, recording the first
 /// differing byte (verification against a source checkpoint).
 public final class ComparingSink: PieceSink {
+    /// The buffer the reference bytes are read into, shared by the sinks of one check.
+    public final class Scratch {
+        let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        public init() {}
+        deinit { bytes.deallocate() }
+    }
+
     let file: ReadOnlyFile
     var position: Int
     let start: Int
+    let scratch: Scratch
     public private(set) var firstMismatch: Int?
-    private var scratch = [UInt8](repeating: 0, count: 1 << 20)
 
-    public init(file: ReadOnlyFile, offset: Int) {
+    public init(file: ReadOnlyFile, offset: Int, scratch: Scratch = Scratch()) {
         self.file = file
         position = offset
         start = offset
+        self.scratch = scratch
     }
 
     public func append(_ b: UnsafeRawBufferPointer) throws {
         var rest = b
         while !rest.isEmpty {
-            let n = min(rest.count, scratch.count)
-            try scratch.withUnsafeMutableBytes { s in
-                let dst = UnsafeMutableRawBufferPointer(rebasing: s[0..<n])
-                try file.read(into: dst, at: position)
-                if firstMismatch == nil && memcmp(dst.baseAddress!, rest.baseAddress!, n) != 0 {
-                    for i in 0..<n where dst[i] != rest[i] { firstMismatch = position - start + i; break }
-                }
+            let n = min(rest.count, scratch.bytes.count)
+            let dst = UnsafeMutableRawBufferPointer(rebasing: scratch.bytes[0..<n])
+            try file.read(into: dst, at: position)
+            if firstMismatch == nil && memcmp(dst.baseAddress!, rest.baseAddress!, n) != 0 {
+                for i in 0..<n where dst[i] != rest[i] { firstMismatch = position - start + i; break }
             }
             position += n
             rest = UnsafeRawBufferPointer(rebasing: rest[n...])
         }
     }
-
 }
 
 #if canImport(Glibc)

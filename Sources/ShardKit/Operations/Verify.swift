@@ -97,9 +97,19 @@ public enum Verify {
         let buffers = CopyBuffers(budget: 16 << 20)
         var handles: [Int: ReadOnlyFile] = [:]
         var rankFiles: [[String: SafetensorsFile]] = []
+        var rankHandles: [[String: ReadOnlyFile]] = []
         for r in 0..<m.tp {
-            do { rankFiles.append(try set.rankFiles(r)) } catch { failures.append("\(error)"); rankFiles.append([:]) }
+            do {
+                let files = try set.rankFiles(r)
+                rankFiles.append(files)
+                rankHandles.append(try files.mapValues { try ReadOnlyFile(path: $0.path) })
+            } catch {
+                failures.append("\(error)")
+                rankFiles.append([:])
+                rankHandles.append([:])
+            }
         }
+        let scratch = ComparingSink.Scratch()
         var compared = 0
         let total = m.order.reduce(0) { $0 + (source.tensor(named: $1)?.info.byteCount ?? 0) }
         var done = 0
@@ -116,7 +126,10 @@ public enum Verify {
                 var sinks: [(Int, ComparingSink)] = []
                 for r in 0..<m.tp {
                     let piece = try set.pieceLocation(name, rank: r, files: rankFiles[r])
-                    sinks.append((r, ComparingSink(file: try ReadOnlyFile(path: try set.member(t.pieces[r].file)), offset: piece.offset)))
+                    guard let file = rankHandles[r][t.pieces[r].file] else {
+                        throw ShardKitError(.invalidManifest, "rank \(r) file \(t.pieces[r].file) not open")
+                    }
+                    sinks.append((r, ComparingSink(file: file, offset: piece.offset, scratch: scratch)))
                 }
                 try CopyEngine.copy(tensor: name, geometry: g,
                                     sources: [CopySource.whole(info, geometry: g, file: handles[fi]!)],

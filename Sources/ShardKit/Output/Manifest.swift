@@ -122,6 +122,7 @@ public struct Manifest: Sendable, Equatable {
         guard Set(order) == Set(tensors.keys), order.count == tensors.count else { throw bad("\"order\" must list every tensor once") }
         // Readers add up piece sizes (progress, totals): the sum over every piece must fit in an Int.
         var allPieceBytes = 0
+        var layoutsOf = RuleLayouts(ranks: tp)
         for name in order {
             let t = tensors[name]!
             guard t.shape.allSatisfy({ $0 >= 0 }), checkedProduct(t.shape, times: t.dtype.size) != nil else {
@@ -140,7 +141,7 @@ public struct Manifest: Sendable, Equatable {
                 guard rankFiles[p.rank].contains(p.file) else { throw bad("tensor \(name): rank \(p.rank) piece names file \(p.file), not one of the rank's files") }
                 let expected: PieceLayout
                 do {
-                    expected = try t.rule.layout(rank: p.rank, of: tp, size: t.shape.isEmpty ? 1 : size, tensor: name)
+                    expected = try layoutsOf(t.rule, size: t.shape.isEmpty ? 1 : size, tensor: name)[p.rank]
                 } catch let e as ShardKitError { throw bad(e.message) }
                 guard p.intervals == expected.segments.map({ [$0.lowerBound, $0.upperBound] }) else {
                     throw bad("tensor \(name): rank \(p.rank) intervals \(p.intervals) are not what rule \(t.rule.kindName) gives (\(expected.segments.map { [$0.lowerBound, $0.upperBound] }))")

@@ -75,6 +75,7 @@ extension Manifest {
 
     private mutating func read(_ r: inout JSONReader) throws {
         var seen = Set<String>()
+        var shared = Interner()
         try r.object { r, key in
             seen.insert(key)
             switch key {
@@ -87,12 +88,37 @@ extension Manifest {
             case "ranks": try r.array { r, _ in ranks.append(try Rank.read(&r)) }
             case "extra_files": try r.array { r, _ in extraFiles.append(try r.string()) }
             case "order": try r.array { r, _ in order.append(try r.string()) }
-            case "tensors": try r.object { r, name in tensors[name] = try Tensor.read(&r) }
+            case "tensors": try r.object { r, name in tensors[name] = try Tensor.read(&r, &shared) }
             default: throw r.error("unknown key \"\(key)\"")
             }
         }
         try JSONReader.require(["format", "version", "tp", "checksum", "tool", "source", "ranks", "extra_files",
                                 "tensors", "order"], in: seen, r)
+    }
+}
+
+/// Equal values read from a manifest share one copy: a million pieces name a handful of files,
+/// shapes and interval lists, so each is stored once rather than once per piece.
+struct Interner {
+    private var strings: [String: String] = [:]
+    private var ints: [[Int]: [Int]] = [:]
+    private var intervals: [[[Int]]: [[Int]]] = [:]
+    static let limit = 1 << 16
+
+    mutating func string(_ s: String) -> String {
+        if let known = strings[s] { return known }
+        if strings.count < Interner.limit { strings[s] = s }
+        return s
+    }
+    mutating func ints(_ v: [Int]) -> [Int] {
+        if let known = ints[v] { return known }
+        if ints.count < Interner.limit { ints[v] = v }
+        return v
+    }
+    mutating func intervals(_ v: [[Int]]) -> [[Int]] {
+        if let known = intervals[v] { return known }
+        if intervals.count < Interner.limit { intervals[v] = v }
+        return v
     }
 }
 
@@ -169,7 +195,7 @@ extension Manifest.Rank {
 }
 
 extension Manifest.Tensor {
-    static func read(_ r: inout JSONReader) throws -> Self {
+    static func read(_ r: inout JSONReader, _ shared: inout Interner) throws -> Self {
         var t = Self(dtype: .u8, shape: [], rule: .replicated, paddedSize: nil, pieces: [])
         try r.fields(required: ["dtype", "shape", "rule", "pieces"]) { r, key in
             switch key {
@@ -177,10 +203,10 @@ extension Manifest.Tensor {
                 let name = try r.string()
                 guard let d = DType(rawValue: name) else { throw r.error("unknown dtype \"\(name)\"") }
                 t.dtype = d
-            case "shape": t.shape = try r.ints()
+            case "shape": t.shape = shared.ints(try r.ints())
             case "rule": t.rule = try SplitRule.read(&r)
             case "padded_size": t.paddedSize = try r.null() ? nil : try r.int()
-            case "pieces": try r.array { r, _ in t.pieces.append(try Manifest.Piece.read(&r)) }
+            case "pieces": try r.array { r, _ in t.pieces.append(try Manifest.Piece.read(&r, &shared)) }
             default: return false
             }
             return true
@@ -190,19 +216,21 @@ extension Manifest.Tensor {
 }
 
 extension Manifest.Piece {
-    static func read(_ r: inout JSONReader) throws -> Self {
+    static func read(_ r: inout JSONReader, _ shared: inout Interner) throws -> Self {
         var p = Self(rank: 0, file: "", shape: [], intervals: [], crc32c: "")
         try r.fields(required: ["rank", "file", "shape", "intervals", "crc32c"]) { r, key in
             switch key {
             case "rank": p.rank = try r.int()
-            case "file": p.file = try r.string()
-            case "shape": p.shape = try r.ints()
+            case "file": p.file = shared.string(try r.string())
+            case "shape": p.shape = shared.ints(try r.ints())
             case "intervals":
+                var list: [[Int]] = []
                 try r.array { r, _ in
                     let pair = try r.ints()
                     guard pair.count == 2 else { throw r.error("an interval is [start, end], found \(pair.count) numbers") }
-                    p.intervals.append(pair)
+                    list.append(pair)
                 }
+                p.intervals = shared.intervals(list)
             case "crc32c": p.crc32c = try r.string()
             default: return false
             }

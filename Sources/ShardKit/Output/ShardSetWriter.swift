@@ -221,11 +221,13 @@ public struct ShardSetWriter {
                       checksums: [[UInt32]]) -> Manifest {
             var tensors: [String: Manifest.Tensor] = [:]
             tensors.reserveCapacity(plan.tensors.count)
+            var shared = Interner()
             let written = Set(ranks)
             for (ti, t) in plan.tensors.enumerated() {
                 let pieces = (0..<plan.tp).map { r in
-                    Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath, shape: t.pieceShape(rank: r),
-                                   intervals: t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] },
+                    Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath,
+                                   shape: shared.ints(t.pieceShape(rank: r)),
+                                   intervals: shared.intervals(t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] }),
                                    crc32c: written.contains(r) ? CRC32C(value: checksums[r][ti]).hex : "")
                 }
                 tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize,

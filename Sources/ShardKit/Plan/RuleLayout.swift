@@ -92,3 +92,23 @@ extension SplitRule {
         return overflow ? nil : p
     }
 }
+
+/// Every rank's layout of rules applied to dimensions, computed once per distinct (rule, size): the
+/// tensors of a checkpoint share a handful of them, so a plan of a million tensors holds a handful of
+/// layout arrays, each shared (copy-on-write) by the tensors that use it.
+struct RuleLayouts {
+    struct Key: Hashable { var rule: SplitRule; var size: Int }
+    let ranks: Int
+    private var cache: [Key: [PieceLayout]] = [:]
+
+    init(ranks: Int) { self.ranks = ranks }
+
+    /// The layouts of `rule` for a dimension of `size`, rank by rank (errors name `tensor`).
+    mutating func callAsFunction(_ rule: SplitRule, size: Int, tensor: String) throws -> [PieceLayout] {
+        let key = Key(rule: rule, size: size)
+        if let known = cache[key] { return known }
+        let layouts = try (0..<ranks).map { try rule.layout(rank: $0, of: ranks, size: size, tensor: tensor) }
+        if cache.count < 65_536 { cache[key] = layouts }
+        return layouts
+    }
+}

@@ -27,6 +27,8 @@ public struct ShardPlan: Sendable {
 
     public let tp: Int
     public let tensors: [Tensor]
+    /// Total bytes of each rank's pieces.
+    public let bytesPerRank: [Int]
     private let index: [String: Int]
 
     /// Plans `tensors` (in the order they will be written) with `rules` (one per tensor) for `tp` ranks.
@@ -42,9 +44,10 @@ public struct ShardPlan: Sendable {
         planned.reserveCapacity(tensors.count)
         // Running bytes per rank: rank files and progress add pieces up, so the sums must fit too.
         var rankTotals = [Int](repeating: 0, count: tp)
+        var layoutsOf = RuleLayouts(ranks: tp)
         for (t, rule) in zip(tensors, rules) {
             let geometry = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: rule.dim, tensor: t.name)
-            let layouts = try (0..<tp).map { try rule.layout(rank: $0, of: tp, size: geometry.size, tensor: t.name) }
+            let layouts = try layoutsOf(rule, size: geometry.size, tensor: t.name)
             let padded = rule.paddedSize(geometry.size, ranks: tp)
             for (r, l) in layouts.enumerated() {
                 guard let bytes = checkedProduct([geometry.outer, l.length, geometry.inner]),
@@ -57,6 +60,7 @@ public struct ShardPlan: Sendable {
                                   layouts: layouts, paddedSize: padded != geometry.size ? padded : nil))
         }
         self.tensors = planned
+        self.bytesPerRank = rankTotals
         self.index = Dictionary(planned.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -66,10 +70,6 @@ public struct ShardPlan: Sendable {
         try self.init(tensors: list, rules: try rules.assign(list.map { ($0.name, $0.shape) }), tp: tp)
     }
 
-    /// Total bytes of each rank's pieces.
-    public var bytesPerRank: [Int] {
-        (0..<tp).map { r in tensors.reduce(0) { $0 + $1.pieceBytes(rank: r) } }
-    }
 
     public func tensor(named name: String) -> Tensor? { index[name].map { tensors[$0] } }
 }
