@@ -39,8 +39,21 @@ public struct CRC32C: Sendable, Equatable {
         return String(repeating: "0", count: 8 - s.count) + s
     }
 
+    /// The value of 8 lowercase hex digits, nil for anything else.
     public static func parse(hex: String) -> UInt32? {
-        guard hex.count == 8, hex.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
-        return UInt32(hex, radix: 16)
+        var value: UInt32 = 0
+        var count = 0
+        for c in hex.utf8 {
+            let digit: UInt8
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
+            default: return nil
+            }
+            count += 1
+            guard count <= 8 else { return nil }
+            value = value << 4 | UInt32(digit)
+        }
+        return count == 8 ? value : nil
     }
 }

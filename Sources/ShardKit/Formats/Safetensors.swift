@@ -68,6 +68,7 @@ public struct SafetensorsFile: Sendable {
         guard String(validating: header, as: UTF8.self) != nil else { throw bad("header is not valid UTF-8") }
         var metadata: [String: String] = [:]
         var entries: [ParsedEntry] = []
+        var shapes = Interner()
         do {
             try header.withUnsafeBytes { raw in
                 var r = JSONReader(bytes: raw)
@@ -77,7 +78,7 @@ public struct SafetensorsFile: Sendable {
                         if name == "__metadata__" {
                             metadata = try readMetadata(&r, bad)
                         } else {
-                            entries.append(try readEntry(&r, name: name, bad))
+                            entries.append(try readEntry(&r, name: name, &shapes, bad))
                         }
                     }
                 }
@@ -117,7 +118,8 @@ public struct SafetensorsFile: Sendable {
     }
 
     /// One tensor's `{dtype, shape, data_offsets}`, checked.
-    private static func readEntry(_ r: inout JSONReader, name: String, _ bad: (String) -> ShardKitError) throws -> ParsedEntry {
+    private static func readEntry(_ r: inout JSONReader, name: String, _ shapes: inout Interner,
+                                  _ bad: (String) -> ShardKitError) throws -> ParsedEntry {
         guard r.peekIsObject else { throw bad("entry for tensor \"\(name)\" is not an object") }
         var dtypeName: String?, shape: [Int]?, offsets: [Int]?
         var shapeValid = true, offsetsValid = true
@@ -149,7 +151,7 @@ public struct SafetensorsFile: Sendable {
         guard size == end - begin else {
             throw bad("tensor \"\(name)\" is \(dtype.rawValue) \(shape) = \(size) bytes but data_offsets cover \(end - begin)")
         }
-        return ParsedEntry(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
+        return ParsedEntry(name: name, dtype: dtype, shape: shapes.ints(shape), begin: begin, end: end)
     }
 
     public func tensor(named name: String) -> TensorInfo? { index[name].map { tensors[$0] } }

@@ -1,9 +1,18 @@
 /// The manifest's JSON (docs/manifest.schema.json is the source of truth for the field names):
-/// written with sorted keys and two-space indentation, read with the strict `JSONReader` (duplicate
+/// written with sorted keys and two-space indentation (each tensor on one line, so that a manifest of
+/// a million tensors stays as small as the format allows), read with the strict `JSONReader` (duplicate
 /// keys, unknown keys, non-integers and excessive nesting refused, each with where it is).
 extension Manifest {
     /// The manifest's JSON: sorted keys, pretty printed.
     public func encoded() throws -> [UInt8] {
+        var all: [UInt8] = []
+        try encode { all += $0 }
+        return all
+    }
+
+    /// Writes the manifest's JSON to `emit` a piece at a time (about 1 MiB each), so that a large
+    /// manifest is never whole in memory.
+    public func encode(_ emit: ([UInt8]) throws -> Void) throws {
         var w = JSONWriter()
         w.beginObject()
         w.key("checksum"); w.string(checksum)
@@ -27,7 +36,8 @@ extension Manifest {
         w.key("tensors"); w.beginObject()
         for name in tensors.keys.sorted() {
             let t = tensors[name]!
-            w.key(name); w.beginObject()
+            if w.bytes.count >= 1 << 20 { try w.drain(emit) }
+            w.key(name); w.beginObject(inline: true)
             w.key("dtype"); w.string(t.dtype.rawValue)
             if let p = t.paddedSize { w.key("padded_size"); w.int(p) }
             w.key("pieces"); w.beginArray()
@@ -54,7 +64,7 @@ extension Manifest {
         w.key("tp"); w.int(tp)
         w.key("version"); w.int(version)
         w.endObject()
-        return w.finish()
+        try emit(w.finish())
     }
 
     /// Decodes a manifest (or a part file) from its JSON; `path` names it in errors. Structure only:
@@ -74,10 +84,10 @@ extension Manifest {
     }
 
     private mutating func read(_ r: inout JSONReader) throws {
-        var seen = Set<String>()
+        var seen: [String] = []
         var shared = Interner()
         try r.object { r, key in
-            seen.insert(key)
+            seen.append(key)
             switch key {
             case "format": format = try r.string()
             case "version": version = try r.int()
@@ -97,44 +107,19 @@ extension Manifest {
     }
 }
 
-/// Equal values read from a manifest share one copy: a million pieces name a handful of files,
-/// shapes and interval lists, so each is stored once rather than once per piece.
-struct Interner {
-    private var strings: [String: String] = [:]
-    private var ints: [[Int]: [Int]] = [:]
-    private var intervals: [[[Int]]: [[Int]]] = [:]
-    static let limit = 1 << 16
-
-    mutating func string(_ s: String) -> String {
-        if let known = strings[s] { return known }
-        if strings.count < Interner.limit { strings[s] = s }
-        return s
-    }
-    mutating func ints(_ v: [Int]) -> [Int] {
-        if let known = ints[v] { return known }
-        if ints.count < Interner.limit { ints[v] = v }
-        return v
-    }
-    mutating func intervals(_ v: [[Int]]) -> [[Int]] {
-        if let known = intervals[v] { return known }
-        if intervals.count < Interner.limit { intervals[v] = v }
-        return v
-    }
-}
-
 extension JSONReader {
     /// Throws naming the first of `keys` missing from `seen` (the keys of the object just read).
-    static func require(_ keys: [String], in seen: Set<String>, _ r: JSONReader) throws {
+    static func require(_ keys: [String], in seen: [String], _ r: JSONReader) throws {
         if let missing = keys.first(where: { !seen.contains($0) }) { throw r.error("missing \"\(missing)\"") }
     }
 
     /// Reads an object whose members are all read by `member`; unknown keys are refused, `required`
     /// keys must be present.
     mutating func fields(required: [String], _ member: (inout JSONReader, String) throws -> Bool) throws {
-        var seen = Set<String>()
+        var seen: [String] = []
         try object { r, key in
             guard try member(&r, key) else { throw r.error("unknown key \"\(key)\"") }
-            seen.insert(key)
+            seen.append(key)
         }
         try JSONReader.require(required, in: seen, self)
     }

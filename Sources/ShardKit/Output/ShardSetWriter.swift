@@ -260,8 +260,13 @@ public struct ShardSetWriter {
             }
             try FileSystem.syncDirectory(directory)
         }
-        try FileSystem.writeSmallFile(try manifest.encoded(), to: Path.join(directory, Manifest.fileName),
-                                      durable: durable)
+        let file = try OutputFile(path: Path.join(directory, Manifest.fileName), durable: durable)
+        var offset = 0
+        try manifest.encode { piece in
+            try piece.withUnsafeBytes { try file.write($0, at: offset) }
+            offset += piece.count
+        }
+        try file.commit()
         if durable { try FileSystem.syncDirectory(directory) }
     }
 }

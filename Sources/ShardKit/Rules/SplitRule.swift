@@ -2,7 +2,7 @@
 ///
 /// Every rule reduces to a list of global index intervals along one dimension per rank: the whole
 /// machinery of ShardKit (shard, reshard, verify, loaders) only ever copies those intervals.
-public indirect enum SplitRule: Sendable, Equatable, Hashable {
+public enum SplitRule: Sendable, Equatable, Hashable {
     /// Every rank holds the whole tensor (norms, routers, row-parallel biases).
     case replicated
     /// Output features split evenly along `dim` (rank r holds `[r·n/G, (r+1)·n/G)`).

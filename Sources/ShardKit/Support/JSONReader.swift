@@ -4,8 +4,10 @@
 /// what is wrong and where (`at tensors.x.pieces[1].rank: expected an integer, found 1e30`).
 package struct JSONReader {
     private var parser: JSONParser
-    /// Where the reader is, for messages: keys and array indices from the top.
-    private var path: [String] = []
+    /// Where the reader is, for messages: keys and array indices from the top (made into text only
+    /// for an error).
+    private enum Step { case key(String), index(Int) }
+    private var path: [Step] = []
     private var depth = 0
 
     package init(bytes: UnsafeRawBufferPointer) {
@@ -14,7 +16,13 @@ package struct JSONReader {
 
     /// A message naming the current position.
     package func error(_ message: String) -> JSONParseError {
-        let at = path.isEmpty ? "at the top level" : "at " + path.joined()
+        var at = path.isEmpty ? "at the top level" : "at "
+        for (i, step) in path.enumerated() {
+            switch step {
+            case .key(let k): at += (i == 0 ? "" : ".") + k
+            case .index(let n): at += "[\(n)]"
+            }
+        }
         return JSONParseError(message: "\(at): \(message)", offset: parser.position)
     }
 
@@ -38,18 +46,26 @@ package struct JSONReader {
         guard parser.current == UInt8(ascii: "{") else { throw error("expected an object, found \(found())") }
         try enter()
         parser.position += 1
-        var seen = Set<String>()
+        // Duplicate keys: a list for the few keys of most objects, a set once there are many.
+        var few: [String] = []
+        var many = Set<String>()
         parser.skipWhitespace()
         if parser.current == UInt8(ascii: "}") { parser.position += 1; depth -= 1; return }
         while true {
             parser.skipWhitespace()
             guard parser.current == UInt8(ascii: "\"") else { throw parser.error("expected a string key") }
             let key = try parser.parseString()
-            guard seen.insert(key).inserted else { throw error("duplicate key \"\(key)\"") }
+            if few.count < 16 {
+                guard !few.contains(key) else { throw error("duplicate key \"\(key)\"") }
+                few.append(key)
+                if few.count == 16 { many = Set(few) }
+            } else {
+                guard many.insert(key).inserted else { throw error("duplicate key \"\(key)\"") }
+            }
             parser.skipWhitespace()
             guard parser.current == UInt8(ascii: ":") else { throw parser.error("expected ':'") }
             parser.position += 1
-            path.append(path.isEmpty ? key : "." + key)
+            path.append(.key(key))
             try member(&self, key)
             path.removeLast()
             parser.skipWhitespace()
@@ -69,7 +85,7 @@ package struct JSONReader {
         if parser.current == UInt8(ascii: "]") { parser.position += 1; depth -= 1; return }
         var i = 0
         while true {
-            path.append("[\(i)]")
+            path.append(.index(i))
             try element(&self, i)
             path.removeLast()
             i += 1
@@ -245,10 +261,40 @@ package struct JSONWriter {
         appendString(s)
     }
 
-    private mutating func appendString(_ s: String) {
-        var out = ""
-        JSONValue.writeString(s, to: &out)
-        bytes.append(contentsOf: out.utf8)
+    private mutating func appendString(_ s: String) { JSONWriter.appendEscaped(s, to: &bytes) }
+
+    /// `s` as a JSON string literal: `"` and `\\` escaped, control characters as `\\n`, `\\u0001`, ...;
+    /// other bytes copied as they are (UTF-8), a run at a time.
+    package static func appendEscaped(_ s: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { u in
+            var start = 0
+            for i in 0..<u.count {
+                let c = u[i]
+                if c >= 0x20 && c != UInt8(ascii: "\"") && c != UInt8(ascii: "\\") { continue }
+                out.append(contentsOf: u[start..<i])
+                start = i + 1
+                out.append(UInt8(ascii: "\\"))
+                switch c {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(c)
+                case 0x0A: out.append(UInt8(ascii: "n"))
+                case 0x0D: out.append(UInt8(ascii: "r"))
+                case 0x09: out.append(UInt8(ascii: "t"))
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(c >> 4)], hex[Int(c & 15)]])
+                }
+            }
+            out.append(contentsOf: u[start..<u.count])
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    /// Hands the bytes written so far to `emit` and starts over (for documents written in pieces).
+    package mutating func drain(_ emit: ([UInt8]) throws -> Void) rethrows {
+        try emit(bytes)
+        bytes.removeAll(keepingCapacity: true)
     }
 
     /// The document (pretty documents end with a newline).

@@ -26,26 +26,43 @@ struct PlanCommand: ParsableCommand {
             let checkpoint = try openCheckpoint(source)
             let rules = try ruleOptions.load(for: checkpoint)
             let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
-            let rows = plan.tensors.map { t in
-                Row(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, rule: t.rule,
-                    rankShapes: (0..<tp).map { t.pieceShape(rank: $0) },
-                    rankBytes: (0..<tp).map { t.pieceBytes(rank: $0) },
-                    intervals: t.layouts.map { $0.segments.map { [$0.lowerBound, $0.upperBound] } })
+            if json {
+                let rows = plan.tensors.map { t in
+                    Row(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, rule: t.rule,
+                        rankShapes: (0..<tp).map { t.pieceShape(rank: $0) },
+                        rankBytes: (0..<tp).map { t.pieceBytes(rank: $0) },
+                        intervals: t.layouts.map { $0.segments.map { [$0.lowerBound, $0.upperBound] } })
+                }
+                try Terminal.printJSON(Report(tp: tp, rules: rules.name, tensors: rows, bytesPerRank: plan.bytesPerRank,
+                                              sourceBytes: checkpoint.totalBytes))
+                return
             }
-            let report = Report(tp: tp, rules: rules.name, tensors: rows, bytesPerRank: plan.bytesPerRank,
-                                sourceBytes: checkpoint.totalBytes)
-            if json { try Terminal.printJSON(report); return }
             print("plan for \(source) at tp \(tp) (\(rules.name))")
-            // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ.
-            let table = [["tensor", "dtype", "shape", "rule", "rank 0 shape", "rank 0 bytes"]] + rows.map { r in
-                [ShardKitError.printable(r.name), r.dtype, "\(r.shape)", r.rule.summary,
-                 "\(r.rankShapes[0])\(Set(r.rankShapes).count > 1 ? "…" : "")", Terminal.bytes(r.rankBytes[0])]
+            // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ. The
+            // cells are made twice (widths, then the rows) rather than kept: a plan can have a
+            // million rows. Written in blocks.
+            let header = ["tensor", "dtype", "shape", "rule", "rank 0 shape", "rank 0 bytes"]
+            func cells(_ t: ShardPlan.Tensor) -> [String] {
+                let differs = (1..<tp).contains { t.layouts[$0].length != t.layouts[0].length }
+                return [ShardKitError.printable(t.name), t.dtype.rawValue, "\(t.shape)", t.rule.summary,
+                        "\(t.pieceShape(rank: 0))\(differs ? "…" : "")", Terminal.bytes(t.pieceBytes(rank: 0))]
             }
-            let widths = (0..<6).map { c in table.map { $0[c].count }.max() ?? 0 }
-            for line in table {
-                print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }
-                    .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+            var widths = header.map(\.count)
+            for t in plan.tensors { for (c, cell) in cells(t).enumerated() { widths[c] = max(widths[c], cell.count) } }
+            var block = ""
+            func emit(_ line: [String]) {
+                var row = ""
+                for (cell, width) in zip(line, widths) {
+                    row += cell
+                    row += String(repeating: " ", count: width - cell.count + 2)
+                }
+                while row.last == " " { row.removeLast() }
+                block += row + "\n"
+                if block.utf8.count >= 1 << 16 { print(block, terminator: ""); block = "" }
             }
+            emit(header)
+            for t in plan.tensors { emit(cells(t)) }
+            print(block, terminator: "")
             print("totals:")
             for (i, b) in plan.bytesPerRank.enumerated() { print("  rank \(i): \(Terminal.bytes(b))") }
             print("  source: \(Terminal.bytes(checkpoint.totalBytes)), "

@@ -20,12 +20,11 @@ struct WriteSummary: Codable {
         tp = manifest.tp
         tensors = manifest.order.count
         ranksWritten = written ?? Array(0..<manifest.tp)
-        bytesPerRank = (0..<manifest.tp).map { r in
-            manifest.order.reduce(0) { acc, name in
-                let t = manifest.tensors[name]!
-                return acc + t.pieces[r].shape.reduce(t.dtype.size, *)
-            }
+        var perRankBytes = [Int](repeating: 0, count: manifest.tp)
+        for t in manifest.tensors.values {
+            for p in t.pieces { perRankBytes[p.rank] += p.shape.reduce(t.dtype.size, *) }
         }
+        bytesPerRank = perRankBytes
         files = ranksWritten.flatMap { manifest.ranks[$0].files }
         self.seconds = seconds
         let perRank = bytesPerRank
