@@ -54,7 +54,7 @@ public struct SafetensorsFile: Sendable {
             TensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape, offset: dataStart + $0.begin, byteCount: $0.end - $0.begin)
         }
         // Names are unique (the parser refuses duplicate keys).
-        self.index = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.name, $0) })
+        self.index = parsed.index
     }
 
     struct ParsedEntry { var name: String; var dtype: DType; var shape: [Int]; var begin: Int; var end: Int }
@@ -63,21 +63,27 @@ public struct SafetensorsFile: Sendable {
     /// Read with the strict pull reader straight into entries: no JSON tree, so a header of a
     /// million tensors costs what its entries do.
     static func parseHeader(_ header: [UInt8], path: String) throws
-        -> (tensors: [ParsedEntry], metadata: [String: String], end: Int) {
+        -> (tensors: [ParsedEntry], index: [String: Int], metadata: [String: String], end: Int) {
         func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidSafetensors, "\(path): \(message)") }
         guard String(validating: header, as: UTF8.self) != nil else { throw bad("header is not valid UTF-8") }
         var metadata: [String: String] = [:]
         var entries: [ParsedEntry] = []
         var shapes = Interner()
+        var index: [String: Int] = [:]
+        var sawMetadata = false
         do {
             try header.withUnsafeBytes { raw in
                 var r = JSONReader(bytes: raw)
                 try r.document { r in
                     guard r.peekIsObject else { throw bad("header is not a JSON object") }
-                    try r.object { r, name in
+                    // Duplicate names are caught by the index, which is built anyway.
+                    try r.object(uniqueKeys: false) { r, name in
                         if name == "__metadata__" {
+                            guard !sawMetadata else { throw r.duplicateKey(name) }
+                            sawMetadata = true
                             metadata = try readMetadata(&r, bad)
                         } else {
+                            guard index.updateValue(entries.count, forKey: name) == nil else { throw r.duplicateKey(name) }
                             entries.append(try readEntry(&r, name: name, &shapes, bad))
                         }
                     }
@@ -86,14 +92,19 @@ public struct SafetensorsFile: Sendable {
         } catch let e as JSONParseError {
             throw ShardKitError(.invalidSafetensors, "\(path): header is not valid JSON: \(e)", underlying: e)
         }
-        entries.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
+        // Writers lay tensors out in header order, so this is usually sorted already.
+        let ordered = zip(entries, entries.dropFirst()).allSatisfy { ($0.begin, $0.end) <= ($1.begin, $1.end) }
+        if !ordered {
+            entries.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
+            for (i, e) in entries.enumerated() { index[e.name] = i }
+        }
         var cursor = 0
         for e in entries {
             if e.begin < cursor { throw bad("tensor \"\(e.name)\" overlaps the tensor before it (offset \(e.begin) < \(cursor))") }
             if e.begin > cursor { throw bad("gap before tensor \"\(e.name)\" (bytes \(cursor)..<\(e.begin) belong to no tensor)") }
             cursor = e.end
         }
-        return (entries, metadata, cursor)
+        return (entries, index, metadata, cursor)
     }
 
     /// `__metadata__`: a map of strings.

@@ -1,7 +1,17 @@
+import Foundation
+
 /// A shard set on disk: its validated manifest and directory. Open a rank with `rank(_:)`.
 public struct ShardSet: Sendable {
     public let directory: String
     public let manifest: Manifest
+    /// Rank files already opened and validated, by relative path (each file's header is parsed once
+    /// however many checks read it).
+    private let opened = OpenedFiles()
+
+    private final class OpenedFiles: @unchecked Sendable {
+        let lock = NSLock()
+        var files: [String: SafetensorsFile] = [:]
+    }
 
     /// Reads and validates `directory/manifest.json`.
     public init(directory: String) throws {
@@ -24,9 +34,21 @@ public struct ShardSet: Sendable {
             guard FileSystem.exists(path) else {
                 throw ShardKitError(.invalidManifest, "\(path): named by manifest.json for rank \(r) but missing")
             }
-            result[f] = try SafetensorsFile(path: path)
+            result[f] = try rankFile(f)
         }
         return result
+    }
+
+    /// The rank file `relative` (a path the manifest names), opened and validated once.
+    public func rankFile(_ relative: String) throws -> SafetensorsFile {
+        opened.lock.lock()
+        if let known = opened.files[relative] { opened.lock.unlock(); return known }
+        opened.lock.unlock()
+        let file = try SafetensorsFile(path: try member(relative))
+        opened.lock.lock()
+        opened.files[relative] = file
+        opened.lock.unlock()
+        return file
     }
 
     /// The path of `relative`, a file the manifest names, checked to resolve inside the directory: a

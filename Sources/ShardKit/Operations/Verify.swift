@@ -27,7 +27,7 @@ public enum Verify {
             var open: [String: (SafetensorsFile, ReadOnlyFile)] = [:]
             for f in m.ranks[r].files {
                 do {
-                    let sf = try SafetensorsFile(path: try set.member(f))
+                    let sf = try set.rankFile(f)
                     open[f] = (sf, try ReadOnlyFile(path: sf.path))
                 } catch { failures.append("\(error)") }
             }

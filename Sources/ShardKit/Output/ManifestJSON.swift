@@ -98,7 +98,12 @@ extension Manifest {
             case "ranks": try r.array { r, _ in ranks.append(try Rank.read(&r)) }
             case "extra_files": try r.array { r, _ in extraFiles.append(try r.string()) }
             case "order": try r.array { r, _ in order.append(try r.string()) }
-            case "tensors": try r.object { r, name in tensors[name] = try Tensor.read(&r, &shared) }
+            case "tensors":
+                try r.object(uniqueKeys: false) { r, name in
+                    guard tensors.updateValue(try Tensor.read(&r, &shared), forKey: name) == nil else {
+                        throw r.duplicateKey(name)
+                    }
+                }
             default: throw r.error("unknown key \"\(key)\"")
             }
         }

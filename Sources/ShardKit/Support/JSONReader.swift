@@ -40,8 +40,10 @@ package struct JSONReader {
     }
 
     /// Reads an object, calling `member` with each key (the reader positioned at its value, which
-    /// `member` must read). A duplicate key is an error.
-    package mutating func object(_ member: (inout JSONReader, String) throws -> Void) throws {
+    /// `member` must read). A duplicate key is an error, unless `uniqueKeys` is false: then the caller
+    /// checks (as it fills a dictionary of its own, which costs no second hash of every key) and
+    /// reports it with `duplicateKey(_:)`.
+    package mutating func object(uniqueKeys: Bool = true, _ member: (inout JSONReader, String) throws -> Void) throws {
         parser.skipWhitespace()
         guard parser.current == UInt8(ascii: "{") else { throw error("expected an object, found \(found())") }
         try enter()
@@ -55,7 +57,9 @@ package struct JSONReader {
             parser.skipWhitespace()
             guard parser.current == UInt8(ascii: "\"") else { throw parser.error("expected a string key") }
             let key = try parser.parseString()
-            if few.count < 16 {
+            if !uniqueKeys {
+                // The caller checks.
+            } else if few.count < 16 {
                 guard !few.contains(key) else { throw error("duplicate key \"\(key)\"") }
                 few.append(key)
                 if few.count == 16 { many = Set(few) }
@@ -74,6 +78,9 @@ package struct JSONReader {
             throw parser.error("expected ',' or '}'")
         }
     }
+
+    /// The error for a duplicate `key` found by a caller that checks keys itself.
+    package func duplicateKey(_ key: String) -> JSONParseError { error("duplicate key \"\(key)\"") }
 
     /// Reads an array, calling `element` with each index (the reader positioned at the element).
     package mutating func array(_ element: (inout JSONReader, Int) throws -> Void) throws {
