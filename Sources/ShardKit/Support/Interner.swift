@@ -6,22 +6,29 @@ package struct Interner {
     private var strings: [String: String] = [:]
     private var ints: [[Int]: [Int]] = [:]
     private var intervals: [[[Int]]: [[Int]]] = [:]
+    // The last value of each kind: neighbours usually repeat it, and comparing is cheaper than hashing.
+    private var lastString = "", lastInts: [Int] = [], lastIntervals: [[Int]] = []
     package static let limit = 1 << 16
 
     package mutating func string(_ s: String) -> String {
-        if let known = strings[s] { return known }
-        if strings.count < Interner.limit { strings[s] = s }
-        return s
+        if s == lastString { return lastString }
+        lastString = Interner.shared(s, in: &strings)
+        return lastString
     }
     package mutating func ints(_ v: [Int]) -> [Int] {
-        if let known = ints[v] { return known }
-        if ints.count < Interner.limit { ints[v] = v }
-        return v
+        if v == lastInts { return lastInts }
+        lastInts = Interner.shared(v, in: &ints)
+        return lastInts
     }
     package mutating func intervals(_ v: [[Int]]) -> [[Int]] {
-        if let known = intervals[v] { return known }
-        if intervals.count < Interner.limit { intervals[v] = v }
+        if v == lastIntervals { return lastIntervals }
+        lastIntervals = Interner.shared(v, in: &intervals)
+        return lastIntervals
+    }
+
+    private static func shared<T: Hashable>(_ v: T, in table: inout [T: T]) -> T {
+        if let known = table[v] { return known }
+        if table.count < limit { table[v] = v }
         return v
     }
 }
-
