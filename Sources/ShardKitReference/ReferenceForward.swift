@@ -32,11 +32,13 @@ public enum ReferenceForward {
         if let c = full?.config {
             config = c
         } else {
-            let path = (shards.directory as NSString).appendingPathComponent("config.json")
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw ShardKitError(.verificationFailed, "\(path): missing; the numerics check needs config.json")
+            let path = Path.join(shards.directory, "config.json")
+            do {
+                config = try ModelConfig(path: path)
+            } catch let e as ShardKitError where e.errno == ENOENT {
+                throw ShardKitError(.verificationFailed, "\(path): missing; the numerics check needs config.json",
+                                    underlying: e)
             }
-            config = try ModelConfig(path: path)
         }
         let model = try Model(config: config)
 

@@ -35,15 +35,21 @@ public enum CopyEngine {
     private static func verify(_ crcs: [CRC32C], _ chosen: [CopySource], _ tensor: String) throws {
         for (c, s) in zip(crcs, chosen) {
             if let expected = s.expectedCRC, expected != c.value {
-                throw ShardKitError(.checksumMismatch,
-                    "\(s.label): tensor \(tensor) has crc32c \(c.hex), the manifest says \(CRC32C(value: expected).hex)")
+                throw checksumMismatch(s, tensor: tensor, crc: c, expected: expected)
             }
         }
     }
 
+    /// The error for source `s` of `tensor`, whose bytes have checksum `crc` where `expected` is recorded.
+    static func checksumMismatch(_ s: CopySource, tensor: String, crc: CRC32C, expected: UInt32) -> ShardKitError {
+        ShardKitError(.checksumMismatch, "\(s.label): tensor \(tensor) has crc32c \(crc.hex), "
+                                         + "the manifest says \(CRC32C(value: expected).hex)")
+    }
+
     /// Indices of the sources that will be read: for each needed global range, the first source
     /// covering it. Throws when a destination range is covered by no source.
-    static func chooseSources(tensor: String, size: Int, sources: [CopySource], destinations: [CopyDestination]) throws -> [Int] {
+    static func chooseSources(tensor: String, size: Int, sources: [CopySource],
+                              destinations: [CopyDestination]) throws -> [Int] {
         var needed: [Range<Int>] = []
         for d in destinations {
             for s in d.layout.segments where s.lowerBound < size {
@@ -64,7 +70,8 @@ public enum CopyEngine {
                     }
                 }
                 guard advanced else {
-                    throw ShardKitError(.invalidManifest, "tensor \(tensor): no source holds index \(range.lowerBound) of its split dimension")
+                    throw ShardKitError(.invalidManifest,
+                        "tensor \(tensor): no source holds index \(range.lowerBound) of its split dimension")
                 }
             }
         }
@@ -117,12 +124,14 @@ public enum CopyEngine {
                         let at = s.offset + (local + lo - seg.lowerBound) * inner
                         let dataHi = max(lo, min(hi, g.size))
                         if lo < dataHi {
-                            let dst = UnsafeMutableRawBufferPointer(rebasing: W[((lo - wLow) * inner)..<((dataHi - wLow) * inner)])
+                            let dst = UnsafeMutableRawBufferPointer(
+                                rebasing: W[((lo - wLow) * inner)..<((dataHi - wLow) * inner)])
                             try s.file.read(into: dst, at: at)
                             crcs[si].update(UnsafeRawBufferPointer(dst))
                         }
                         if dataHi < hi {
-                            let pad = UnsafeMutableRawBufferPointer(rebasing: buffers.staging[0..<((hi - dataHi) * inner)])
+                            let pad = UnsafeMutableRawBufferPointer(
+                                rebasing: buffers.staging[0..<((hi - dataHi) * inner)])
                             try s.file.read(into: pad, at: at + (dataHi - lo) * inner)
                             crcs[si].update(UnsafeRawBufferPointer(pad))
                         }

@@ -34,7 +34,8 @@ public final class FileSink: PieceSink {
 
     public func append(_ bytes: UnsafeRawBufferPointer) throws {
         guard position + bytes.count <= end else {
-            throw ShardKitError(.io, "\(file.temporaryPath): piece overflows its \(end - flushedTo) bytes (internal error)")
+            throw ShardKitError(.io,
+                                "\(file.temporaryPath): piece overflows its \(end - flushedTo) bytes (internal error)")
         }
         crc.update(bytes)
         position += bytes.count

@@ -49,9 +49,15 @@ public struct Checkpoint: Sendable {
             } else if safetensors.count > 1 {
                 // A lone .safetensors file is the checkpoint; several are ambiguous (adapters,
                 // reference outputs, ...).
-                throw ShardKitError(.invalidCheckpoint, "\(path): several .safetensors files (\(safetensors.joined(separator: ", "))) and no \(Checkpoint.indexName); give the file's path")
+                throw ShardKitError(.invalidCheckpoint,
+                    "\(path): several .safetensors files (\(safetensors.joined(separator: ", "))) "
+                    + "and no \(Checkpoint.indexName); give the file's path")
             } else {
-                throw ShardKitError(.invalidCheckpoint, "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, \(Checkpoint.pytorchIndexName), pytorch_model.bin, or a lone .safetensors\(formats.isEmpty ? "" : " or " + formats.flatMap(\.suffixes).joined(separator: "/")) file")
+                let others = formats.isEmpty ? "" : " or " + formats.flatMap(\.suffixes).joined(separator: "/")
+                throw ShardKitError(.invalidCheckpoint,
+                    "\(path): no weights: none of \(Checkpoint.indexName), model.safetensors, "
+                    + "\(Checkpoint.pytorchIndexName), pytorch_model.bin, "
+                    + "or a lone .safetensors\(others) file")
             }
             if let indexPath { fileNames = try HFIndex.fileNames(indexPath) }
             (auxiliaryFiles, warnings) = try Checkpoint.carriedFiles(entries.filter(Checkpoint.isAuxiliary), in: path)
@@ -67,7 +73,8 @@ public struct Checkpoint: Sendable {
         for name in fileNames {
             let p = Path.join(directory, name)
             guard FileSystem.exists(p) else {
-                throw ShardKitError(.invalidCheckpoint, "\(indexPath ?? directory): names \(name), which does not exist")
+                throw ShardKitError(.invalidCheckpoint,
+                    "\(indexPath ?? directory): names \(name), which does not exist")
             }
             files.append(try CheckpointFile(path: p, formats: formats))
         }
@@ -76,7 +83,8 @@ public struct Checkpoint: Sendable {
         for (i, f) in files.enumerated() {
             for t in f.tensors {
                 guard t.name != "__metadata__" else {
-                    throw ShardKitError(.invalidCheckpoint, "\(f.path): a tensor named __metadata__, a name safetensors reserves; rename it")
+                    throw ShardKitError(.invalidCheckpoint,
+                        "\(f.path): a tensor named __metadata__, a name safetensors reserves; rename it")
                 }
                 if let other = seen[t.name] {
                     throw ShardKitError(.invalidCheckpoint, "tensor \(t.name) appears in both \(other) and \(f.path)")
@@ -97,7 +105,8 @@ public struct Checkpoint: Sendable {
     static func loneFile(_ entries: [String], formats: [WeightsFileFormat], in path: String) throws -> String? {
         let candidates = entries.filter { e in formats.contains { f in f.suffixes.contains(where: e.hasSuffix) } }
         guard candidates.count <= 1 else {
-            throw ShardKitError(.invalidCheckpoint, "\(path): several weights files (\(candidates.joined(separator: ", "))); give the file's path")
+            throw ShardKitError(.invalidCheckpoint,
+                "\(path): several weights files (\(candidates.joined(separator: ", "))); give the file's path")
         }
         return candidates.first
     }
@@ -110,7 +119,9 @@ public struct Checkpoint: Sendable {
     static func carriedFiles(_ names: [String], in directory: String) throws -> ([String], [String]) {
         guard let home = Path.resolved(directory) else { return ([], []) }
         var allowed = [home]
-        if Path.name(Path.parent(home)) == "snapshots" { allowed.append(Path.join(Path.parent(Path.parent(home)), "blobs")) }
+        if Path.name(Path.parent(home)) == "snapshots" {
+            allowed.append(Path.join(Path.parent(Path.parent(home)), "blobs"))
+        }
         var kept: [String] = [], warnings: [String] = []
         for name in names {
             let path = Path.join(directory, name)
@@ -120,7 +131,8 @@ public struct Checkpoint: Sendable {
             }
             guard allowed.contains(where: { Path.contains($0, real) }) else {
                 throw ShardKitError(.invalidCheckpoint,
-                    "\(path): resolves to \(real), outside the checkpoint directory; refusing to copy it into the output")
+                    "\(path): resolves to \(real), outside the checkpoint directory; "
+                    + "refusing to copy it into the output")
             }
             guard !FileSystem.isDirectory(real), (try? ReadOnlyFile(path: real)) != nil else {
                 warnings.append("\(path): not a readable regular file; not carried into the output")

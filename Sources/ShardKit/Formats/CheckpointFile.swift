@@ -37,7 +37,9 @@ public struct CheckpointFile: Sendable {
             // like a ZIP; a ZIP can hide in an HDF5 user block).
             format = "safetensors"
             tensors = try SafetensorsFile(file: file).tensors
-        } else if let named = formats.first(where: { f in f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(path.lastPathComponent) }) {
+        } else if let named = formats.first(where: { f in
+            f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(path.lastPathComponent)
+        }) {
             format = named.name
             tensors = try named.tensors(in: file)
         } else if CheckpointFile.pytorchSuffixes.contains(where: path.hasSuffix) || PyTorchFile.looksLikeZip(file) {

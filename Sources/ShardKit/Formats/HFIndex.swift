@@ -11,7 +11,7 @@ enum HFIndex {
         var names: [String] = []
         var seen = Set<String>()
         for (_, file) in map where seen.insert(file).inserted { names.append(file) }
-        guard !names.isEmpty else { throw ShardKitError(.invalidCheckpoint, "\(path): weight_map is empty") }
+        guard !names.isEmpty else { throw bad(path, "weight_map is empty") }
         return names
     }
 
@@ -19,15 +19,15 @@ enum HFIndex {
         let file = try ReadOnlyFile(path: path)
         let json: JSONValue
         do { json = try JSONValue.parse(try file.read(count: file.size, at: 0)) } catch let e as JSONParseError {
-            throw ShardKitError(.invalidCheckpoint, "\(path): not valid JSON: \(e)")
+            throw bad(path, "not valid JSON: \(e)")
         }
         guard let map = json["weight_map"]?.objectValue else {
-            throw ShardKitError(.invalidCheckpoint, "\(path): no \"weight_map\" object")
+            throw bad(path, "no \"weight_map\" object")
         }
         var result: [(String, String)] = []
         for (tensor, file) in map {
             guard let f = file.stringValue, !f.contains("/"), !f.hasPrefix(".") else {
-                throw ShardKitError(.invalidCheckpoint, "\(path): weight_map entry for \(tensor) is not a plain file name")
+                throw bad(path, "weight_map entry for \(tensor) is not a plain file name")
             }
             result.append((tensor, f))
         }
@@ -39,12 +39,12 @@ enum HFIndex {
         for f in files { for t in f.tensors { actual[t.name] = f.path.lastPathComponent } }
         let map = try weightMap(path)
         for (tensor, file) in map where actual[tensor] != file {
-            throw ShardKitError(.invalidCheckpoint, "\(path): says \(tensor) is in \(file), but it is not there")
+            throw bad(path, "says \(tensor) is in \(file), but it is not there")
         }
         if map.count != actual.count {
             let listed = Set(map.map { $0.0 })
             let extra = actual.keys.sorted().first { !listed.contains($0) } ?? "?"
-            throw ShardKitError(.invalidCheckpoint, "\(path): tensor \(extra) is in \(actual[extra] ?? "?") but not in the index")
+            throw bad(path, "tensor \(extra) is in \(actual[extra] ?? "?") but not in the index")
         }
     }
 
@@ -55,5 +55,9 @@ enum HFIndex {
             ("weight_map", .object(weightMap.sorted { $0.tensor < $1.tensor }.map { ($0.tensor, .string($0.file)) })),
         ])
         return Array(json.serialized.utf8)
+    }
+
+    private static func bad(_ path: String, _ message: String) -> ShardKitError {
+        ShardKitError(.invalidCheckpoint, "\(path): \(message)")
     }
 }

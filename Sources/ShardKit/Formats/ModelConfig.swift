@@ -55,7 +55,9 @@ public struct ModelConfig: Sendable {
     public var hiddenSize: Int? { int("hidden_size", "n_embd", "d_model") }
     public var attentionHeads: Int? { int("num_attention_heads", "n_head", "num_heads") }
     /// KV heads; defaults to the attention heads (no GQA) when absent.
-    public var keyValueHeads: Int? { int("num_key_value_heads", "num_kv_heads", "multi_query_group_num") ?? attentionHeads }
+    public var keyValueHeads: Int? {
+        int("num_key_value_heads", "num_kv_heads", "multi_query_group_num") ?? attentionHeads
+    }
     /// head_dim from config, else hidden / heads.
     public var headDim: Int? {
         if let d = int("head_dim"), d > 0 { return d }

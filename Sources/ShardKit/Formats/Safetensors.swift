@@ -51,7 +51,8 @@ public struct SafetensorsFile: Sendable {
         self.dataStart = dataStart
         self.fileSize = file.size
         self.tensors = parsed.tensors.map {
-            TensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape, offset: dataStart + $0.begin, byteCount: $0.end - $0.begin)
+            TensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape, offset: dataStart + $0.begin,
+                       byteCount: $0.end - $0.begin)
         }
         // Names are unique (the parser refuses duplicate keys).
         self.index = parsed.index
@@ -83,7 +84,9 @@ public struct SafetensorsFile: Sendable {
                             sawMetadata = true
                             metadata = try readMetadata(&r, bad)
                         } else {
-                            guard index.updateValue(entries.count, forKey: name) == nil else { throw r.duplicateKey(name) }
+                            guard index.updateValue(entries.count, forKey: name) == nil else {
+                                throw r.duplicateKey(name)
+                            }
                             entries.append(try readEntry(&r, name: name, &shapes, bad))
                         }
                     }
@@ -100,15 +103,20 @@ public struct SafetensorsFile: Sendable {
         }
         var cursor = 0
         for e in entries {
-            if e.begin < cursor { throw bad("tensor \"\(e.name)\" overlaps the tensor before it (offset \(e.begin) < \(cursor))") }
-            if e.begin > cursor { throw bad("gap before tensor \"\(e.name)\" (bytes \(cursor)..<\(e.begin) belong to no tensor)") }
+            if e.begin < cursor {
+                throw bad("tensor \"\(e.name)\" overlaps the tensor before it (offset \(e.begin) < \(cursor))")
+            }
+            if e.begin > cursor {
+                throw bad("gap before tensor \"\(e.name)\" (bytes \(cursor)..<\(e.begin) belong to no tensor)")
+            }
             cursor = e.end
         }
         return (entries, index, metadata, cursor)
     }
 
     /// `__metadata__`: a map of strings.
-    private static func readMetadata(_ r: inout JSONReader, _ bad: (String) -> ShardKitError) throws -> [String: String] {
+    private static func readMetadata(_ r: inout JSONReader,
+                                     _ bad: (String) -> ShardKitError) throws -> [String: String] {
         guard r.peekIsObject else { throw bad("__metadata__ is not an object") }
         var map: [String: String] = [:]
         try r.object { r, k in
@@ -123,7 +131,8 @@ public struct SafetensorsFile: Sendable {
             map[k] = try r.string()
         }
         if map["data_offsets"] != nil {
-            throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; rename the tensor")
+            throw bad("a tensor named __metadata__, the key safetensors reserves for the file's metadata; "
+                      + "rename the tensor")
         }
         return map
     }
@@ -144,7 +153,9 @@ public struct SafetensorsFile: Sendable {
             }
         }
         guard let dtypeName else { throw bad("tensor \"\(name)\" has no dtype") }
-        guard let dtype = DType(rawValue: dtypeName) else { throw bad("tensor \"\(name)\" has unknown dtype \"\(dtypeName)\"") }
+        guard let dtype = DType(rawValue: dtypeName) else {
+            throw bad("tensor \"\(name)\" has unknown dtype \"\(dtypeName)\"")
+        }
         guard let shape else { throw bad("tensor \"\(name)\" has no shape") }
         guard shapeValid, shape.allSatisfy({ $0 >= 0 }) else {
             throw bad("tensor \"\(name)\" has a shape entry that is not a non-negative integer")
@@ -160,7 +171,8 @@ public struct SafetensorsFile: Sendable {
             throw bad("tensor \"\(name)\" shape \(shape) overflows")
         }
         guard size == end - begin else {
-            throw bad("tensor \"\(name)\" is \(dtype.rawValue) \(shape) = \(size) bytes but data_offsets cover \(end - begin)")
+            throw bad("tensor \"\(name)\" is \(dtype.rawValue) \(shape) = \(size) bytes "
+                      + "but data_offsets cover \(end - begin)")
         }
         return ParsedEntry(name: name, dtype: dtype, shape: shapes.ints(shape), begin: begin, end: end)
     }

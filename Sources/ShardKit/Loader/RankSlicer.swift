@@ -9,7 +9,8 @@ public final class RankSlicer: @unchecked Sendable {
 
     /// Slices of `checkpoint` for `tp` ranks with `rules` (nil: the preset for its config.json).
     public init(checkpoint: Checkpoint, tp: Int, rules: RuleSet? = nil, bufferBudget: Int = 16 << 20) throws {
-        plan = try ShardPlan(checkpoint: checkpoint, rules: try rules ?? ShardPlan.rules(for: checkpoint, rulesFile: nil), tp: tp)
+        let ruleSet = try rules ?? ShardPlan.rules(for: checkpoint, rulesFile: nil)
+        plan = try ShardPlan(checkpoint: checkpoint, rules: ruleSet, tp: tp)
         let whole = try CheckpointSources(checkpoint)
         sources = { t in [try whole.source(for: t.name, geometry: t.geometry)] }
         buffers = CopyBuffers(budget: bufferBudget)
@@ -18,8 +19,8 @@ public final class RankSlicer: @unchecked Sendable {
     /// Slices for `tp` ranks read from the pieces of `shards` (any TP degree), checking their checksums.
     public init(shards: ShardSet, tp: Int, bufferBudget: Int = 16 << 20) throws {
         let m = shards.manifest
-        plan = try ShardPlan(tensors: m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) },
-                             rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
+        let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
+        plan = try ShardPlan(tensors: list, rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
         let files = try shards.openAllRanks()
         sources = { t in try shards.sources(for: t.name, files: files) }
         buffers = CopyBuffers(budget: bufferBudget)

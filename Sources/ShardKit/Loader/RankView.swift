@@ -41,7 +41,8 @@ public final class RankView: @unchecked Sendable {
         for (rel, f) in files { mapped[rel] = try MappedFile(path: f.path) }
         var located: [String: (String, TensorInfo)] = [:]
         for name in set.manifest.order {
-            located[name] = (set.manifest.tensors[name]!.pieces[r].file, try set.pieceLocation(name, rank: r, files: files))
+            let file = set.manifest.tensors[name]!.pieces[r].file
+            located[name] = (file, try set.pieceLocation(name, rank: r, files: files))
         }
         self.mapped = mapped
         self.located = located
@@ -52,7 +53,7 @@ public final class RankView: @unchecked Sendable {
 
     /// This rank's piece of `name`, zero-copy.
     public func tensor(_ name: String) throws -> TensorView {
-        guard let (file, info) = located[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(shardSet.directory)") }
+        guard let (file, info) = located[name] else { throw shardSet.noTensor(name) }
         return TensorView(name: name, dtype: info.dtype, shape: info.shape, file: mapped[file]!,
                           range: info.offset..<(info.offset + info.byteCount))
     }

@@ -57,32 +57,39 @@ public struct ShardSet: Sendable {
         let path = Path.join(directory, relative)
         guard let real = Path.resolved(path) else { return path }   // missing: the caller says so
         guard let home = Path.resolved(directory), Path.contains(home, real), real != home else {
-            throw ShardKitError(.invalidManifest, "\(path): resolves to \(real), outside the shard set; refusing to read it")
+            throw ShardKitError(.invalidManifest,
+                                "\(path): resolves to \(real), outside the shard set; refusing to read it")
         }
         return path
     }
 
     /// Where rank `r`'s piece of `name` lives, checked against the manifest.
     public func pieceLocation(_ name: String, rank r: Int, files: [String: SafetensorsFile]) throws -> TensorInfo {
-        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+        guard let t = manifest.tensors[name] else { throw noTensor(name) }
         let piece = t.pieces[r]
+        func bad(_ message: String) -> ShardKitError {
+            ShardKitError(.invalidManifest, "\(Path.join(directory, piece.file)): \(message)")
+        }
         guard let file = files[piece.file], let info = file.tensor(named: name) else {
-            throw ShardKitError(.invalidManifest, "\(Path.join(directory, piece.file)): has no tensor \(name) (the manifest says rank \(r) holds it there)")
+            throw bad("has no tensor \(name) (the manifest says rank \(r) holds it there)")
         }
         guard info.dtype == t.dtype, info.shape == piece.shape else {
-            throw ShardKitError(.invalidManifest,
-                "\(Path.join(directory, piece.file)): tensor \(name) is \(info.dtype.rawValue) \(info.shape), the manifest says \(t.dtype.rawValue) \(piece.shape)")
+            throw bad("tensor \(name) is \(info.dtype.rawValue) \(info.shape), "
+                      + "the manifest says \(t.dtype.rawValue) \(piece.shape)")
         }
         return info
     }
 
     /// Copy sources for every rank's piece of `name` (for reshard, reassembly and verification).
     /// `files[r]` are rank r's open files by relative path.
-    public func sources(for name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]], checkCRC: Bool = true) throws -> [CopySource] {
-        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+    public func sources(for name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]],
+                        checkCRC: Bool = true) throws -> [CopySource] {
+        guard let t = manifest.tensors[name] else { throw noTensor(name) }
         return try (0..<tp).map { r in
             let piece = t.pieces[r]
-            guard let (sf, handle) = files[r][piece.file] else { throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open") }
+            guard let (sf, handle) = files[r][piece.file] else {
+                throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open")
+            }
             let info = try pieceLocation(name, rank: r, files: [piece.file: sf])
             return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
                               expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
@@ -101,10 +108,16 @@ public struct ShardSet: Sendable {
     /// dropped), checking the pieces' checksums on the way.
     public func reassemble(_ name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]], into sink: PieceSink,
                            buffers: CopyBuffers) throws {
-        guard let t = manifest.tensors[name] else { throw ShardKitError(.notFound, "no tensor \(name) in \(directory)") }
+        guard let t = manifest.tensors[name] else { throw noTensor(name) }
         let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
         try CopyEngine.copy(tensor: name, geometry: g, sources: try sources(for: name, files: files),
-                            destinations: [CopyDestination(layout: PieceLayout([0..<g.size]), sink: sink)], buffers: buffers)
+                            destinations: [CopyDestination(layout: PieceLayout([0..<g.size]), sink: sink)],
+                            buffers: buffers)
+    }
+
+    /// The error for a tensor the manifest does not list.
+    func noTensor(_ name: String) -> ShardKitError {
+        ShardKitError(.notFound, "no tensor \(name) in \(directory)")
     }
 }
 

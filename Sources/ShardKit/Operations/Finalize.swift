@@ -7,7 +7,9 @@ extension Reshard {
         guard !entries.contains(Manifest.fileName) else {
             throw ShardKitError(.outputExists, "\(directory): already has manifest.json")
         }
-        let partNames = entries.filter { $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json")) }
+        let partNames = entries.filter {
+            $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json"))
+        }
         guard let first = partNames.first else {
             throw ShardKitError(.invalidManifest, "\(directory): no rank-*/part.json to finalize")
         }
@@ -16,21 +18,26 @@ extension Reshard {
             let f = try ReadOnlyFile(path: path)
             return try Manifest(json: try f.read(count: f.size, at: 0), path: path)
         }
+        func badPart(_ dir: String, _ message: String) -> ShardKitError {
+            ShardKitError(.invalidManifest, "\(directory)/\(dir)/part.json: \(message)")
+        }
         var merged = try readPart(first)
         let tp = merged.tp
         // A part is untrusted until merged and validated: check what the merge below indexes by.
         guard tp >= 1, tp <= ShardPlan.maxTP, merged.ranks.count == tp,
               merged.order.count == merged.tensors.count, Set(merged.order) == Set(merged.tensors.keys) else {
-            throw ShardKitError(.invalidManifest, "\(directory)/\(first)/part.json: malformed (tp, ranks or order do not agree)")
+            throw badPart(first, "malformed (tp, ranks or order do not agree)")
         }
         var parts: [Manifest] = []
         for r in 0..<tp {
             guard FileSystem.exists(Path.join(directory, "rank-\(r)/part.json")) else {
-                throw ShardKitError(.invalidManifest, "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json)", remedy: .writeRank(r))
+                throw ShardKitError(.invalidManifest,
+                                    "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json)",
+                                    remedy: .writeRank(r))
             }
             let p = try readPart("rank-\(r)")
             guard p.tp == tp, p.order == merged.order, p.source == merged.source else {
-                throw ShardKitError(.invalidManifest, "\(directory)/rank-\(r)/part.json: belongs to a different run")
+                throw badPart("rank-\(r)", "belongs to a different run")
             }
             parts.append(p)
         }
@@ -39,7 +46,7 @@ extension Reshard {
             t.pieces = try (0..<tp).map { r in
                 guard let pt = parts[r].tensors[name], pt.dtype == t.dtype, pt.shape == t.shape, pt.rule == t.rule,
                       pt.pieces.count == 1, pt.pieces[0].rank == r else {
-                    throw ShardKitError(.invalidManifest, "\(directory)/rank-\(r)/part.json: tensor \(name) disagrees with the other parts")
+                    throw badPart("rank-\(r)", "tensor \(name) disagrees with the other parts")
                 }
                 return pt.pieces[0]
             }

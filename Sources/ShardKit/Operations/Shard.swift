@@ -7,7 +7,8 @@ public enum Shard {
     /// or lie inside the checkpoint.
     @discardableResult
     public static func run(checkpoint: Checkpoint, sourcePath: String, rules: RuleSet, tp: Int, output: String,
-                           options: ShardSetWriter.Options = .init(), progress: ProgressHandler? = nil) throws -> Manifest {
+                           options: ShardSetWriter.Options = .init(),
+                           progress: ProgressHandler? = nil) throws -> Manifest {
         let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
         let sources = try CheckpointSources(checkpoint)
         let source = Manifest.Source(path: sourcePath, files: checkpoint.files.map { $0.path.lastPathComponent },
@@ -16,6 +17,7 @@ public enum Shard {
         return try ShardSetWriter(plan: plan, directory: output, options: options).write(
             source: source, tool: .init(name: "shardkit", version: toolVersion, operation: "shard"),
             inputs: [sourcePath] + checkpoint.files.map(\.path) + extras.map(\.from),
-            extraFiles: extras, sources: { t in [try sources.source(for: t.name, geometry: t.geometry)] }, progress: progress)
+            extraFiles: extras, sources: { t in [try sources.source(for: t.name, geometry: t.geometry)] },
+            progress: progress)
     }
 }

@@ -59,8 +59,9 @@ public enum Verify {
                                             expectedCRC: CRC32C.parse(hex: piece.crc32c),
                                             label: "rank \(r) file \(sf.path)")
                     // Reading the piece through the copy engine into a sink that discards checks its CRC.
+                    let kept = layout.segments.map { $0.clamped(to: 0..<g.size) }.filter { !$0.isEmpty }
                     try CopyEngine.copy(tensor: name, geometry: g, sources: [source],
-                                        destinations: [CopyDestination(layout: PieceLayout(layout.segments.map { $0.clamped(to: 0..<g.size) }.filter { !$0.isEmpty }), sink: DiscardSink())],
+                                        destinations: [CopyDestination(layout: PieceLayout(kept), sink: DiscardSink())],
                                         buffers: buffers)
                     try requireFullRead(source, geometry: g, tensor: name)
                     pieces += 1
@@ -69,8 +70,9 @@ public enum Verify {
                 progress?(done, total)
             }
         }
+        let fileCount = m.ranks.reduce(0) { $0 + $1.files.count }
         return Check(name: "integrity", status: failures.isEmpty ? .pass : .fail,
-                     detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(m.ranks.reduce(0) { $0 + $1.files.count }) files checked (crc32c)",
+                     detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(fileCount) files checked (crc32c)",
                      failures: failures)
     }
 
@@ -82,18 +84,21 @@ public enum Verify {
         let bytes = try s.file.read(count: count, at: s.offset)
         bytes.withUnsafeBytes { crc.update($0) }
         if crc.value != expected {
-            throw ShardKitError(.checksumMismatch, "\(s.label): tensor \(tensor) has crc32c \(crc.hex), the manifest says \(CRC32C(value: expected).hex)")
+            throw CopyEngine.checksumMismatch(s, tensor: tensor, crc: crc, expected: expected)
         }
     }
 
     /// Every rank's piece equals, byte for byte, the slice of the source tensor that its intervals name
     /// (padding included, which must be zeros). Together the pieces cover every tensor, so this proves
     /// that reassembly gives the source back.
-    public static func reconstruction(_ set: ShardSet, source: Checkpoint, progress: ProgressHandler? = nil) -> Check {
+    public static func reconstruction(_ set: ShardSet, source: Checkpoint,
+                                      progress: ProgressHandler? = nil) -> Check {
         var failures: [String] = []
         let m = set.manifest
         let sourceNames = Set(source.tensors.map(\.info.name))
-        for name in sourceNames.subtracting(m.order).sorted() { failures.append("tensor \(name) is in the source but not in the shard set") }
+        for name in sourceNames.subtracting(m.order).sorted() {
+            failures.append("tensor \(name) is in the source but not in the shard set")
+        }
         let buffers = CopyBuffers(budget: 16 << 20)
         var handles: [Int: ReadOnlyFile] = [:]
         var rankFiles: [[String: SafetensorsFile]] = []
@@ -115,9 +120,13 @@ public enum Verify {
         var done = 0
         for name in m.order {
             let t = m.tensors[name]!
-            guard let (fi, info) = source.tensor(named: name) else { failures.append("tensor \(name) is not in the source"); continue }
+            guard let (fi, info) = source.tensor(named: name) else {
+                failures.append("tensor \(name) is not in the source")
+                continue
+            }
             guard info.dtype == t.dtype, info.shape == t.shape else {
-                failures.append("tensor \(name): source is \(info.dtype.rawValue) \(info.shape), the manifest says \(t.dtype.rawValue) \(t.shape)")
+                failures.append("tensor \(name): source is \(info.dtype.rawValue) \(info.shape), "
+                                + "the manifest says \(t.dtype.rawValue) \(t.shape)")
                 continue
             }
             do {
@@ -133,11 +142,14 @@ public enum Verify {
                 }
                 try CopyEngine.copy(tensor: name, geometry: g,
                                     sources: [CopySource.whole(info, geometry: g, file: handles[fi]!)],
-                                    destinations: sinks.map { CopyDestination(layout: m.layout(of: t, rank: $0.0), sink: $0.1) },
+                                    destinations: sinks.map {
+                                        CopyDestination(layout: m.layout(of: t, rank: $0.0), sink: $0.1)
+                                    },
                                     buffers: buffers)
                 for (r, s) in sinks {
                     if let at = s.firstMismatch {
-                        failures.append("tensor \(name): rank \(r) piece differs from the source at byte \(at) of the piece (\(t.pieces[r].file))")
+                        failures.append("tensor \(name): rank \(r) piece differs from the source at byte \(at) "
+                                        + "of the piece (\(t.pieces[r].file))")
                     }
                 }
                 compared += 1

@@ -67,7 +67,8 @@ public struct Manifest: Sendable, Equatable {
     public var order: [String]
 
 
-    public init(tp: Int, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String], tensors: [String: Tensor], order: [String]) {
+    public init(tp: Int, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String], tensors: [String: Tensor],
+                order: [String]) {
         self.tp = tp; self.tool = tool; self.source = source; self.ranks = ranks
         self.extraFiles = extraFiles; self.tensors = tensors; self.order = order
     }
@@ -77,7 +78,8 @@ public struct Manifest: Sendable, Equatable {
     public static func read(directory: String) throws -> Manifest {
         let path = Path.join(directory, fileName)
         guard FileSystem.exists(path) else {
-            let unfinished = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
+            let unfinished = FileSystem.isDirectory(directory)
+                && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
             let parts = unfinished && ((try? FileSystem.list(directory)) ?? []).contains {
                 $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json"))
             }
@@ -98,7 +100,9 @@ public struct Manifest: Sendable, Equatable {
     /// Checks everything that can be checked without opening the rank files.
     public func validate(path: String) throws {
         func bad(_ m: String) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(m)") }
-        guard format == Manifest.formatName else { throw bad("format is \"\(format)\", expected \"\(Manifest.formatName)\"") }
+        guard format == Manifest.formatName else {
+            throw bad("format is \"\(format)\", expected \"\(Manifest.formatName)\"")
+        }
         guard version == 1 else { throw bad("version \(version) is not supported (this ShardKit reads version 1)") }
         guard checksum == "crc32c" else { throw bad("checksum \"\(checksum)\" is not supported") }
         guard tp >= 1 else { throw bad("tp must be at least 1") }
@@ -108,10 +112,14 @@ public struct Manifest: Sendable, Equatable {
         }
         var rankFiles: [Set<String>] = []
         for r in ranks {
-            for f in r.files where !Manifest.isSafeRelativePath(f) { throw bad("rank \(r.rank) file \"\(f)\" is not a relative path inside the directory") }
+            for f in r.files where !Manifest.isSafeRelativePath(f) {
+                throw bad("rank \(r.rank) file \"\(f)\" is not a relative path inside the directory")
+            }
             rankFiles.append(Set(r.files))
         }
-        for f in extraFiles where !Manifest.isSafeRelativePath(f) { throw bad("extra file \"\(f)\" is not a relative path inside the directory") }
+        for f in extraFiles where !Manifest.isSafeRelativePath(f) {
+            throw bad("extra file \"\(f)\" is not a relative path inside the directory")
+        }
         // Extra files are copied into a reshard's output after its rank files: one must never land on
         // a rank file, an index or the manifest (which must be written last, by ShardKit).
         let allRankFiles = rankFiles.reduce(into: Set<String>()) { $0.formUnion($1) }
@@ -119,48 +127,59 @@ public struct Manifest: Sendable, Equatable {
             || f.lastPathComponent == Checkpoint.indexName || f.hasSuffix(".safetensors") {
             throw bad("extra file \"\(f)\" would overwrite a rank file, an index or the manifest")
         }
-        guard Set(order) == Set(tensors.keys), order.count == tensors.count else { throw bad("\"order\" must list every tensor once") }
+        guard Set(order) == Set(tensors.keys), order.count == tensors.count else {
+            throw bad("\"order\" must list every tensor once")
+        }
         // Readers add up piece sizes (progress, totals): the sum over every piece must fit in an Int.
         var allPieceBytes = 0
         var layoutsOf = RuleLayouts(ranks: tp)
         for name in order {
             let t = tensors[name]!
+            func badTensor(_ m: String) -> ShardKitError { bad("tensor \(name): \(m)") }
             guard t.shape.allSatisfy({ $0 >= 0 }), checkedProduct(t.shape, times: t.dtype.size) != nil else {
-                throw bad("tensor \(name): invalid shape \(t.shape)")
+                throw badTensor("invalid shape \(t.shape)")
             }
             guard t.pieces.count == tp, t.pieces.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
-                throw bad("tensor \(name): pieces must be ranks 0..<\(tp) in order")
+                throw badTensor("pieces must be ranks 0..<\(tp) in order")
             }
             let size = t.rule.dim.map { $0 < t.shape.count ? t.shape[$0] : -1 } ?? (t.shape.first ?? 1)
-            guard size >= 0 else { throw bad("tensor \(name): rule dim \(t.rule.dim!) outside shape \(t.shape)") }
+            guard size >= 0 else { throw badTensor("rule dim \(t.rule.dim!) outside shape \(t.shape)") }
             let padded = t.rule.paddedSize(size, ranks: tp)
             guard t.paddedSize == (padded != size ? padded : nil) else {
-                throw bad("tensor \(name): padded_size \(t.paddedSize.map(String.init) ?? "null") disagrees with the rule (\(padded))")
+                throw badTensor("padded_size \(t.paddedSize.map(String.init) ?? "null") "
+                                + "disagrees with the rule (\(padded))")
             }
             for p in t.pieces {
-                guard rankFiles[p.rank].contains(p.file) else { throw bad("tensor \(name): rank \(p.rank) piece names file \(p.file), not one of the rank's files") }
+                guard rankFiles[p.rank].contains(p.file) else {
+                    throw badTensor("rank \(p.rank) piece names file \(p.file), not one of the rank's files")
+                }
                 let expected: PieceLayout
                 do {
                     expected = try layoutsOf(t.rule, size: t.shape.isEmpty ? 1 : size, tensor: name)[p.rank]
                 } catch let e as ShardKitError { throw bad(e.message) }
                 guard p.intervals == expected.segments.map({ [$0.lowerBound, $0.upperBound] }) else {
-                    throw bad("tensor \(name): rank \(p.rank) intervals \(p.intervals) are not what rule \(t.rule.kindName) gives (\(expected.segments.map { [$0.lowerBound, $0.upperBound] }))")
+                    throw badTensor("rank \(p.rank) intervals \(p.intervals) are not what rule \(t.rule.kindName) "
+                                    + "gives (\(expected.segments.map { [$0.lowerBound, $0.upperBound] }))")
                 }
                 var shape = t.shape
                 if let d = t.rule.dim { shape[d] = expected.length }
-                guard p.shape == shape else { throw bad("tensor \(name): rank \(p.rank) shape \(p.shape), expected \(shape)") }
+                guard p.shape == shape else { throw badTensor("rank \(p.rank) shape \(p.shape), expected \(shape)") }
                 guard let bytes = checkedProduct(shape, times: t.dtype.size),
                       case (let sum, false) = allPieceBytes.addingReportingOverflow(bytes) else {
-                    throw bad("tensor \(name): piece sizes overflow")
+                    throw badTensor("piece sizes overflow")
                 }
                 allPieceBytes = sum
-                guard CRC32C.parse(hex: p.crc32c) != nil else { throw bad("tensor \(name): rank \(p.rank) crc32c \"\(p.crc32c)\" is not 8 hex digits") }
+                guard CRC32C.parse(hex: p.crc32c) != nil else {
+                    throw badTensor("rank \(p.rank) crc32c \"\(p.crc32c)\" is not 8 hex digits")
+                }
             }
         }
     }
 
     static func isSafeRelativePath(_ p: String) -> Bool {
-        !p.isEmpty && !p.hasPrefix("/") && !p.split(separator: "/", omittingEmptySubsequences: false).contains { $0 == ".." || $0 == "." || $0.isEmpty }
+        !p.isEmpty && !p.hasPrefix("/") && !p.split(separator: "/", omittingEmptySubsequences: false).contains {
+            $0 == ".." || $0 == "." || $0.isEmpty
+        }
     }
 
     /// The piece layout rank `rank` holds of `tensor`, from its intervals.

@@ -217,7 +217,9 @@ extension Manifest.Piece {
                 var list: [[Int]] = []
                 try r.array { r, _ in
                     let pair = try r.ints()
-                    guard pair.count == 2 else { throw r.error("an interval is [start, end], found \(pair.count) numbers") }
+                    guard pair.count == 2 else {
+                        throw r.error("an interval is [start, end], found \(pair.count) numbers")
+                    }
                     list.append(pair)
                 }
                 p.intervals = shared.intervals(list)
@@ -270,7 +272,9 @@ extension SplitRule {
             }
             return true
         }
-        guard let kind = RuleKind(rawValue: kindName ?? "") else { throw r.error("unknown rule kind \"\(kindName ?? "")\"") }
+        guard let kind = RuleKind(rawValue: kindName ?? "") else {
+            throw r.error("unknown rule kind \"\(kindName ?? "")\"")
+        }
         if kind == .replicated { return .replicated }
         guard let d = dim, d >= 0 else { throw r.error("rule \(kind.rawValue) needs a non-negative \"dim\"") }
         if kind.needsHeads {
@@ -308,7 +312,9 @@ extension FusedPart {
         guard let kind = Split.Kind(rawValue: splitName ?? "") else {
             throw r.error("unknown part split \"\(splitName ?? "")\"")
         }
-        guard let split = Split(kind: kind, heads: heads) else { throw r.error("\(kind.rawValue) part needs \"heads\" > 0") }
+        guard let split = Split(kind: kind, heads: heads) else {
+            throw r.error("\(kind.rawValue) part needs \"heads\" > 0")
+        }
         return FusedPart(size: size, split: split)
     }
 }

@@ -63,13 +63,18 @@ public struct ShardSetWriter {
             let name = groups.count == 1 ? "model.safetensors"
                 : "model-\(ShardSetWriter.pad5(k + 1))-of-\(ShardSetWriter.pad5(groups.count)).safetensors"
             let layout = try SafetensorsLayout(
-                tensors: indices.map { (plan.tensors[$0].name, plan.tensors[$0].dtype, plan.tensors[$0].pieceShape(rank: r)) },
+                tensors: indices.map {
+                    (plan.tensors[$0].name, plan.tensors[$0].dtype, plan.tensors[$0].pieceShape(rank: r))
+                },
                 metadata: metadata)
             return FilePlan(relativePath: prefix + name, tensorIndices: indices, layout: layout)
         }
     }
 
-    static func pad5(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
+    static func pad5(_ n: Int) -> String {
+        let s = String(n)
+        return String(repeating: "0", count: max(0, 5 - s.count)) + s
+    }
 
     /// Writes the shard set. `sources(t)` gives the sources for tensor `t` of the plan; `inputs` are
     /// the files and directories the run reads, which the output may not be, contain or lie inside.
@@ -166,12 +171,15 @@ public struct ShardSetWriter {
                              count: t.pieceBytes(rank: r), bufferSize: sinkBuffer)
                 }
                 try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
-                                    destinations: zip(ranks, sinks).map { CopyDestination(layout: t.layouts[$0], sink: $1) },
+                                    destinations: zip(ranks, sinks).map {
+                                        CopyDestination(layout: t.layouts[$0], sink: $1)
+                                    },
                                     buffers: buffers) { tracker.add($0) }
                 let crcs = try zip(ranks, sinks).map { (r, s) -> UInt32 in
                     try s.flush()
                     guard s.isComplete else {
-                        throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) incomplete (internal error)")
+                        throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) "
+                                                 + "incomplete (internal error)")
                     }
                     return s.crc.value
                 }
@@ -227,11 +235,13 @@ public struct ShardSetWriter {
                 let pieces = (0..<plan.tp).map { r in
                     Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath,
                                    shape: shared.ints(t.pieceShape(rank: r)),
-                                   intervals: shared.intervals(t.layouts[r].segments.map { [$0.lowerBound, $0.upperBound] }),
+                                   intervals: shared.intervals(t.layouts[r].segments.map {
+                                       [$0.lowerBound, $0.upperBound]
+                                   }),
                                    crc32c: written.contains(r) ? CRC32C(value: checksums[r][ti]).hex : "")
                 }
-                tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule, paddedSize: t.paddedSize,
-                                                  pieces: pieces)
+                tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule,
+                                                  paddedSize: t.paddedSize, pieces: pieces)
             }
             return Manifest(tp: plan.tp, tool: tool, source: source,
                             ranks: (0..<plan.tp).map { Manifest.Rank(rank: $0, files: files[$0].map(\.relativePath)) },

@@ -6,7 +6,9 @@ extension SplitRule {
             ShardKitError(.impossibleSplit, "tensor \(tensor): cannot split \(why) across \(ranks) ranks")
         }
         guard ranks >= 1 else { throw ShardKitError(.impossibleSplit, "TP degree must be at least 1, got \(ranks)") }
-        guard rank >= 0 && rank < ranks else { throw ShardKitError(.notFound, "rank \(rank) out of range 0..<\(ranks)") }
+        guard rank >= 0 && rank < ranks else {
+            throw ShardKitError(.notFound, "rank \(rank) out of range 0..<\(ranks)")
+        }
         func even(_ n: Int, what: String) throws -> Range<Int> {
             guard n % ranks == 0 else { throw refuse("\(what) of size \(n) (\(n) % \(ranks) = \(n % ranks))") }
             // rank·(n/G), not rank·n/G: the product stays within n and cannot overflow.
@@ -15,7 +17,8 @@ extension SplitRule {
         }
         func byHeads(_ n: Int, heads: Int, kv: Bool) throws -> Range<Int> {
             guard heads > 0, n % heads == 0 else {
-                throw refuse("dimension \(n) into \(heads) \(kv ? "KV " : "")heads (\(n) is not a multiple of \(heads))")
+                throw refuse("dimension \(n) into \(heads) \(kv ? "KV " : "")heads "
+                             + "(\(n) is not a multiple of \(heads))")
             }
             let hd = n / heads
             if heads >= ranks || !kv {
@@ -51,8 +54,9 @@ extension SplitRule {
         case .fused(_, let parts):
             let total = checkedSum(parts.map(\.size))
             guard let total, total == size else {
+                let sum = total.map(String.init) ?? "more than \(Int.max)"
                 throw ShardKitError(.impossibleSplit,
-                    "tensor \(tensor): fused parts \(parts.map(\.size)) add up to \(total.map(String.init) ?? "more than \(Int.max)"), but the dimension is \(size)")
+                    "tensor \(tensor): fused parts \(parts.map(\.size)) add up to \(sum), but the dimension is \(size)")
             }
             var segments: [Range<Int>] = []
             var base = 0

@@ -36,7 +36,8 @@ public struct ShardPlan: Sendable {
         guard tp >= 1 else { throw ShardKitError(.impossibleSplit, "TP degree must be at least 1, got \(tp)") }
         // Every tensor gets one layout per rank: an absurd degree would exhaust memory, not fail.
         guard tp <= ShardPlan.maxTP else {
-            throw ShardKitError(.impossibleSplit, "TP degree \(tp) is larger than the \(ShardPlan.maxTP) ShardKit supports")
+            throw ShardKitError(.impossibleSplit,
+                                "TP degree \(tp) is larger than the \(ShardPlan.maxTP) ShardKit supports")
         }
         precondition(tensors.count == rules.count)
         self.tp = tp
@@ -77,12 +78,15 @@ public struct ShardPlan: Sendable {
 extension ShardPlan {
     /// The rule set for a checkpoint: the user's rules file (which may extend a preset), else the
     /// preset chosen by config.json's model_type.
-    public static func rules(for checkpoint: Checkpoint, rulesFile: (json: JSONValue, origin: String)?) throws -> RuleSet {
+    public static func rules(for checkpoint: Checkpoint,
+                             rulesFile: (json: JSONValue, origin: String)?) throws -> RuleSet {
         if let rulesFile {
             return try RulesFile.ruleSet(from: rulesFile.json, origin: rulesFile.origin, config: checkpoint.config)
         }
         guard let config = checkpoint.config else {
-            throw ShardKitError(.invalidCheckpoint, "\(Path.join(checkpoint.directory, "config.json")): missing; a preset needs it", remedy: .rules)
+            throw ShardKitError(.invalidCheckpoint,
+                                "\(Path.join(checkpoint.directory, "config.json")): missing; a preset needs it",
+                                remedy: .rules)
         }
         return try Architectures.rules(for: config)
     }

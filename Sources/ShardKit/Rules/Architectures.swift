@@ -60,7 +60,8 @@ public enum Architectures {
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
-        Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu", rules: gptNeoX),
+        Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
+                     rules: gptNeoX),
         Architecture("bert", forwardPass: .bert, defaultEpsilon: 1e-12, defaultActivation: "gelu", rules: bert),
     ]
 
@@ -75,7 +76,8 @@ public enum Architectures {
     /// The preset for `config`'s model_type. Throws `invalidConfig` for an unknown type or a missing key.
     public static func rules(for config: ModelConfig) throws -> RuleSet {
         guard let type = config.modelType else {
-            throw ShardKitError(.invalidConfig, "\(config.path): no \"model_type\", so no preset applies", remedy: .rules)
+            throw ShardKitError(.invalidConfig, "\(config.path): no \"model_type\", so no preset applies",
+                                remedy: .rules)
         }
         guard let architecture = named(type) else {
             throw ShardKitError(.invalidConfig,
@@ -85,7 +87,8 @@ public enum Architectures {
         let heads = try config.requireInt("num_attention_heads", "n_head")
         let kv = config.int("num_key_value_heads", "multi_query_group_num") ?? heads
         guard heads > 0, kv > 0 else {
-            throw ShardKitError(.invalidConfig, "\(config.path): head counts must be positive (heads \(heads), KV heads \(kv))")
+            throw ShardKitError(.invalidConfig,
+                "\(config.path): head counts must be positive (heads \(heads), KV heads \(kv))")
         }
         let context = Architecture.Context(config: config, modelType: type, heads: heads, kvHeads: kv)
         return RuleSet(name: "preset \(type)", entries: try architecture.rules(context))
@@ -94,7 +97,9 @@ public enum Architectures {
     /// Llama, Mistral, Qwen2, Gemma, Mixtral, Phi-3 (`model.layers.N.` prefix).
     @Sendable static func llamaFamily(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let type = c.modelType, heads = c.heads, kv = c.kvHeads
-        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry { c.entry(p, r, optional: optional) }
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
         let p = "model.layers.*."
         var list = [
             e("model.embed_tokens.weight", .vocab(0)),
@@ -106,9 +111,10 @@ public enum Architectures {
             e(p + "self_attn.rotary_emb.inv_freq", .replicated, optional: true),
         ]
         if type == "phi3" {
+            let qkv: [RuleSpec.Part] = [.init(.heads(heads)), .init(.kvHeads(kv)), .init(.kvHeads(kv))]
             list += [
-                e(p + "self_attn.qkv_proj.weight", .fused(0, [.init(.heads(heads)), .init(.kvHeads(kv)), .init(.kvHeads(kv))])),
-                e(p + "self_attn.qkv_proj.bias", .fused(0, [.init(.heads(heads)), .init(.kvHeads(kv)), .init(.kvHeads(kv))]), optional: true),
+                e(p + "self_attn.qkv_proj.weight", .fused(0, qkv)),
+                e(p + "self_attn.qkv_proj.bias", .fused(0, qkv), optional: true),
                 e(p + "mlp.gate_up_proj.weight", .fused(0, [.init(.even), .init(.even)])),
                 e(p + "mlp.down_proj.weight", .row(1)),
             ]
@@ -140,7 +146,9 @@ public enum Architectures {
     /// GPT-2: Conv1D weights stored `[in, out]`.
     @Sendable static func gpt2(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
-        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry { c.entry(p, r, optional: optional) }
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
         let t = "{transformer.,}"
         let qkv: [RuleSpec.Part] = [.init(.heads(heads)), .init(.heads(heads)), .init(.heads(heads))]
         return [
@@ -164,7 +172,9 @@ public enum Architectures {
     /// GPT-NeoX: per-head interleaved QKV.
     @Sendable static func gptNeoX(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
-        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry { c.entry(p, r, optional: optional) }
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
         let p = "gpt_neox.layers.*."
         return [
             e("gpt_neox.embed_in.weight", .vocab(0)),
@@ -185,7 +195,9 @@ public enum Architectures {
     /// BERT encoders.
     @Sendable static func bert(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
-        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry { c.entry(p, r, optional: optional) }
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
         let b = "{bert.,}"
         let l = b + "encoder.layer.*."
         return [

@@ -39,7 +39,8 @@ public struct RuleSet: Sendable {
         rules.reserveCapacity(tensors.count)
         for t in tensors {
             guard let i = entries.firstIndex(where: { $0.pattern.matches(t.name) }) else {
-                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name)", remedy: .rules)
+                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name)",
+                                    remedy: .rules)
             }
             used[i] = true
             rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name))

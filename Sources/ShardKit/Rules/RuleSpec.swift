@@ -33,14 +33,16 @@ public struct RuleSpec: Sendable, Hashable {
 
     /// The concrete rule for a tensor of `shape`; checks the dimension exists and fused parts add up.
     public func resolve(shape: [Int], tensor: String) throws -> SplitRule {
+        func fail(_ code: ShardKitError.Code, _ message: String) -> ShardKitError {
+            ShardKitError(code, "tensor \(tensor): \(message)")
+        }
         if kind == .replicated { return .replicated }
         guard dim >= 0 && dim < shape.count else {
-            throw ShardKitError(.impossibleSplit,
-                "tensor \(tensor): rule \(kind.rawValue) splits dim \(dim), but the tensor has shape \(shape)")
+            throw fail(.impossibleSplit, "rule \(kind.rawValue) splits dim \(dim), but the tensor has shape \(shape)")
         }
         func needHeads() throws -> Int {
             guard let h = heads, h > 0 else {
-                throw ShardKitError(.invalidRules, "tensor \(tensor): rule \(kind.rawValue) needs a positive head count")
+                throw fail(.invalidRules, "rule \(kind.rawValue) needs a positive head count")
             }
             return h
         }
@@ -54,10 +56,10 @@ public struct RuleSpec: Sendable, Hashable {
         case .vocab: return .vocab(dim: dim)
         case .fused:
             let n = shape[dim]
-            guard !parts.isEmpty else { throw ShardKitError(.invalidRules, "tensor \(tensor): fused rule has no parts") }
+            guard !parts.isEmpty else { throw fail(.invalidRules, "fused rule has no parts") }
             // Sizes and head counts come from rules files and config.json: sums are overflow-checked.
             guard let known = checkedSum(parts.compactMap(\.size)) else {
-                throw ShardKitError(.impossibleSplit, "tensor \(tensor): fused part sizes \(parts.compactMap(\.size)) overflow")
+                throw fail(.impossibleSplit, "fused part sizes \(parts.compactMap(\.size)) overflow")
             }
             let open = parts.filter { $0.size == nil }
             var sizes = parts.map(\.size)
@@ -72,19 +74,19 @@ public struct RuleSpec: Sendable, Hashable {
                 let unit: Int
                 if headCounts.allSatisfy({ $0 != nil }) {
                     guard let total = checkedSum(headCounts.map { $0! }), total > 0, left > 0, left % total == 0 else {
-                        throw ShardKitError(.impossibleSplit,
-                            "tensor \(tensor): fused parts with \(headCounts.map { $0! }) heads do not divide the \(left) rows left of dimension \(n)")
+                        throw fail(.impossibleSplit,
+                                   "fused parts with \(headCounts.map { $0! }) heads do not divide the \(left) rows "
+                                   + "left of dimension \(n)")
                     }
                     unit = left / total
                 } else if headCounts.allSatisfy({ $0 == nil }) {
                     guard left > 0, left % open.count == 0 else {
-                        throw ShardKitError(.impossibleSplit,
-                            "tensor \(tensor): \(open.count) equal fused parts do not divide the \(left) rows left of dimension \(n)")
+                        throw fail(.impossibleSplit,
+                            "\(open.count) equal fused parts do not divide the \(left) rows left of dimension \(n)")
                     }
                     unit = left / open.count
                 } else {
-                    throw ShardKitError(.invalidRules,
-                        "tensor \(tensor): give every fused part a size when head-split and even parts are mixed")
+                    throw fail(.invalidRules, "give every fused part a size when head-split and even parts are mixed")
                 }
                 var k = 0
                 for i in sizes.indices where sizes[i] == nil {
@@ -95,8 +97,9 @@ public struct RuleSpec: Sendable, Hashable {
             let resolved = zip(parts, sizes).map { FusedPart(size: $1!, split: $0.split) }
             let total = checkedSum(resolved.map(\.size))
             guard let total, total == n else {
-                throw ShardKitError(.impossibleSplit,
-                    "tensor \(tensor): fused part sizes \(resolved.map(\.size)) add up to \(total.map(String.init) ?? "more than \(Int.max)"), but dimension \(dim) is \(n)")
+                let sum = total.map(String.init) ?? "more than \(Int.max)"
+                throw fail(.impossibleSplit,
+                    "fused part sizes \(resolved.map(\.size)) add up to \(sum), but dimension \(dim) is \(n)")
             }
             return .fused(dim: dim, parts: resolved)
         }

@@ -13,14 +13,20 @@ public enum RulesFile {
         for (k, _) in top where !["extends", "rules", "description"].contains(k) {
             throw bad("unknown key \"\(k)\" (expected extends, rules, description)")
         }
-        guard let list = json["rules"]?.arrayValue, !list.isEmpty else { throw bad("\"rules\" must be a non-empty list") }
+        guard let list = json["rules"]?.arrayValue, !list.isEmpty else {
+            throw bad("\"rules\" must be a non-empty list")
+        }
 
         func integer(_ value: JSONValue?, _ what: String, entry: Int) throws -> Int? {
             guard let value else { return nil }
             if let i = value.intValue, case .int = value { return i }
             if let key = value.stringValue {
-                guard let config else { throw bad("entry \(entry): \(what) names config key \"\(key)\" but there is no config.json") }
-                guard let v = config.int(key) else { throw bad("entry \(entry): \(what): config.json has no integer \"\(key)\"") }
+                guard let config else {
+                    throw bad("entry \(entry): \(what) names config key \"\(key)\" but there is no config.json")
+                }
+                guard let v = config.int(key) else {
+                    throw bad("entry \(entry): \(what): config.json has no integer \"\(key)\"")
+                }
                 return v
             }
             throw bad("entry \(entry): \(what) must be an integer or a config.json key")
@@ -33,24 +39,39 @@ public enum RulesFile {
             for (k, _) in fields where !["pattern", "rule", "dim", "heads", "parts"].contains(k) {
                 throw bad("entry \(n): unknown key \"\(k)\"")
             }
-            guard let patternText = item["pattern"]?.stringValue, !patternText.isEmpty else { throw bad("entry \(n) has no \"pattern\"") }
+            guard let patternText = item["pattern"]?.stringValue, !patternText.isEmpty else {
+                throw bad("entry \(n) has no \"pattern\"")
+            }
             let pattern: NamePattern
-            do { pattern = try NamePattern(patternText) } catch let e as ShardKitError { throw bad("entry \(n): \(e.message)") }
-            guard let kindName = item["rule"]?.stringValue else { throw bad("entry \(n) (\(patternText)) has no \"rule\"") }
+            do {
+                pattern = try NamePattern(patternText)
+            } catch let e as ShardKitError {
+                throw bad("entry \(n): \(e.message)")
+            }
+            guard let kindName = item["rule"]?.stringValue else {
+                throw bad("entry \(n) (\(patternText)) has no \"rule\"")
+            }
             guard let kind = RuleSpec.Kind(rawValue: kindName) else {
-                throw bad("entry \(n): unknown rule \"\(kindName)\" (expected \(RuleSpec.Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
+                let names = RuleSpec.Kind.allCases.map(\.rawValue).joined(separator: ", ")
+                throw bad("entry \(n): unknown rule \"\(kindName)\" (expected \(names))")
             }
             let dim = try integer(item["dim"], "dim", entry: n) ?? 0
             guard dim >= 0 else { throw bad("entry \(n): dim must be non-negative") }
             let heads = try integer(item["heads"], "heads", entry: n)
             if kind.needsHeads {
-                guard let h = heads, h > 0 else { throw bad("entry \(n) (\(patternText)): rule \(kindName) needs \"heads\" > 0") }
+                guard let h = heads, h > 0 else {
+                    throw bad("entry \(n) (\(patternText)): rule \(kindName) needs \"heads\" > 0")
+                }
             }
             var parts: [RuleSpec.Part] = []
             if kind == .fused {
-                guard let ps = item["parts"]?.arrayValue, !ps.isEmpty else { throw bad("entry \(n): fused rule needs a non-empty \"parts\" list") }
+                guard let ps = item["parts"]?.arrayValue, !ps.isEmpty else {
+                    throw bad("entry \(n): fused rule needs a non-empty \"parts\" list")
+                }
                 for (j, p) in ps.enumerated() {
-                    guard let pfields = p.objectValue, let pk = p["rule"]?.stringValue else { throw bad("entry \(n) part \(j + 1) has no \"rule\"") }
+                    guard let pfields = p.objectValue, let pk = p["rule"]?.stringValue else {
+                        throw bad("entry \(n) part \(j + 1) has no \"rule\"")
+                    }
                     for (k, _) in pfields where !["rule", "heads", "size"].contains(k) {
                         throw bad("entry \(n) part \(j + 1): unknown key \"\(k)\" (expected rule, heads, size)")
                     }
@@ -82,7 +103,8 @@ public enum RulesFile {
             presetConfig = config
         } else {
             guard Architectures.modelTypes.contains(baseName) else {
-                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(Architectures.modelTypes.joined(separator: ", ")))")
+                let presets = Architectures.modelTypes.joined(separator: ", ")
+                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(presets))")
             }
             var members = config.json.objectValue ?? []
             members.removeAll { $0.0 == "model_type" }

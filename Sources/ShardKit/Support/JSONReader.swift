@@ -113,11 +113,13 @@ package struct JSONReader {
     package mutating func int() throws -> Int {
         parser.skipWhitespace()
         let start = parser.position
-        guard let c = parser.current, c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
+        guard let c = parser.current,
+              c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
             throw error("expected an integer, found \(found())")
         }
         guard case .int(let i) = try parser.parseNumber() else {
-            let text = String(decoding: UnsafeRawBufferPointer(rebasing: parser.bytes[start..<parser.position]), as: UTF8.self)
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: parser.bytes[start..<parser.position]),
+                              as: UTF8.self)
             throw error("expected an integer, found \(text.prefix(40))")
         }
         return i
@@ -130,14 +132,19 @@ package struct JSONReader {
     }
 
     /// True when the next value is an object (nothing consumed).
-    package var peekIsObject: Bool { mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "{") } }
+    package var peekIsObject: Bool {
+        mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "{") }
+    }
     /// True when the next value is a string (nothing consumed).
-    package var peekIsString: Bool { mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "\"") } }
+    package var peekIsString: Bool {
+        mutating get { parser.skipWhitespace(); return parser.current == UInt8(ascii: "\"") }
+    }
 
     /// The next value as an integer, or nil (the value consumed either way) when it is anything else.
     package mutating func intIfInteger() throws -> Int? {
         parser.skipWhitespace()
-        guard let c = parser.current, c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
+        guard let c = parser.current,
+              c == UInt8(ascii: "-") || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) else {
             try skip()
             return nil
         }
@@ -290,7 +297,8 @@ package struct JSONWriter {
                 case 0x09: out.append(UInt8(ascii: "t"))
                 default:
                     let hex = Array("0123456789abcdef".utf8)
-                    out.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(c >> 4)], hex[Int(c & 15)]])
+                    out.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                            hex[Int(c >> 4)], hex[Int(c & 15)]])
                 }
             }
             out.append(contentsOf: u[start..<u.count])
