@@ -114,6 +114,25 @@ struct OutputSafetyTests {
         }
     }
 
+    @Test("finalize waits for no run: it is refused while a --ranks run still holds the directory")
+    func finalizeWhileWriting() throws {
+        try withTempDir { tmp in
+            let parts = tmp + "/parts"
+            for r in 0..<2 {
+                var o = ShardSetWriter.Options()
+                o.ranks = [r]
+                try shardFixture("llama-gqa", tp: 2, to: parts, options: o)
+            }
+            let writing = try OutputDirectory(path: parts, inputs: [], force: false, ranks: [1])
+            expectShardKitError(caught { _ = try Reshard.finalize(directory: parts) }, .outputExists, [parts, "in use"])
+            #expect(!exists(parts + "/manifest.json"))
+            writing.release()
+            try Reshard.finalize(directory: parts)
+            #expect(Verify.integrity(try ShardSet(directory: parts)).status == .pass)
+            #expect(!listFiles(parts).contains { $0.hasSuffix(".lock") })
+        }
+    }
+
     @Test("carried files that link out of the checkpoint are refused; a dangling optional file is skipped")
     func linksOutOfTheCheckpoint() throws {
         try withTempDir { tmp in

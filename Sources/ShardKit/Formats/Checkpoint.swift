@@ -63,8 +63,8 @@ public struct Checkpoint: Sendable {
             (auxiliaryFiles, warnings) = try Checkpoint.carriedFiles(entries.filter(Checkpoint.isAuxiliary), in: path)
         } else {
             guard FileSystem.exists(path) else { throw ShardKitError(.io, "\(path): no such file or directory") }
-            directory = path.deletingLastPathComponent
-            fileNames = [path.lastPathComponent]
+            directory = Path.parent(path)
+            fileNames = [Path.name(path)]
             auxiliaryFiles = []
             warnings = []
         }

@@ -38,7 +38,7 @@ public struct CheckpointFile: Sendable {
             format = "safetensors"
             tensors = try SafetensorsFile(file: file).tensors
         } else if let named = formats.first(where: { f in
-            f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(path.lastPathComponent)
+            f.suffixes.contains(where: path.hasSuffix) || f.standardNames.contains(Path.name(path))
         }) {
             format = named.name
             tensors = try named.tensors(in: file)

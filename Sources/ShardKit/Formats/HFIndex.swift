@@ -36,7 +36,7 @@ enum HFIndex {
 
     static func checkAgrees(_ path: String, files: [CheckpointFile]) throws {
         var actual: [String: String] = [:]
-        for f in files { for t in f.tensors { actual[t.name] = f.path.lastPathComponent } }
+        for f in files { for t in f.tensors { actual[t.name] = Path.name(f.path) } }
         let map = try weightMap(path)
         for (tensor, file) in map where actual[tensor] != file {
             throw bad(path, "says \(tensor) is in \(file), but it is not there")

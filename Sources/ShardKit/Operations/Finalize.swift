@@ -1,8 +1,14 @@
 extension Reshard {
     /// Completes a shard set written in parts (`--ranks`): merges every `rank-R/part.json` into
-    /// `manifest.json`. Refuses while any rank's part is missing.
+    /// `manifest.json`. Refuses while any rank's part is missing, and while a run still writes into
+    /// the directory (it holds the directory's lock exclusively, as a whole run does).
     @discardableResult
     public static func finalize(directory: String) throws -> Manifest {
+        guard FileSystem.isDirectory(directory) else {
+            throw ShardKitError(.invalidManifest, "\(directory): not a directory")
+        }
+        let lock = try FileLock(path: Path.join(directory, OutputDirectory.lockName), exclusive: true, what: directory)
+        defer { lock.release() }
         let entries = try FileSystem.list(directory)
         guard !entries.contains(Manifest.fileName) else {
             throw ShardKitError(.outputExists, "\(directory): already has manifest.json")

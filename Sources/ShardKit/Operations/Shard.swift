@@ -11,7 +11,7 @@ public enum Shard {
                            progress: ProgressHandler? = nil) throws -> Manifest {
         let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
         let sources = try CheckpointSources(checkpoint)
-        let source = Manifest.Source(path: sourcePath, files: checkpoint.files.map { $0.path.lastPathComponent },
+        let source = Manifest.Source(path: sourcePath, files: checkpoint.files.map { Path.name($0.path) },
                                      modelType: checkpoint.config?.modelType, rules: rules.name)
         let extras = checkpoint.auxiliaryFiles.map { (from: Path.join(checkpoint.directory, $0), name: $0) }
         return try ShardSetWriter(plan: plan, directory: output, options: options).write(

@@ -124,7 +124,7 @@ public struct Manifest: Sendable, Equatable {
         // a rank file, an index or the manifest (which must be written last, by ShardKit).
         let allRankFiles = rankFiles.reduce(into: Set<String>()) { $0.formUnion($1) }
         for f in extraFiles where allRankFiles.contains(f) || f == Manifest.fileName || f.hasPrefix("rank-")
-            || f.lastPathComponent == Checkpoint.indexName || f.hasSuffix(".safetensors") {
+            || Path.name(f) == Checkpoint.indexName || f.hasSuffix(".safetensors") {
             throw bad("extra file \"\(f)\" would overwrite a rank file, an index or the manifest")
         }
         guard Set(order) == Set(tensors.keys), order.count == tensors.count else {

@@ -202,7 +202,7 @@ public struct ShardSetWriter {
             for r in ranks where files[r].count > 1 {
                 var map: [(tensor: String, file: String)] = []
                 for f in files[r] {
-                    for e in f.layout.entries { map.append((e.name, f.relativePath.lastPathComponent)) }
+                    for e in f.layout.entries { map.append((e.name, Path.name(f.relativePath))) }
                 }
                 let dir = plan.tp == 1 ? output.path : Path.join(output.path, "rank-\(r)")
                 let path = Path.join(dir, HFIndex.safetensorsName)

@@ -69,11 +69,6 @@ package enum Path {
     }
 }
 
-extension String {
-    var deletingLastPathComponent: String { Path.parent(self) }
-    var lastPathComponent: String { Path.name(self) }
-}
-
 /// File-system helpers used by the operations (thin wrappers over the C calls they name). Nothing
 /// here follows a symbolic link where it changes the file system: links are removed, never entered.
 enum FileSystem {
@@ -83,12 +78,6 @@ enum FileSystem {
     static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-    }
-
-    /// True when `path` itself is a symbolic link (`lstat`).
-    static func isSymbolicLink(_ path: String) -> Bool {
-        var st = stat()
-        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
     }
 
     /// True when `path` exists as an entry, even a dangling link (`lstat`).

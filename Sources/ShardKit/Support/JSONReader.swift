@@ -268,8 +268,6 @@ package struct JSONWriter {
         bytes.append(contentsOf: String(v).utf8)
     }
 
-    package mutating func null() { bytes.append(contentsOf: "null".utf8) }
-
     package mutating func string(_ s: String, asItem: Bool = false) {
         if asItem { beginItem() }
         appendString(s)
