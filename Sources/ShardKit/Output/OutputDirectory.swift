@@ -43,6 +43,18 @@ final class FileLock {
         _ = pid.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
     }
 
+    /// When another process holds a lock on `path`: the error a run gets (nil when it is free or
+    /// missing). Used where a directory is looked at before its lock is taken: what another run is
+    /// doing to it meanwhile must read as "in use", not as whatever half-state it is in.
+    static func heldError(path: String, what: String) -> ShardKitError? {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        guard flock(fd, LOCK_SH | LOCK_NB) != 0, errno == EWOULDBLOCK else { return nil }
+        return ShardKitError(.outputExists,
+            "\(what): in use by another ShardKit run\(pid(in: fd).map { " (pid \($0))" } ?? "")")
+    }
+
     private static func pid(in fd: Int32) -> Int? {
         var buffer = [UInt8](repeating: 0, count: 16)
         let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
@@ -89,8 +101,20 @@ final class OutputDirectory {
         if FileSystem.entryExists(path) && !FileSystem.isDirectory(path) {
             throw ShardKitError(.outputExists, "\(path): exists and is not a directory")
         }
-        // Checked before anything is created, and again under the lock.
-        let needsReplacing = try OutputDirectory.check(path, force: force, partial: ranks != nil)
+        // Checked before anything is created, and again under the lock. A directory another run holds
+        // is in use, whatever it looks like meanwhile.
+        let lockPath = Path.join(path, OutputDirectory.lockName)
+        var needsReplacing = false
+        for attempt in 0..<2 {
+            do {
+                needsReplacing = try OutputDirectory.check(path, force: force, partial: ranks != nil)
+                break
+            } catch {
+                if let held = FileLock.heldError(path: lockPath, what: path) { throw held }
+                // A run that held it may have finished between the look and the probe: look again.
+                if attempt == 1 { throw error }
+            }
+        }
         createdDirectory = !FileSystem.entryExists(path)
         try FileSystem.makeDirectories(path)
         do {
