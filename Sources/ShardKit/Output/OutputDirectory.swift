@@ -119,7 +119,7 @@ final class OutputDirectory {
         try FileSystem.makeDirectories(path)
         do {
             let whole = ranks == nil || needsReplacing
-            locks.append(try FileLock(path: Path.join(path, OutputDirectory.lockName), exclusive: whole, what: path))
+            locks.append(try FileLock(path: lockPath, exclusive: whole, what: path))
             guard try OutputDirectory.check(path, force: force, partial: ranks != nil) == needsReplacing else {
                 throw ShardKitError(.outputExists, "\(path): changed by another run while this one started")
             }
