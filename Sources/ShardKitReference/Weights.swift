@@ -155,7 +155,7 @@ final class RankWeights: WeightProvider {
         guard let record = shardSet.manifest.tensors[name] else { throw bad("no tensor \(name)") }
         let file = record.pieces[r].file
         guard let (sf, handle) = files[r][file] else { throw bad("rank \(r) file \(file) is not open") }
-        let info = try shardSet.pieceLocation(name, rank: r, files: [file: sf])
+        let info = try shardSet.pieceLocation(name, rank: r, in: sf)
         let bytes = try handle.read(count: info.byteCount, at: info.offset)
         loaded.insert(name)
         var index: [Int]? = nil

@@ -66,11 +66,18 @@ public struct ShardSet: Sendable {
     /// Where rank `r`'s piece of `name` lives, checked against the manifest.
     public func pieceLocation(_ name: String, rank r: Int, files: [String: SafetensorsFile]) throws -> TensorInfo {
         guard let t = manifest.tensors[name] else { throw noTensor(name) }
+        return try pieceLocation(name, rank: r, in: files[t.pieces[r].file])
+    }
+
+    /// Where rank `r`'s piece of `name` lives in `file` (the rank file the manifest names for it,
+    /// nil when it could not be opened), checked against the manifest.
+    public func pieceLocation(_ name: String, rank r: Int, in file: SafetensorsFile?) throws -> TensorInfo {
+        guard let t = manifest.tensors[name] else { throw noTensor(name) }
         let piece = t.pieces[r]
         func bad(_ message: String) -> ShardKitError {
             ShardKitError(.invalidManifest, "\(Path.join(directory, piece.file)): \(message)")
         }
-        guard let file = files[piece.file], let info = file.tensor(named: name) else {
+        guard let file, let info = file.tensor(named: name) else {
             throw bad("has no tensor \(name) (the manifest says rank \(r) holds it there)")
         }
         guard info.dtype == t.dtype, info.shape == piece.shape else {
@@ -90,7 +97,7 @@ public struct ShardSet: Sendable {
             guard let (sf, handle) = files[r][piece.file] else {
                 throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open")
             }
-            let info = try pieceLocation(name, rank: r, files: [piece.file: sf])
+            let info = try pieceLocation(name, rank: r, in: sf)
             return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
                               expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
                               label: "rank \(r) file \(Path.join(directory, piece.file))")

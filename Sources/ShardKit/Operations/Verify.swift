@@ -52,7 +52,7 @@ public enum Verify {
                 let piece = t.pieces[r]
                 guard let (sf, handle) = files[r][piece.file] else { continue }
                 do {
-                    let info = try set.pieceLocation(name, rank: r, files: [piece.file: sf])
+                    let info = try set.pieceLocation(name, rank: r, in: sf)
                     let layout = m.layout(of: t, rank: r)
                     let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
                     let source = CopySource(file: handle, offset: info.offset, layout: layout,
