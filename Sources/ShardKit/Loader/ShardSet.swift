@@ -106,9 +106,12 @@ public struct ShardSet: Sendable {
 
     /// Opens every rank's files for `sources(for:files:)`.
     public func openAllRanks() throws -> [[String: (SafetensorsFile, ReadOnlyFile)]] {
-        try (0..<tp).map { r in
-            try rankFiles(r).mapValues { ($0, try ReadOnlyFile(path: $0.path)) }
-        }
+        try (0..<tp).map { try openRank($0) }
+    }
+
+    /// Rank `r`'s files, validated and opened for reading, by relative path.
+    public func openRank(_ r: Int) throws -> [String: (SafetensorsFile, ReadOnlyFile)] {
+        try rankFiles(r).mapValues { ($0, try ReadOnlyFile(path: $0.path)) }
     }
 
     /// Reads the whole tensor `name`, reassembled from the ranks through the copy engine (padding

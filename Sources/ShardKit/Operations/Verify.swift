@@ -101,17 +101,11 @@ public enum Verify {
         }
         let buffers = CopyBuffers(budget: 16 << 20)
         var handles: [Int: ReadOnlyFile] = [:]
-        var rankFiles: [[String: SafetensorsFile]] = []
-        var rankHandles: [[String: ReadOnlyFile]] = []
+        var rankFiles: [[String: (SafetensorsFile, ReadOnlyFile)]] = []
         for r in 0..<m.tp {
-            do {
-                let files = try set.rankFiles(r)
-                rankFiles.append(files)
-                rankHandles.append(try files.mapValues { try ReadOnlyFile(path: $0.path) })
-            } catch {
+            do { rankFiles.append(try set.openRank(r)) } catch {
                 failures.append("\(error)")
                 rankFiles.append([:])
-                rankHandles.append([:])
             }
         }
         let scratch = ComparingSink.Scratch()
@@ -134,8 +128,9 @@ public enum Verify {
                 let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
                 var sinks: [(Int, ComparingSink)] = []
                 for r in 0..<m.tp {
-                    let piece = try set.pieceLocation(name, rank: r, files: rankFiles[r])
-                    guard let file = rankHandles[r][t.pieces[r].file] else {
+                    let open = rankFiles[r][t.pieces[r].file]
+                    let piece = try set.pieceLocation(name, rank: r, in: open?.0)
+                    guard let file = open?.1 else {
                         throw ShardKitError(.invalidManifest, "rank \(r) file \(t.pieces[r].file) not open")
                     }
                     sinks.append((r, ComparingSink(file: file, offset: piece.offset, scratch: scratch)))
