@@ -16,8 +16,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CShardKitSupport"),
-        .target(name: "ShardKit", dependencies: ["CShardKitSupport"]),
+        .target(name: "ShardKit", dependencies: ["CShardKitSupport", "CZlib"]),
         .target(name: "ShardKitReference", dependencies: ["ShardKit", "COpenBLAS"]),
         .target(name: "ShardKitHDF5", dependencies: ["ShardKit", "CHDF5"]),
         .executableTarget(

@@ -81,25 +81,25 @@ protocol WeightProvider {
 final class CheckpointWeights: WeightProvider {
     let checkpoint: Checkpoint
     let byName: [String: (file: Int, info: TensorInfo)]
-    let handles: [ReadOnlyFile]
+    let sources: CheckpointSources
 
     init(_ checkpoint: Checkpoint) throws {
         self.checkpoint = checkpoint
         var map: [String: (file: Int, info: TensorInfo)] = [:]
         for t in checkpoint.tensors { map[t.info.name] = t }
         byName = map
-        handles = try checkpoint.files.map { try ReadOnlyFile(path: $0.path) }
+        sources = try CheckpointSources(checkpoint)
     }
     var ranks: Int { 1 }
     func has(_ name: String) -> Bool { byName[name] != nil }
     func dtype(_ name: String) -> DType? { byName[name]?.info.dtype }
     func globalShape(_ name: String) -> [Int]? { byName[name]?.info.shape }
     func load(_ name: String, rank: Int) throws -> Piece {
-        guard let (file, info) = byName[name] else {
+        guard let (_, info) = byName[name] else {
             throw ShardKitError(.verificationFailed,
                                 "\(checkpoint.directory): the full checkpoint has no tensor \(name)")
         }
-        let bytes = try handles[file].read(count: info.byteCount, at: info.offset)
+        let bytes = try sources.bytes(of: name)
         return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: info.shape, dtype: info.dtype,
                          dim: nil, index: nil)
     }

@@ -17,11 +17,22 @@ public final class CheckpointSources: @unchecked Sendable {
         }
         return CopySource.whole(info, geometry: geometry, file: handles[file])
     }
+
+    /// The whole tensor `name` as bytes (decoded if its file stores it encoded).
+    public func bytes(of name: String) throws -> [UInt8] {
+        guard let (file, info) = checkpoint.tensor(named: name) else {
+            throw ShardKitError(.notFound, "no tensor \(name) in \(checkpoint.directory)")
+        }
+        let (source, offset) = info.byteSource(in: handles[file])
+        return try source.read(count: info.byteCount, at: offset)
+    }
 }
 
 extension CopySource {
-    /// A full tensor as a copy source: one interval covering the whole split dimension.
+    /// A full tensor as a copy source: one interval covering the whole split dimension, read in place
+    /// or (an encoded tensor) through a new decoder over `file`.
     public static func whole(_ info: TensorInfo, geometry: TensorGeometry, file: ReadOnlyFile) -> CopySource {
-        CopySource(file: file, offset: info.offset, layout: PieceLayout([0..<geometry.size]), label: file.path)
+        let (source, offset) = info.byteSource(in: file)
+        return CopySource(file: source, offset: offset, layout: PieceLayout([0..<geometry.size]), label: file.path)
     }
 }

@@ -1,7 +1,8 @@
 /// Where a source piece's bytes come from.
 public struct CopySource {
-    public var file: ReadOnlyFile
-    /// File offset of the piece's first byte.
+    /// The file, or a decoder of an encoded tensor in one (read front to back, once).
+    public var file: ByteSource
+    /// Offset of the piece's first byte in `file`.
     public var offset: Int
     public var layout: PieceLayout
     /// Checked once the piece has been read in full; a mismatch throws `checksumMismatch`.
@@ -9,7 +10,7 @@ public struct CopySource {
     /// For messages: "rank 2 file rank-2/model.safetensors".
     public var label: String
 
-    public init(file: ReadOnlyFile, offset: Int, layout: PieceLayout, expectedCRC: UInt32? = nil, label: String) {
+    public init(file: ByteSource, offset: Int, layout: PieceLayout, expectedCRC: UInt32? = nil, label: String) {
         self.file = file; self.offset = offset; self.layout = layout; self.expectedCRC = expectedCRC; self.label = label
     }
 }

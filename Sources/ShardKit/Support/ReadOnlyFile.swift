@@ -8,7 +8,7 @@ import Darwin
 #endif
 
 /// A file opened for positioned reads. Reads loop over short counts and retry on `EINTR`.
-public final class ReadOnlyFile: @unchecked Sendable {
+public final class ReadOnlyFile: ByteSource, @unchecked Sendable {
     public let path: String
     public let size: Int
     let descriptor: Int32
@@ -56,13 +56,6 @@ public final class ReadOnlyFile: @unchecked Sendable {
             }
             done += n
         }
-    }
-
-    /// Reads `count` bytes at `offset` into a new array.
-    public func read(count: Int, at offset: Int) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
-        return bytes
     }
 }
 

@@ -3,7 +3,7 @@
 /// storage records, like a safetensors tensor from its data area.
 ///
 /// Layout: a ZIP archive with one top folder `<archive>/` holding `data.pkl` (the pickled dict),
-/// `data/<key>` (one uncompressed record per storage) and `byteorder`, `version`, ... records. In the
+/// `data/<key>` (one record per storage) and `byteorder`, `version`, ... records. In the
 /// pickle, a tensor is `torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride,
 /// requires_grad, hooks[, metadata])` (or `_rebuild_tensor_v3(..., dtype[, metadata])` for dtypes
 /// without a legacy storage class, such as float8), and a storage is the persistent id
@@ -12,7 +12,8 @@
 /// The pickle is never executed: `PickleReader` accepts only the globals of `allowedGlobals` (what
 /// torch writes for a state dict), refusing any other where it is named, and BUILD only as torch
 /// writes it (an OrderedDict's `_metadata`, dropped). Checked before a tensor is handed out: the
-/// archive's entry table (`ZipArchive`), records stored uncompressed and little-endian, each
+/// archive's entry table (`ZipArchive`), records stored or deflated (torch.save stores them; some
+/// tools deflate them, and those are decoded in bounded steps, never whole) and little-endian, each
 /// storage record's size against its element count, each tensor row-major contiguous and inside
 /// its storage (overflow-checked). Tensors may share storage (views, tied weights).
 public struct PyTorchFile: Sendable {
@@ -90,26 +91,42 @@ public struct PyTorchFile: Sendable {
         }
         let prefix = String(pickle.name.dropLast("data.pkl".count))
 
-        func stored(_ entry: ZipArchive.Entry) throws {
+        /// How a record's bytes are stored: in place, or deflated (checked against the entry's sizes).
+        func encoding(_ entry: ZipArchive.Entry) throws -> TensorEncoding {
             guard !entry.encrypted else { throw bad("record \(entry.name) is encrypted") }
-            guard entry.method == 0, entry.compressedSize == entry.size else {
-                throw bad("record \(entry.name) is compressed (method \(entry.method)); torch.save stores records "
-                          + "uncompressed, and ShardKit reads them in place")
+            switch entry.method {
+            case 0:
+                guard entry.compressedSize == entry.size else {
+                    throw bad("record \(entry.name) is stored but its sizes differ (\(entry.compressedSize) "
+                              + "and \(entry.size))")
+                }
+                return .raw
+            case 8:
+                return .deflated(DeflatedRecord(streamOffset: entry.dataOffset, streamBytes: entry.compressedSize,
+                                                decodedBytes: entry.size, crc32: entry.crc32))
+            default:
+                throw bad("record \(entry.name) uses ZIP compression method \(entry.method); only stored (0) and "
+                          + "deflate (8) records are read")
             }
         }
+        /// A small record's whole bytes (the caller bounds `entry.size`).
+        func contents(_ entry: ZipArchive.Entry) throws -> [UInt8] {
+            if case .deflated(let record) = try encoding(entry) {
+                return try InflatingReader.decodeAll(file: file, record: record)
+            }
+            return try file.read(count: entry.size, at: entry.dataOffset)
+        }
         if let order = zip.entry(named: prefix + "byteorder") {
-            try stored(order)
             guard order.size <= 16 else { throw bad("byteorder record of \(order.size) bytes") }
-            let value = String(decoding: try file.read(count: order.size, at: order.dataOffset), as: UTF8.self)
+            let value = String(decoding: try contents(order), as: UTF8.self)
             guard value == "little" else {
                 throw bad("byteorder is \"\(value)\"; only little-endian checkpoints are read")
             }
         }
-        try stored(pickle)
         guard pickle.size <= PyTorchFile.maxPickleSize else {
             throw bad("data.pkl of \(pickle.size) bytes is too large")
         }
-        let pickleBytes = try file.read(count: pickle.size, at: pickle.dataOffset)
+        let pickleBytes = try contents(pickle)
 
         // Storages by key; the same key must always be described the same way.
         var storages: [String: Storage] = [:]
@@ -148,13 +165,13 @@ public struct PyTorchFile: Sendable {
                     throw bad("data.pkl refers to storage \(key), but the archive has no record "
                               + "\(prefix)data/\(key)")
                 }
-                try stored(entry)
+                let encoding = try encoding(entry)
                 guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1), bytes == entry.size else {
                     throw bad("storage \(key) should hold \(numel) \(dtype?.rawValue ?? "byte") elements, "
                               + "but its record has \(entry.size) bytes")
                 }
                 let s = Storage(key: key, dtype: dtype, count: numel, dataOffset: entry.dataOffset,
-                                byteCount: entry.size)
+                                byteCount: entry.size, encoding: encoding)
                 storages[key] = s
                 return .object(s)
             })
@@ -193,9 +210,11 @@ public struct PyTorchFile: Sendable {
         let count: Int
         let dataOffset: Int
         let byteCount: Int
-        init(key: String, dtype: DType?, count: Int, dataOffset: Int, byteCount: Int) {
+        /// `.raw`: the record's bytes are at `dataOffset`; `.deflated`: they are its decoded stream.
+        let encoding: TensorEncoding
+        init(key: String, dtype: DType?, count: Int, dataOffset: Int, byteCount: Int, encoding: TensorEncoding) {
             self.key = key; self.dtype = dtype; self.count = count
-            self.dataOffset = dataOffset; self.byteCount = byteCount
+            self.dataOffset = dataOffset; self.byteCount = byteCount; self.encoding = encoding
         }
     }
 
@@ -236,6 +255,10 @@ public struct PyTorchFile: Sendable {
                   let end = checkedSum([first, length]), end <= storage.byteCount else {
                 throw bad("tensor \(name) (\(count) \(dtype.rawValue) elements at element \(storageOffset)) runs "
                           + "past the end of its storage \(storage.key) (\(storage.byteCount) bytes)")
+            }
+            if storage.encoding != .raw {
+                return TensorInfo(name: name, dtype: dtype, shape: shape, offset: first, byteCount: length,
+                                  encoding: storage.encoding)
             }
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: storage.dataOffset + first,
                               byteCount: length)

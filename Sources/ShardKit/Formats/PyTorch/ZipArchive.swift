@@ -1,7 +1,7 @@
 /// The entry table of a ZIP archive, read from its central directory (ZIP64 included) and checked
 /// before any entry is handed out: every number is overflow-checked and every entry's data lies
 /// inside the file. Only what PyTorch checkpoints need: names, where each entry's bytes are, and
-/// whether they are stored uncompressed. Entries are never decompressed.
+/// how they are stored (decompression is the reader's: `InflatingReader`).
 struct ZipArchive {
     struct Entry: Equatable {
         var name: String
@@ -12,6 +12,8 @@ struct ZipArchive {
         var compressedSize: Int
         var size: Int
         var encrypted: Bool
+        /// CRC-32 of the uncompressed bytes, as the central directory states it.
+        var crc32: UInt32
     }
 
     let path: String
@@ -45,7 +47,7 @@ struct ZipArchive {
             index[central.name] = entries.count
             entries.append(Entry(name: central.name, method: central.method, dataOffset: dataOffset,
                                  compressedSize: central.compressedSize, size: central.size,
-                                 encrypted: central.flags & 1 != 0))
+                                 encrypted: central.flags & 1 != 0, crc32: central.crc32))
             p = central.next
         }
         self.path = file.path
@@ -71,6 +73,7 @@ extension ZipArchive {
         var name: String
         var flags: UInt16
         var method: UInt16
+        var crc32: UInt32
         var compressedSize: Int
         var size: Int
         var localHeaderOffset: Int
@@ -160,6 +163,7 @@ extension ZipArchive {
             }
             let flags = directory.u16(at: p + 8)
             let method = directory.u16(at: p + 10)
+            let crc32 = directory.u32(at: p + 16)
             var compressed = UInt64(directory.u32(at: p + 20))
             var size = UInt64(directory.u32(at: p + 24))
             let nameLength = Int(directory.u16(at: p + 28)), extraLength = Int(directory.u16(at: p + 30))
@@ -177,7 +181,7 @@ extension ZipArchive {
                   let localEnd = checkedSum([lo, 30]), localEnd <= file.size else {
                 throw bad("entry \(name): sizes or offset out of range")
             }
-            return CentralEntry(name: name, flags: flags, method: method, compressedSize: c, size: s,
+            return CentralEntry(name: name, flags: flags, method: method, crc32: crc32, compressedSize: c, size: s,
                                 localHeaderOffset: lo, next: next)
         }
 

@@ -1,0 +1,261 @@
+import CZlib
+
+/// One zlib inflate stream over a byte range of a file, decoded in bounded steps. `raw`: a bare
+/// deflate stream (ZIP); otherwise a zlib stream with its header and Adler-32 (HDF5's deflate filter).
+final class Inflater {
+    private let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+    private let input: UnsafeMutableRawBufferPointer
+    let file: ReadOnlyFile
+    let range: Range<Int>
+    let raw: Bool
+    /// Next file offset to read compressed bytes from.
+    private var next: Int
+    private(set) var finished = false
+    private var open = false
+
+    static let inputBytes = 256 << 10
+
+    init(file: ReadOnlyFile, range: Range<Int>, raw: Bool) throws {
+        self.file = file; self.range = range; self.raw = raw; next = range.lowerBound
+        input = .allocate(byteCount: min(Inflater.inputBytes, max(range.count, 1)), alignment: 16)
+        stream.initialize(to: z_stream())
+        guard shardkit_inflate_init(stream, raw ? -15 : 15) == Z_OK else {
+            input.deallocate(); stream.deallocate()
+            throw ShardKitError(.io, "\(file.path): zlib cannot start (out of memory?)")
+        }
+        open = true
+    }
+
+    deinit {
+        if open { inflateEnd(stream) }
+        stream.deinitialize(count: 1); stream.deallocate(); input.deallocate()
+    }
+
+    /// Decodes into `buffer` until it is full or the stream ends; returns the bytes written.
+    func inflate(into buffer: UnsafeMutableRawBufferPointer, what: String) throws -> Int {
+        guard buffer.count > 0, !finished else { return 0 }
+        stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
+        stream.pointee.avail_out = uInt(buffer.count)
+        while stream.pointee.avail_out > 0 {
+            if stream.pointee.avail_in == 0 {
+                let n = min(input.count, range.upperBound - next)
+                guard n > 0 else {
+                    throw ShardKitError(.invalidCheckpoint, "\(what): the compressed data ends before its stream does")
+                }
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: input[0..<n]), at: next)
+                next += n
+                stream.pointee.next_in = input.baseAddress!.assumingMemoryBound(to: Bytef.self)
+                stream.pointee.avail_in = uInt(n)
+            }
+            let status = CZlib.inflate(stream, Z_NO_FLUSH)
+            if status == Z_STREAM_END { finished = true; break }
+            guard status == Z_OK || status == Z_BUF_ERROR else {
+                let detail = stream.pointee.msg.map { String(cString: $0) } ?? "zlib status \(status)"
+                throw ShardKitError(.invalidCheckpoint, "\(what): compressed data is corrupt (\(detail))")
+            }
+        }
+        return buffer.count - Int(stream.pointee.avail_out)
+    }
+
+    /// Compressed bytes left unread after the stream's end (none is allowed).
+    var trailingBytes: Int { Int(stream.pointee.avail_in) + (range.upperBound - next) }
+}
+
+/// The decoded bytes of a `DeflatedRecord` (a compressed ZIP entry), read front to back in bounded
+/// steps. A read behind the current position starts the stream again; a read ahead decodes and drops
+/// what lies between. The decoded length and (on reaching the end) the CRC-32 are checked.
+final class InflatingReader: ByteSource, @unchecked Sendable {
+    let file: ReadOnlyFile
+    let record: DeflatedRecord
+    private var inflater: Inflater?
+    /// Decoded bytes produced so far.
+    private var position = 0
+    private var crc: uLong = 0
+    private lazy var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+    private var scratchAllocated = false
+
+    var path: String { file.path }
+    private var what: String { "\(file.path): compressed record at byte \(record.streamOffset)" }
+
+    init(file: ReadOnlyFile, record: DeflatedRecord) { self.file = file; self.record = record }
+    deinit { if scratchAllocated { scratch.deallocate() } }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws {
+        guard offset >= 0, let end = checkedSum([offset, buffer.count]), end <= record.decodedBytes else {
+            throw ShardKitError(.io, "\(what): read of \(buffer.count) bytes at \(offset) is past its "
+                                     + "\(record.decodedBytes) decoded bytes")
+        }
+        if inflater == nil || offset < position {
+            inflater = try Inflater(file: file, range: record.streamOffset..<(record.streamOffset + record.streamBytes),
+                                    raw: true)
+            position = 0; crc = 0
+        }
+        while position < offset {
+            scratchAllocated = true
+            let n = min(scratch.count, offset - position)
+            try produce(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<n]))
+        }
+        try produce(into: buffer)
+    }
+
+    /// Fills `buffer` exactly with the next decoded bytes.
+    private func produce(into buffer: UnsafeMutableRawBufferPointer) throws {
+        guard let inflater else { return }
+        let n = try inflater.inflate(into: buffer, what: what)
+        if n > 0 { crc = crc32(crc, buffer.baseAddress!.assumingMemoryBound(to: Bytef.self), uInt(n)) }
+        position += n
+        if inflater.finished || position == record.decodedBytes { try checkEnd(inflater) }
+        guard n == buffer.count else {
+            throw ShardKitError(.invalidCheckpoint, "\(what): decodes to \(position) bytes, but the archive "
+                                                    + "says \(record.decodedBytes)")
+        }
+    }
+
+    /// At the end of the stream: nothing more to decode, the length and checksum the archive states.
+    private func checkEnd(_ inflater: Inflater) throws {
+        if !inflater.finished {
+            // All bytes are out; the stream must end here, not decode more.
+            var probe: UInt8 = 0
+            let extra = try withUnsafeMutableBytes(of: &probe) { try inflater.inflate(into: $0, what: what) }
+            guard extra == 0, inflater.finished else {
+                throw ShardKitError(.invalidCheckpoint, "\(what): decodes to more than the \(record.decodedBytes) "
+                                                        + "bytes the archive says")
+            }
+        }
+        guard position == record.decodedBytes else {
+            throw ShardKitError(.invalidCheckpoint, "\(what): decodes to \(position) bytes, but the archive "
+                                                    + "says \(record.decodedBytes)")
+        }
+        if let expected = record.crc32, UInt32(crc) != expected {
+            throw ShardKitError(.checksumMismatch, "\(what): decoded bytes have CRC-32 "
+                + "\(String(UInt32(crc), radix: 16)), the archive says \(String(expected, radix: 16))")
+        }
+    }
+
+    /// The whole decoded record (for small records such as `data.pkl`; the caller bounds the size).
+    static func decodeAll(file: ReadOnlyFile, record: DeflatedRecord) throws -> [UInt8] {
+        try InflatingReader(file: file, record: record).read(count: record.decodedBytes, at: 0)
+    }
+}
+
+/// The bytes of a `ChunkedStorage` dataset in row-major order, decoded chunk by chunk. Decoded
+/// chunks are kept in a small cache sized for one band of chunks (those sharing the first chunk
+/// coordinate: what a front-to-back read of whole rows needs), within `cacheBudget` bytes.
+final class ChunkedReader: ByteSource, @unchecked Sendable {
+    let file: ReadOnlyFile
+    let storage: ChunkedStorage
+    private let capacity: Int
+    /// Decoded chunks by grid index, least recently used first.
+    private var cache: [(index: Int, bytes: UnsafeMutableRawBufferPointer)] = []
+    private var stored: UnsafeMutableRawBufferPointer?
+
+    /// Most bytes of decoded chunks kept.
+    static let cacheBudget = 64 << 20
+
+    var path: String { file.path }
+
+    init(file: ReadOnlyFile, storage: ChunkedStorage) {
+        self.file = file; self.storage = storage
+        let band = storage.grid.dropFirst().reduce(1, *)
+        capacity = max(2, min(band + 1, ChunkedReader.cacheBudget / max(storage.chunkBytes, 1)))
+    }
+
+    deinit {
+        for c in cache { c.bytes.deallocate() }
+        stored?.deallocate()
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws {
+        let s = storage, es = s.elementSize, rank = s.shape.count
+        let total = s.shape.reduce(1, *) * es
+        guard offset >= 0, let end = checkedSum([offset, buffer.count]), end <= total else {
+            throw ShardKitError(.io, "\(file.path): read of \(buffer.count) bytes at \(offset) is past the "
+                                     + "dataset's \(total) bytes")
+        }
+        var p = offset, out = 0
+        var coords = [Int](repeating: 0, count: rank)
+        while p < end {
+            // The element at p, its chunk and its place in the chunk.
+            var e = p / es
+            for d in stride(from: rank - 1, through: 0, by: -1) { coords[d] = e % s.shape[d]; e /= s.shape[d] }
+            var chunkIndex = 0, within = 0
+            for d in 0..<rank {
+                chunkIndex = chunkIndex * s.grid[d] + coords[d] / s.chunkShape[d]
+                within = within * s.chunkShape[d] + coords[d] % s.chunkShape[d]
+            }
+            let last = rank - 1
+            let chunkRowEnd = min(s.shape[last], (coords[last] / s.chunkShape[last] + 1) * s.chunkShape[last])
+            let byteInElement = p % es
+            let run = min((chunkRowEnd - coords[last]) * es - byteInElement, end - p)
+            let chunk = try decoded(chunkIndex)
+            (buffer.baseAddress! + out).copyMemory(from: chunk.baseAddress! + within * es + byteInElement,
+                                                   byteCount: run)
+            p += run; out += run
+        }
+    }
+
+    /// Chunk `index` decoded, from the cache or the file.
+    private func decoded(_ index: Int) throws -> UnsafeMutableRawBufferPointer {
+        if let i = cache.lastIndex(where: { $0.index == index }) {
+            let hit = cache.remove(at: i)
+            cache.append(hit)
+            return hit.bytes
+        }
+        let bytes: UnsafeMutableRawBufferPointer
+        if cache.count >= capacity { bytes = cache.removeFirst().bytes } else {
+            bytes = .allocate(byteCount: storage.chunkBytes, alignment: 64)
+        }
+        do { try decode(index, into: bytes) } catch { bytes.deallocate(); throw error }
+        cache.append((index, bytes))
+        return bytes
+    }
+
+    /// Reads chunk `index` and undoes its filters, last first.
+    func decode(_ index: Int, into out: UnsafeMutableRawBufferPointer) throws {
+        let c = storage.chunks[index]
+        let what = "\(file.path): chunk \(index) (\(c.byteCount) bytes at \(c.offset))"
+        let active = storage.filters.enumerated().filter { c.filterMask & (1 << UInt32($0.offset)) == 0 }.map(\.element)
+        let shuffled = active.contains(.shuffle)
+        // Where the unshuffled bytes land: `out` directly, or a staging area to unshuffle from.
+        let target: UnsafeMutableRawBufferPointer
+        if shuffled {
+            if stored == nil || stored!.count < storage.chunkBytes {
+                stored?.deallocate(); stored = .allocate(byteCount: storage.chunkBytes, alignment: 64)
+            }
+            target = UnsafeMutableRawBufferPointer(rebasing: stored![0..<storage.chunkBytes])
+        } else {
+            target = out
+        }
+        if active.contains(.deflate) {
+            let inflater = try Inflater(file: file, range: c.offset..<(c.offset + c.byteCount), raw: false)
+            let n = try inflater.inflate(into: target, what: what)
+            var probe: UInt8 = 0
+            let extra = try withUnsafeMutableBytes(of: &probe) { try inflater.inflate(into: $0, what: what) }
+            guard n == storage.chunkBytes, extra == 0, inflater.finished else {
+                throw ShardKitError(.invalidCheckpoint, "\(what): decompresses to \(n + extra)\(extra > 0 ? "+" : "") "
+                                                        + "bytes, not the chunk's \(storage.chunkBytes)")
+            }
+        } else {
+            guard c.byteCount == storage.chunkBytes else {
+                throw ShardKitError(.invalidCheckpoint, "\(what): an unfiltered chunk must hold \(storage.chunkBytes) bytes")
+            }
+            try file.read(into: target, at: c.offset)
+        }
+        if shuffled { ChunkedReader.unshuffle(target, into: out, elementSize: storage.elementSize) }
+    }
+
+    /// HDF5's shuffle filter undone: byte b of element i is at `b · n + i` of the stored bytes.
+    static func unshuffle(_ from: UnsafeMutableRawBufferPointer, into to: UnsafeMutableRawBufferPointer,
+                          elementSize es: Int) {
+        let n = from.count / es
+        let src = from.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let dst = to.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        for b in 0..<es {
+            let plane = src + b * n
+            for i in 0..<n { dst[i * es + b] = plane[i] }
+        }
+        // Bytes past the last whole element are stored as they are.
+        let tail = from.count - n * es
+        if tail > 0 { (to.baseAddress! + n * es).copyMemory(from: from.baseAddress! + n * es, byteCount: tail) }
+    }
+}
