@@ -60,11 +60,3 @@ let inputFormats: [WeightsFileFormat] = {
     #endif
     return [HDF5Format(inspector: [me, "hdf5-inspect", "--"])]
 }()
-
-
-/// Opens the checkpoint at `source` with every input format; what was skipped is a warning line.
-func openCheckpoint(_ source: String) throws -> Checkpoint {
-    let checkpoint = try Checkpoint(path: source, formats: inputFormats)
-    for w in checkpoint.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
-    return checkpoint
-}

@@ -2,17 +2,25 @@ import CHDF5
 import ShardKit
 import Synchronization
 
-/// HDF5 weights files (`.h5`, `.hdf5`), read through the system libhdf5 for their structure and in
-/// place for their bytes: every dataset is a tensor named by its path in the file (`/a/b` → `a/b`;
-/// root-level datasets named like `model.embed_tokens.weight` keep that name), and its data is a
-/// byte range of the file that the copy engine reads with `pread`, like a safetensors tensor.
+/// HDF5 weights files (`.h5`, `.hdf5`), read through the system libhdf5 for their structure and by
+/// ShardKit for their bytes.
 ///
-/// So only datasets whose data is one contiguous, unfiltered range of the file are read: chunked
-/// (and so compressed), compact and external datasets are refused with the way out (`h5repack -l
-/// CONTI`), as are never-written datasets, big-endian or non-IEEE types, and types other than
-/// floats, integers and h5py's boolean enum. 16-bit floats are f16 or, by their bit layout (8
-/// exponent and 7 mantissa bits), bf16. Each dataset's first values are also read through libhdf5
-/// and compared with the bytes at the computed offset, so a wrong offset cannot go unnoticed.
+/// Names: a dataset's path in the file with every `/` read as `.`, so a model saved the natural h5py
+/// way (`model/layers/0/self_attn/q_proj/weight`) has its Hugging Face names
+/// (`model.layers.0.self_attn.q_proj.weight`), and root-level datasets already named with dots keep
+/// their names. Two datasets that map to one name are refused. With `rootGroup` set (a Keras model
+/// keeps everything under a group named after the model), only datasets under that group are read,
+/// named without it.
+///
+/// Bytes: a contiguous dataset is one byte range of the file, read with `pread` like a safetensors
+/// tensor. A chunked dataset is read chunk by chunk (`ChunkedStorage`): libhdf5 reports where each
+/// chunk is stored, and ShardKit decodes the chunks itself (zlib for deflate/gzip, and the shuffle
+/// filter), a few at a time. Any other filter (szip, lzf, blosc, fletcher32, plugins) is refused by
+/// name, and libhdf5 never loads filter plugins. Refused too: compact, virtual and external datasets,
+/// never-written data or chunks, big-endian or non-IEEE types, types other than floats, integers and
+/// h5py's boolean enum. 16-bit floats are f16 or, by their bit layout (8 exponent and 7 mantissa
+/// bits), bf16. Each dataset's first values are also read through libhdf5 and compared with what
+/// ShardKit reads, so a wrong offset or a wrong decoding cannot go unnoticed.
 ///
 /// libhdf5 is not hardened against hostile files: some malformed files crash it or corrupt its
 /// memory. With `inspector` set, libhdf5 runs in a child process (`inspector` + the file's path must
@@ -26,8 +34,12 @@ public struct HDF5Format: WeightsFileFormat {
     public let inspector: [String]?
     /// Longest an inspection may take before the child is killed.
     public var inspectionTimeout: Double = 300
+    /// A top-level group whose datasets are the tensors, named without it (nil: every dataset).
+    public var rootGroup: String?
 
-    public init(inspector: [String]? = nil) { self.inspector = inspector }
+    public init(inspector: [String]? = nil, rootGroup: String? = nil) {
+        self.inspector = inspector; self.rootGroup = rootGroup
+    }
     public var name: String { "hdf5" }
     public var suffixes: [String] { [".h5", ".hdf5"] }
     /// Keras' and Hugging Face's (TensorFlow) names.
@@ -48,13 +60,44 @@ public struct HDF5Format: WeightsFileFormat {
 
 
     public func tensors(in file: ReadOnlyFile) throws -> [TensorInfo] {
-        if let inspector { return try HDF5Inspection.run(inspector, file: file, timeout: inspectionTimeout) }
-        return try HDF5Format.inProcess(file)
+        let all: [TensorInfo]
+        if let inspector {
+            all = try HDF5Inspection.run(inspector, file: file, timeout: inspectionTimeout)
+        } else {
+            all = try HDF5Format.inProcess(file)
+        }
+        return try HDF5Format.named(all, rootGroup: rootGroup, file: file.path)
     }
 
     static func inProcess(_ file: ReadOnlyFile) throws -> [TensorInfo] {
         // libhdf5 calls are serialized (Debian's build is thread-safe only behind one global lock).
         try HDF5Format.lock.withLock { _ in try HDF5Reader(file: file).tensors() }
+    }
+
+    /// Tensors named from dataset paths (`a/b/c` → `a.b.c`), under `rootGroup` only when it is set;
+    /// two datasets that map to one name are refused.
+    static func named(_ datasets: [TensorInfo], rootGroup: String?, file: String) throws -> [TensorInfo] {
+        var selected = datasets
+        if let rootGroup {
+            let prefix = rootGroup.hasSuffix("/") ? rootGroup : rootGroup + "/"
+            selected = datasets.filter { $0.name.hasPrefix(prefix) }.map {
+                var t = $0; t.name = String(t.name.dropFirst(prefix.count)); return t
+            }
+            guard !selected.isEmpty else {
+                throw ShardKitError(.invalidHDF5File, "\(file): no datasets under the group \(rootGroup)")
+            }
+        }
+        var byName: [String: String] = [:]
+        return try selected.map { t in
+            var t = t
+            let path = t.name
+            t.name = path.split(separator: "/", omittingEmptySubsequences: false).joined(separator: ".")
+            if let other = byName.updateValue(path, forKey: t.name) {
+                throw ShardKitError(.invalidHDF5File, "\(file): datasets \(other) and \(path) both name the tensor "
+                                                      + "\(t.name)")
+            }
+            return t
+        }
     }
 
     private static let lock = Mutex(())
@@ -89,6 +132,8 @@ private struct HDF5Reader {
     func tensors() throws -> [TensorInfo] {
         H5open()
         H5Eset_auto2(shardkit_h5e_default(), nil, nil)
+        // Filter plugins are shared libraries named by the file: never load one.
+        H5PLset_loading_state(0)
         let fid = H5Fopen(path, shardkit_h5f_acc_rdonly(), shardkit_h5p_default())
         guard fid >= 0 else { throw bad("libhdf5 cannot open it: \(HDF5Reader.lastError())") }
         defer { H5Fclose(fid) }
@@ -118,18 +163,17 @@ private struct HDF5Reader {
         guard dcpl >= 0 else { throw badSet("no creation properties: \(HDF5Reader.lastError())") }
         defer { H5Pclose(dcpl) }
         let layout = H5Pget_layout(dcpl)
-        let repack = "ShardKit reads datasets in place; rewrite the file with contiguous datasets, "
-            + "e.g. `h5repack -l CONTI IN OUT`"
+        let repack = "rewrite the file with contiguous or gzip-chunked datasets, e.g. `h5repack -l CONTI IN OUT`"
         switch layout {
-        case H5D_CONTIGUOUS: break
-        case H5D_CHUNKED:
-            throw badSet("is chunked\(H5Pget_nfilters(dcpl) > 0 ? " and compressed/filtered" : ""); \(repack)")
+        case H5D_CONTIGUOUS:
+            guard H5Pget_nfilters(dcpl) == 0 else { throw badSet("has filters; \(repack)") }
+        case H5D_CHUNKED: break
         case H5D_COMPACT: throw badSet("has compact layout (stored in its object header); \(repack)")
         case H5D_VIRTUAL: throw badSet("is a virtual dataset (its data is in other datasets or files); \(repack)")
         default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
         }
-        guard H5Pget_nfilters(dcpl) == 0 else { throw badSet("has filters; \(repack)") }
         guard H5Pget_external_count(dcpl) == 0 else { throw badSet("stores its data in external files; \(repack)") }
+        let filters = layout == H5D_CHUNKED ? try self.filters(dcpl, dataset: name, repack: repack) : []
         // Shape.
         let space = H5Dget_space(did)
         guard space >= 0 else { throw badSet("no dataspace: \(HDF5Reader.lastError())") }
@@ -164,6 +208,13 @@ private struct HDF5Reader {
         if byteCount == 0 {
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: 0)
         }
+        if layout == H5D_CHUNKED {
+            let storage = try chunks(did, dcpl: dcpl, shape: shape, dtype: dtype, filters: filters, dataset: name)
+            let info = TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: byteCount,
+                                  encoding: .chunked(storage))
+            try checkFirstValues(did, type: type, info: info)
+            return info
+        }
         let address = H5Dget_offset(did)
         guard address != shardkit_haddr_undef() else {
             throw badSet("has no data in the file (never written); write it, or drop it from the file")
@@ -176,8 +227,79 @@ private struct HDF5Reader {
             throw badSet("data (\(byteCount) bytes at \(address)) runs past the end of the file "
                          + "(\(file.size) bytes); the file is truncated")
         }
-        try checkFirstValues(did, type: type, shape: shape, dtype: dtype, offset: offset, dataset: name)
-        return TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: byteCount)
+        let info = TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: byteCount)
+        try checkFirstValues(did, type: type, info: info)
+        return info
+    }
+
+    /// HDF5's filter ids, for messages.
+    static let filterNames: [Int32: String] = [
+        3: "fletcher32 (checksum)", 4: "szip", 5: "nbit", 6: "scaleoffset", 307: "bzip2", 32000: "lzf",
+        32001: "blosc", 32004: "lz4", 32008: "bitshuffle", 32013: "zfp", 32015: "zstd", 32026: "blosc2",
+    ]
+
+    /// A chunked dataset's filter pipeline, if ShardKit decodes every filter of it (deflate, shuffle).
+    func filters(_ dcpl: hid_t, dataset name: String, repack: String) throws -> [ChunkedStorage.Filter] {
+        let count = H5Pget_nfilters(dcpl)
+        guard count >= 0, count <= 32 else { throw bad("dataset \(name): cannot read its filters") }
+        return try (0..<UInt32(count)).map { i in
+            var flags: UInt32 = 0, values = [UInt32](repeating: 0, count: 8), nValues = 8, config: UInt32 = 0
+            var nameBuffer = [CChar](repeating: 0, count: 64)
+            let id = H5Pget_filter2(dcpl, i, &flags, &nValues, &values, 64, &nameBuffer, &config)
+            switch id {
+            case 1: return .deflate
+            case 2: return .shuffle
+            default:
+                let what = HDF5Reader.filterNames[id].map { "the \($0) filter" } ?? "filter \(id) (a plugin)"
+                throw bad("dataset \(name) is compressed with \(what); ShardKit decodes only gzip/deflate and "
+                          + "shuffle (filter plugins are never loaded); \(repack)")
+            }
+        }
+    }
+
+    /// Where each chunk of a chunked dataset is stored, in row-major grid order, as libhdf5 reports it.
+    func chunks(_ did: hid_t, dcpl: hid_t, shape: [Int], dtype: DType, filters: [ChunkedStorage.Filter],
+                dataset name: String) throws -> ChunkedStorage {
+        func badSet(_ message: String) -> ShardKitError { bad("dataset \(name): \(message)") }
+        var chunkDims = [hsize_t](repeating: 0, count: max(shape.count, 1))
+        guard !shape.isEmpty, H5Pget_chunk(dcpl, Int32(shape.count), &chunkDims) == Int32(shape.count) else {
+            throw badSet("cannot read its chunk shape")
+        }
+        let chunkShape = try chunkDims.map { d in
+            guard let v = Int(exactly: d), v > 0 else { throw badSet("chunk dimension \(d) is out of range") }
+            return v
+        }
+        let grid = zip(shape, chunkShape).map { ($0 + $1 - 1) / $1 }
+        guard let count = checkedProduct(grid), count <= ChunkedStorage.maxChunks else {
+            throw badSet("more than \(ChunkedStorage.maxChunks) chunks; repack with larger chunks")
+        }
+        var chunks: [ChunkedStorage.Chunk] = []
+        chunks.reserveCapacity(count)
+        var coords = [Int](repeating: 0, count: shape.count)
+        for _ in 0..<count {
+            var start = zip(coords, chunkShape).map { hsize_t($0 * $1) }
+            var mask: UInt32 = 0, address: haddr_t = 0, size: hsize_t = 0
+            guard H5Dget_chunk_info_by_coord(did, &start, &mask, &address, &size) >= 0 else {
+                throw badSet("cannot locate its chunk at \(start): \(HDF5Reader.lastError())")
+            }
+            guard address != shardkit_haddr_undef() else {
+                throw badSet("its chunk at \(start) was never written (it would be the fill value); write "
+                             + "every chunk, or repack the file")
+            }
+            guard let offset = Int(exactly: address), let bytes = Int(exactly: size) else {
+                throw badSet("chunk at \(start) has an out-of-range address or size")
+            }
+            chunks.append(ChunkedStorage.Chunk(offset: offset, byteCount: bytes, filterMask: mask))
+            // Next grid coordinate, row-major.
+            var d = shape.count - 1
+            while d >= 0 { coords[d] += 1; if coords[d] < grid[d] { break }; coords[d] = 0; d -= 1 }
+        }
+        do {
+            return try ChunkedStorage(shape: shape, chunkShape: chunkShape, elementSize: dtype.size, filters: filters,
+                                      chunks: chunks, fileSize: file.size, what: "\(path): dataset \(name)")
+        } catch let e as ShardKitError {
+            throw ShardKitError(.invalidHDF5File, e.message)
+        }
     }
 
     /// The dtype of an HDF5 type, or an error saying why it cannot be read in place.
@@ -255,13 +377,15 @@ private struct HDF5Reader {
         return (String(cString: cName), value[0])
     }
 
-    /// Reads up to 64 of the dataset's first elements through libhdf5 and compares them with the bytes
-    /// at `offset`, proving the offset (user blocks, address arithmetic) right.
-    func checkFirstValues(_ did: hid_t, type: hid_t, shape: [Int], dtype: DType, offset: Int,
-                          dataset name: String) throws {
-        func badSet(_ message: String) -> ShardKitError { bad("dataset \(name): \(message)") }
+    /// Reads up to 64 of the dataset's first elements through libhdf5 and compares them with what
+    /// ShardKit reads for them (in place, or decoded from the chunks), proving the offset (user blocks,
+    /// address arithmetic) and the decoding right.
+    func checkFirstValues(_ did: hid_t, type: hid_t, info: TensorInfo) throws {
+        func badSet(_ message: String) -> ShardKitError { bad("dataset \(info.name): \(message)") }
+        let shape = info.shape, dtype = info.dtype
         let last = shape.last ?? 1
         let n = min(last, 64)
+        guard n > 0 else { return }
         var start = [hsize_t](repeating: 0, count: shape.count)
         var count = shape.map { _ in hsize_t(1) }
         if !shape.isEmpty { count[count.count - 1] = hsize_t(n) }
@@ -279,9 +403,11 @@ private struct HDF5Reader {
             H5Dread(did, type, memorySpace, fileSpace, shardkit_h5p_default(), $0.baseAddress)
         }
         guard status >= 0 else { throw badSet("libhdf5 cannot read it: \(HDF5Reader.lastError())") }
-        let inPlace = try file.read(count: n * dtype.size, at: offset)
-        guard inPlace == viaLibrary else {
-            throw badSet("the bytes at its data offset \(offset) are not its values (unexpected file layout)")
+        let (source, offset) = info.byteSource(in: file)
+        let ours = try source.read(count: n * dtype.size, at: offset)
+        guard ours == viaLibrary else {
+            throw badSet(info.isRaw ? "the bytes at its data offset \(offset) are not its values (unexpected file layout)"
+                                    : "its decoded first chunk differs from what libhdf5 reads")
         }
     }
 }

@@ -3,7 +3,12 @@ import ShardKit
 
 /// Running the HDF5 reader in a child process, and checking what it reports.
 enum HDF5Inspection {
-    struct Entry: Codable { var name: String; var dtype: String; var shape: [Int]; var offset: Int; var bytes: Int }
+    struct Entry: Codable {
+        var name: String; var dtype: String; var shape: [Int]; var offset: Int; var bytes: Int
+        /// A chunked dataset's storage: chunk shape, filters, and `[offset, bytes, mask]` per chunk.
+        var chunked: Chunked?
+    }
+    struct Chunked: Codable { var chunk: [Int]; var filters: [String]; var chunks: [[Int]] }
     struct Failure: Codable { var code: String; var message: String }
     struct Report: Codable { var tensors: [Entry]?; var error: Failure? }
 
@@ -16,7 +21,13 @@ enum HDF5Inspection {
         do {
             let file = try ReadOnlyFile(path: path)
             report.tensors = try HDF5Format.inProcess(file).map {
-                Entry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, offset: $0.offset, bytes: $0.byteCount)
+                var chunked: Chunked?
+                if case .chunked(let c) = $0.encoding {
+                    chunked = Chunked(chunk: c.chunkShape, filters: c.filters.map(\.rawValue),
+                                      chunks: c.chunks.map { [$0.offset, $0.byteCount, Int($0.filterMask)] })
+                }
+                return Entry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, offset: $0.offset,
+                             bytes: $0.byteCount, chunked: chunked)
             }
         } catch let e as ShardKitError {
             report.error = Failure(code: e.code.rawValue, message: e.message)
@@ -95,11 +106,48 @@ enum HDF5Inspection {
             }
             guard seen.insert(name).inserted else { throw bad("dataset \(name) reported twice") }
             guard let count = checkedProduct(shape), let size = checkedProduct([count], times: dtype.size),
-                  size == bytes, offset >= 0, let end = checkedSum([offset, bytes]), end <= file.size else {
+                  size == bytes else {
+                throw bad("dataset \(name): reported size \(bytes) is not that of shape \(shape)")
+            }
+            if let chunked = e["chunked"], chunked != .null {
+                guard offset == 0, let storage = try chunkedStorage(chunked, shape: shape, dtype: dtype, file: file,
+                                                                    what: "\(path): dataset \(name)") else {
+                    throw bad("malformed chunk table for dataset \(name) in the HDF5 inspector's report")
+                }
+                return TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: bytes,
+                                  encoding: .chunked(storage))
+            }
+            guard offset >= 0, let end = checkedSum([offset, bytes]), end <= file.size else {
                 throw bad("dataset \(name): reported range (\(bytes) bytes at \(offset), shape \(shape)) "
                           + "is not inside the file")
             }
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: offset, byteCount: bytes)
+        }
+    }
+}
+
+extension HDF5Inspection {
+    /// A reported chunk table, validated as `ChunkedStorage` does; nil when its JSON is malformed.
+    static func chunkedStorage(_ json: JSONValue, shape: [Int], dtype: DType, file: ReadOnlyFile,
+                               what: String) throws -> ChunkedStorage? {
+        guard let chunkJSON = json["chunk"]?.arrayValue, chunkJSON.count == shape.count,
+              let chunk = Optional(chunkJSON.compactMap(\.intValue)), chunk.count == shape.count,
+              let filterNames = json["filters"]?.arrayValue?.compactMap(\.stringValue),
+              let rows = json["chunks"]?.arrayValue else { return nil }
+        let filters = filterNames.compactMap(ChunkedStorage.Filter.init(rawValue:))
+        guard filters.count == json["filters"]?.arrayValue?.count, filters.count <= 32 else { return nil }
+        var chunks: [ChunkedStorage.Chunk] = []
+        chunks.reserveCapacity(min(rows.count, ChunkedStorage.maxChunks))
+        for row in rows {
+            guard let v = row.arrayValue?.compactMap(\.intValue), v.count == 3,
+                  let mask = UInt32(exactly: v[2]) else { return nil }
+            chunks.append(ChunkedStorage.Chunk(offset: v[0], byteCount: v[1], filterMask: mask))
+        }
+        do {
+            return try ChunkedStorage(shape: shape, chunkShape: chunk, elementSize: dtype.size, filters: filters,
+                                      chunks: chunks, fileSize: file.size, what: what)
+        } catch let e as ShardKitError {
+            throw ShardKitError(.invalidHDF5File, e.message)
         }
     }
 }

@@ -10,6 +10,7 @@ struct PlanCommand: ParsableCommand {
     @Argument(help: "Checkpoint directory or weights file (.safetensors, a torch.save .bin/.pt, or .h5).")
     var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
+    @OptionGroup var inputOptions: InputOptions
     @OptionGroup var ruleOptions: RuleOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -23,7 +24,7 @@ struct PlanCommand: ParsableCommand {
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try openCheckpoint(source)
+            let checkpoint = try inputOptions.open(source)
             let rules = try ruleOptions.load(for: checkpoint)
             let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
             if json {

@@ -12,13 +12,14 @@ struct ShardCommand: ParsableCommand {
     var source: String
     @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
+    @OptionGroup var inputOptions: InputOptions
     @OptionGroup var ruleOptions: RuleOptions
     @OptionGroup var writeOptions: WriteOptions
     @Flag(name: .long, help: "Print a machine-readable summary.") var json = false
 
     func run() throws {
         try ShardKitCommand.guarded {
-            let checkpoint = try openCheckpoint(source)
+            let checkpoint = try inputOptions.open(source)
             let rules = try ruleOptions.load(for: checkpoint)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()

@@ -12,6 +12,7 @@ struct VerifyCommand: ParsableCommand {
     @Argument(help: "Shard set directory (with manifest.json).") var shards: String
     @Option(name: .long, help: "The original checkpoint, for bit-exact reconstruction and the full forward pass.")
     var source: String?
+    @OptionGroup var inputOptions: InputOptions
     @Option(name: .long, help: "reference.safetensors with input_ids and logits (or last_hidden_state).")
     var reference: String?
     @Option(name: .long, help: "Number of tokens of the fixed deterministic input (without --reference).")
@@ -30,7 +31,7 @@ struct VerifyCommand: ParsableCommand {
                 throw ShardKitError(.verificationFailed, e.message, remedy: e.remedy)
             }
             guard tokens >= 1 else { throw ShardKitError(.verificationFailed, "--tokens must be at least 1") }
-            var run = VerifyRun(shards: set, source: try source.map(openCheckpoint), reference: reference)
+            var run = VerifyRun(shards: set, source: try source.map(inputOptions.open), reference: reference)
             run.numerics = !noNumerics
             run.sgemmBaseline = sgemmBaseline
             run.options.tokenCount = tokens
