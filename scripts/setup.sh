@@ -3,7 +3,7 @@
 # when something must be installed.
 set -euo pipefail
 need=()
-for pkg in libopenblas-dev libhdf5-dev zlib1g-dev pkg-config; do
+for pkg in libopenblas-dev libhdf5-dev zlib1g-dev pkg-config strace; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,11 +6,9 @@ import ShardKit
 /// Every tensor of a checkpoint (directory or file), read with ShardKit's validated reader.
 func checkpointTensors(_ path: String) throws -> [String: (shape: [Int], bytes: [UInt8])] {
     let ckpt = try Checkpoint(path: path)
+    let sources = try CheckpointSources(ckpt)
     var out: [String: (shape: [Int], bytes: [UInt8])] = [:]
-    for (fi, info) in ckpt.tensors {
-        let file = try ReadOnlyFile(path: ckpt.files[fi].path)
-        out[info.name] = (info.shape, try file.read(count: info.byteCount, at: info.offset))
-    }
+    for (_, info) in ckpt.tensors { out[info.name] = (info.shape, try sources.bytes(of: info.name)) }
     return out
 }
 

@@ -7,7 +7,7 @@ public struct ModelConfig: Sendable {
     public init(path: String) throws {
         let file = try ReadOnlyFile(path: path)
         do {
-            json = try JSONValue.parse(try file.read(count: file.size, at: 0))
+            json = try JSONValue.parse(try file.readAll(limit: 16 << 20, what: "a config.json"))
         } catch let e as JSONParseError {
             throw ShardKitError(.invalidConfig, "\(path): not valid JSON: \(e)")
         }

@@ -22,7 +22,7 @@ extension Reshard {
         func readPart(_ dir: String) throws -> Manifest {
             let path = Path.join(directory, "\(dir)/part.json")
             let f = try ReadOnlyFile(path: path)
-            return try Manifest(json: try f.read(count: f.size, at: 0), path: path)
+            return try Manifest(json: try f.readAll(limit: Manifest.maxBytes, what: "a part file"), path: path)
         }
         func badPart(_ dir: String, _ message: String) -> ShardKitError {
             ShardKitError(.invalidManifest, "\(directory)/\(dir)/part.json: \(message)")

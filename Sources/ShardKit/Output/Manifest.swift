@@ -73,13 +73,18 @@ public struct Manifest: Sendable, Equatable {
         self.extraFiles = extraFiles; self.tensors = tensors; self.order = order
     }
 
+    /// Largest manifest (or part file) read: ~4 KB per tensor for a million tensors, with room to spare.
+    public static let maxBytes = 4 << 30
+
     /// Reads and validates `directory/manifest.json`: structure, paths, and every piece's intervals
     /// against its rule (a manifest is untrusted input).
     public static func read(directory: String) throws -> Manifest {
         let path = Path.join(directory, fileName)
         guard FileSystem.exists(path) else {
-            let unfinished = FileSystem.isDirectory(directory)
-                && ((try? FileSystem.list(directory)) ?? []).contains { $0.hasPrefix("rank-") }
+            // A run's traces: rank directories, its lock file, temporary files.
+            let unfinished = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).contains {
+                $0.hasPrefix("rank-") || $0.hasPrefix(".shardkit") || $0.hasSuffix(".tmp")
+            }
             let parts = unfinished && ((try? FileSystem.list(directory)) ?? []).contains {
                 $0.hasPrefix("rank-") && FileSystem.exists(Path.join(directory, "\($0)/part.json"))
             }
@@ -87,12 +92,17 @@ public struct Manifest: Sendable, Equatable {
                 throw ShardKitError(.invalidManifest, "\(directory): no manifest.json: ranks written in parts",
                                     remedy: .finalize(directory: directory))
             }
+            guard FileSystem.entryExists(directory) else {
+                throw ShardKitError(.notFound, "\(directory): no such directory")
+            }
+            let empty = FileSystem.isDirectory(directory) && ((try? FileSystem.list(directory)) ?? []).isEmpty
             throw ShardKitError(.invalidManifest, unfinished
                 ? "\(directory): no manifest.json: unfinished run (shard it again, replacing the directory)"
+                : empty ? "\(directory): no manifest.json: an empty directory (an unfinished run, or not a shard set)"
                 : "\(directory): no manifest.json: not a ShardKit shard set")
         }
         let file = try ReadOnlyFile(path: path)
-        let manifest = try Manifest(json: try file.read(count: file.size, at: 0), path: path)
+        let manifest = try Manifest(json: try file.readAll(limit: Manifest.maxBytes, what: "a manifest"), path: path)
         try manifest.validate(path: path)
         return manifest
     }

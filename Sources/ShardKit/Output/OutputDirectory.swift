@@ -128,7 +128,16 @@ final class OutputDirectory {
                                           what: "\(path) rank \(r)"))
             }
             if needsReplacing {
-                for name in try OutputDirectory.entries(path) { FileSystem.removeTree(Path.join(path, name)) }
+                // The manifest goes first: a run killed while removing leaves an unfinished directory,
+                // never a manifest that vouches for files already gone.
+                // Rank directories go last: until then the directory still shows it is ShardKit's.
+                let all = try OutputDirectory.entries(path)
+                let names = all.filter { $0 == Manifest.fileName }
+                    + all.filter { $0 != Manifest.fileName && !$0.hasPrefix("rank-") } + all.filter { $0.hasPrefix("rank-") }
+                for name in names {
+                    FileSystem.removeTree(Path.join(path, name))
+                    if name == Manifest.fileName { try FileSystem.syncDirectory(path) }
+                }
             }
         } catch {
             release()
@@ -148,7 +157,9 @@ final class OutputDirectory {
         let entries = try entries(path)
         if entries.isEmpty { return false }
         let finished = entries.contains(Manifest.fileName)
+        // ShardKit's traces: rank directories, temporary files, the lock file only ShardKit creates.
         let ours = finished || entries.contains { $0.hasPrefix("rank-") || $0.hasSuffix(".tmp") }
+            || FileSystem.entryExists(Path.join(path, OutputDirectory.lockName))
         // A partial run adds ranks to a directory of parts; it must not write into a finished shard
         // set (whose manifest would then vouch for rewritten files) nor into someone else's directory.
         if partial && !finished {

@@ -57,5 +57,14 @@ public final class ReadOnlyFile: ByteSource, @unchecked Sendable {
             done += n
         }
     }
-}
 
+    /// The whole file, refused (before anything is read) when it is larger than `limit` bytes:
+    /// `what` says what the file is ("config.json").
+    public func readAll(limit: Int, what: String) throws -> [UInt8] {
+        guard size <= limit else {
+            throw ShardKitError(.invalidArgument, "\(path): \(size) bytes is too large for \(what) "
+                                                  + "(at most \(limit >> 20) MiB)")
+        }
+        return try read(count: size, at: 0)
+    }
+}

@@ -18,7 +18,7 @@ struct RuleOptions: ParsableArguments {
 enum RulesLoader {
     static func load(path: String) throws -> JSONValue {
         let file = try ReadOnlyFile(path: path)
-        let bytes = try file.read(count: file.size, at: 0)
+        let bytes = try file.readAll(limit: 16 << 20, what: "a rules file")
         if path.hasSuffix(".json") {
             do { return try JSONValue.parse(bytes) } catch {
                 throw bad(path, "not valid JSON: \(error)")
@@ -29,7 +29,9 @@ enum RulesLoader {
         }
         let node: Node?
         do { node = try Yams.compose(yaml: text) } catch {
-            throw bad(path, "not valid YAML: \(error)")
+            // libyaml's message quotes the offending line, which may be megabytes long.
+            let message = "\(error)"
+            throw bad(path, "not valid YAML: " + (message.count > 500 ? message.prefix(500) + "..." : message))
         }
         guard let node else { throw bad(path, "empty rules file") }
         return try convert(node, path: path)
