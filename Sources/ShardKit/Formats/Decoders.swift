@@ -259,3 +259,32 @@ final class ChunkedReader: ByteSource, @unchecked Sendable {
         if tail > 0 { (to.baseAddress! + n * es).copyMemory(from: from.baseAddress! + n * es, byteCount: tail) }
     }
 }
+
+/// A byte stream made of ranges of other streams: `locate(p)` says where logical byte `p` is (a
+/// source and its offset there) and how many bytes from there on are contiguous in that source.
+/// Meta's consolidated files are read as whole HF tensors this way (pieces side by side, q/k rows
+/// reordered), a range at a time, nothing gathered.
+final class RemappedReader: ByteSource, @unchecked Sendable {
+    let path: String
+    let length: Int
+    let locate: (Int) -> (source: ByteSource, offset: Int, run: Int)
+
+    init(path: String, length: Int, locate: @escaping (Int) -> (source: ByteSource, offset: Int, run: Int)) {
+        self.path = path; self.length = length; self.locate = locate
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws {
+        guard offset >= 0, let end = checkedSum([offset, buffer.count]), end <= length else {
+            throw ShardKitError(.io, "\(path): read of \(buffer.count) bytes at \(offset) is past the tensor's "
+                                     + "\(length) bytes")
+        }
+        var p = offset, out = 0
+        while p < end {
+            let (source, at, run) = locate(p)
+            let n = min(run, end - p)
+            precondition(n > 0, "RemappedReader: empty run")
+            try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[out..<(out + n)]), at: at)
+            p += n; out += n
+        }
+    }
+}

@@ -21,5 +21,30 @@ public enum Reshard {
             sources: { t in try input.sources(for: t.name, files: files) },
             progress: progress)
     }
-}
 
+    /// Writes Meta's consolidated checkpoint `meta` as a Hugging Face Llama shard set of `tp` ranks
+    /// (HF names, HF q/k row order, the llama preset, a converted config.json): `tp` 1 is a plain
+    /// Hugging Face checkpoint. Every byte is read once from the Meta files, a range at a time.
+    @discardableResult
+    public static func run(meta: MetaCheckpoint, tp: Int, output: String, options: ShardSetWriter.Options = .init(),
+                           progress: ProgressHandler? = nil) throws -> Manifest {
+        let config = ModelConfig(json: meta.config, path: Path.join(meta.directory, "params.json"))
+        let rules = try Architectures.rules(for: config)
+        let plan = try ShardPlan(tensors: meta.tensors, rules: try rules.assign(meta.tensors.map { ($0.name, $0.shape) }),
+                                 tp: tp)
+        let handles = try meta.files.map { try ReadOnlyFile(path: $0.path) }
+        let source = Manifest.Source(path: meta.directory, files: meta.files.map { Path.name($0.path) },
+                                     modelType: "llama", rules: rules.name)
+        let extras = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"]
+            .map { (from: Path.join(meta.directory, $0), name: $0) }.filter { FileSystem.exists($0.from) }
+        return try ShardSetWriter(plan: plan, directory: output, options: options).write(
+            source: source, tool: .init(name: "shardkit", version: Shard.toolVersion, operation: "reshard"),
+            inputs: [meta.directory] + meta.files.map(\.path) + extras.map(\.from),
+            extraFiles: extras, generatedFiles: [("config.json", Array(meta.config.serialized.utf8))],
+            sources: { t in
+                [CopySource(file: try meta.byteSource(for: t.name, files: handles), offset: 0,
+                            layout: PieceLayout([0..<t.geometry.size]), label: meta.directory)]
+            },
+            progress: progress)
+    }
+}

@@ -78,10 +78,11 @@ public struct ShardSetWriter {
 
     /// Writes the shard set. `sources(t)` gives the sources for tensor `t` of the plan; `inputs` are
     /// the files and directories the run reads, which the output may not be, contain or lie inside.
+    /// `extraFiles` are copied beside the ranks, `generatedFiles` written there (a converted config.json).
     /// Returns the manifest (already written unless only some ranks were asked for).
     @discardableResult
     public func write(source: Manifest.Source, tool: Manifest.Tool, inputs: [String],
-                      extraFiles: [(from: String, name: String)],
+                      extraFiles: [(from: String, name: String)], generatedFiles: [(name: String, bytes: [UInt8])] = [],
                       sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
                       progress: ProgressHandler? = nil) throws -> Manifest {
         let ranks = options.ranks ?? Array(0..<plan.tp)
@@ -96,7 +97,7 @@ public struct ShardSetWriter {
             let checksums = try run.copyTensors(into: outputs, sources: sources, progress: progress)
             try run.commit(outputs)
             try run.writeRankIndexes()
-            let extraNames = try run.copyExtraFiles(extraFiles)
+            let extraNames = try run.copyExtraFiles(extraFiles, generated: generatedFiles)
             var manifest = run.manifest(source: source, tool: tool, extraFiles: extraNames, checksums: checksums)
             if let subset = options.ranks {
                 try run.writeParts(of: manifest, ranks: subset)
@@ -213,15 +214,21 @@ public struct ShardSetWriter {
         }
 
         /// Phase 5: the carried-along files (written with rank 0); returns their names.
-        func copyExtraFiles(_ extraFiles: [(from: String, name: String)]) throws -> [String] {
+        func copyExtraFiles(_ extraFiles: [(from: String, name: String)],
+                            generated: [(name: String, bytes: [UInt8])]) throws -> [String] {
             if options.ranks == nil || ranks.contains(0) {
                 for (from, name) in extraFiles {
                     let to = Path.join(output.path, name)
                     output.track(to)
                     try FileSystem.copySmallFile(from: from, to: to, durable: options.durable)
                 }
+                for (name, bytes) in generated {
+                    let to = Path.join(output.path, name)
+                    output.track(to)
+                    try FileSystem.writeSmallFile(bytes, to: to, durable: options.durable)
+                }
             }
-            return extraFiles.map(\.name).sorted()
+            return (extraFiles.map(\.name) + generated.map(\.name)).sorted()
         }
 
         /// Phase 6: the manifest of the whole set (pieces of ranks not written here have no checksum).

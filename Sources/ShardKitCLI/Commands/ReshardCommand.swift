@@ -4,9 +4,12 @@ import ShardKit
 
 struct ReshardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "reshard", abstract: "Convert a shard set to another TP degree by copying overlaps.")
+        commandName: "reshard", abstract: "Convert a shard set to another TP degree by copying overlaps.",
+        discussion: "The input may also be Meta's original Llama checkpoint (params.json + consolidated.NN.pth): "
+            + "it is read as a shard set in Meta's layout and written with Hugging Face names and q/k row order.")
 
-    @Argument(help: "Input shard set directory (or, with --finalize, the directory to finalize).") var input: String
+    @Argument(help: ArgumentHelp("Input shard set directory, or Meta's params.json + consolidated.*.pth directory "
+                                 + "(with --finalize, the directory to finalize).")) var input: String
     @Option(name: .long, help: "New tensor-parallel degree (1 writes an ordinary HF checkpoint).") var tp: Int?
     @Option(name: .long, help: "Output directory.") var out: String?
     @OptionGroup var writeOptions: WriteOptions
@@ -26,11 +29,16 @@ struct ReshardCommand: ParsableCommand {
                 return
             }
             guard let tp, let out else { throw ValidationError("reshard needs --tp and --out (or --finalize)") }
-            let set = try ShardSet(directory: input)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
-            let manifest = try Reshard.run(input: set, tp: tp, output: out, options: options,
+            let manifest: Manifest
+            if MetaCheckpoint.recognizes(input) {
+                manifest = try Reshard.run(meta: try MetaCheckpoint(directory: input), tp: tp, output: out,
+                                           options: options, progress: Terminal.progress(label: "reshard"))
+            } else {
+                manifest = try Reshard.run(input: try ShardSet(directory: input), tp: tp, output: out, options: options,
                                            progress: Terminal.progress(label: "reshard"))
+            }
             Terminal.clearProgress()
             try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0)
                 .print(json: json)
