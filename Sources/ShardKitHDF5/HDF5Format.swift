@@ -269,7 +269,7 @@ private struct HDF5Reader {
             guard let v = Int(exactly: d), v > 0 else { throw badSet("chunk dimension \(d) is out of range") }
             return v
         }
-        let grid = zip(shape, chunkShape).map { ($0 + $1 - 1) / $1 }
+        let grid = zip(shape, chunkShape).map { $0 / $1 + ($0 % $1 == 0 ? 0 : 1) }
         guard let count = checkedProduct(grid), count <= ChunkedStorage.maxChunks else {
             throw badSet("more than \(ChunkedStorage.maxChunks) chunks; repack with larger chunks")
         }

@@ -137,11 +137,37 @@ struct InputFormatCLITests {
         expectCLIError(r, ["corrupt-heap.h5", "libhdf5 crashed"])
     }
 
-    @Test("a chunked HDF5 dataset is one error line naming the dataset and the way out")
-    func chunkedHDF5() throws {
+    @Test("an HDF5 filter ShardKit does not decode is one error line naming the dataset, the filter and the way out")
+    func unsupportedFilterHDF5() throws {
+        let r = try CLI.run(["plan", Fixtures.bad("hdf5/lzf.h5"), "--tp", "1"])
+        expectCLIError(r, ["lzf.h5", "dataset w", "lzf filter", "h5repack"])
+    }
+
+    @Test("--hdf5-root: a Keras file shards with the preset once its root group is named; without it, no preset matches")
+    func hdf5Root() throws {
         try withTempDir { dir in
-            let r = try CLI.run(["plan", Fixtures.bad("hdf5/chunked.h5"), "--tp", "1"])
-            expectCLIError(r, ["chunked.h5", "dataset w", "h5repack"])
+            let source = Fixtures.path("hdf5-nested/keras/model.h5")
+            let without = try CLI.run(["shard", source, "--tp", "2", "--out", dir + "/a"])
+            #expect(without.status != 0 && without.stderr.contains("llama_gqa."), "\(without)")
+            let with = try CLI.run(["shard", source, "--tp", "2", "--out", dir + "/b", "--hdf5-root", "llama_gqa"])
+            #expect(with.status == 0, "\(with)")
+            let verify = try CLI.run(["verify", dir + "/b", "--source", source, "--hdf5-root", "llama_gqa",
+                                      "--reference", Fixtures.path("hdf5-nested/f32/reference.safetensors")])
+            #expect(verify.status == 0 && verify.stdout.contains("PASSED"), "\(verify)")
+        }
+    }
+
+    @Test("Meta's consolidated MP 2 checkpoint reshards to TP 4 and to --tp 1, and both reproduce transformers' logits")
+    func metaConsolidated() throws {
+        try withTempDir { dir in
+            let meta = Fixtures.path("llama-meta-mp2")
+            for tp in ["4", "1"] {
+                let r = try CLI.run(["reshard", meta, "--tp", tp, "--out", dir + "/tp" + tp])
+                #expect(r.status == 0, "\(r)")
+                let v = try CLI.run(["verify", dir + "/tp" + tp, "--reference", meta + "/reference.safetensors"])
+                #expect(v.status == 0 && v.stdout.contains("PASSED"), "\(v)")
+            }
+            #expect(exists(dir + "/tp1/config.json") && exists(dir + "/tp1/model.safetensors"))
         }
     }
 }

@@ -37,7 +37,8 @@ struct HDF5FormatTests {
         let file = try ReadOnlyFile(path: Fixtures.bad("hdf5/valid.h5"))
         func parse(_ json: String) throws -> [TensorInfo] { try HDF5Inspection.parse(Data(json.utf8), file: file) }
         let good = try parse(HDF5Format.inspectionReport(path: file.path))
-        #expect(good.map(\.name).sorted() == ["a", "b", "c", "flag", "group.sub.d"])
+        // The report carries dataset paths; names are made from them afterwards (`HDF5Format.named`).
+        #expect(good.map(\.name).sorted() == ["a", "b", "c", "flag", "group/sub/d"])
         expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"F32","shape":[2,3],"offset":\#(file.size - 8),"bytes":24}]}"#) },
                     .invalidHDF5File, ["dataset a", "not inside the file"])
         expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"F32","shape":[2,3],"offset":0,"bytes":25}]}"#) },
@@ -45,6 +46,22 @@ struct HDF5FormatTests {
         expectError({ _ = try parse(#"{"tensors":[{"name":"a","dtype":"Q9","shape":[1],"offset":0,"bytes":4}]}"#) },
                     .invalidHDF5File, ["malformed entry"])
         expectError({ _ = try parse("not json") }, .invalidHDF5File, ["not valid JSON"])
+        // Chunk tables: the grid complete, each chunk inside the file, well-formed rows, known filters.
+        func chunked(_ table: String) -> String {
+            #"{"tensors":[{"name":"w","dtype":"F32","shape":[8,8],"offset":0,"bytes":256,"chunked":"# + table + "}]}"
+        }
+        let row = "[0,64,0]"
+        #expect(try parse(chunked(#"{"chunk":[4,4],"filters":[],"chunks":[\#(row),\#(row),\#(row),\#(row)]}"#)).count == 1)
+        expectError({ _ = try parse(chunked(#"{"chunk":[4,4],"filters":[],"chunks":[\#(row),\#(row),\#(row)]}"#)) },
+                    .invalidHDF5File, ["3 chunks stored", "has 4"])
+        expectError({ _ = try parse(chunked(#"{"chunk":[4,4],"filters":[],"chunks":[\#(row),\#(row),\#(row),[\#(file.size - 8),64,0]]}"#)) },
+                    .invalidHDF5File, ["chunk 3", "not inside the file"])
+        expectError({ _ = try parse(chunked(#"{"chunk":[4,"4"],"filters":[],"chunks":[]}"#)) },
+                    .invalidHDF5File, ["malformed chunk table"])
+        expectError({ _ = try parse(chunked(#"{"chunk":[4,4],"filters":["lzf"],"chunks":[\#(row),\#(row),\#(row),\#(row)]}"#)) },
+                    .invalidHDF5File, ["malformed chunk table"])
+        expectError({ _ = try parse(chunked(#"{"chunk":[1,1],"filters":[],"chunks":[]}"#.replacingOccurrences(of: "[1,1]", with: "[100000000,100000000]"))) },
+                    .invalidHDF5File, ["exceed", "MiB per chunk"])
         expectError({ _ = try parse(#"{"error":{"code":"invalidHDF5File","message":"x: dataset w: is chunked"}}"#) },
                     .invalidHDF5File, ["is chunked"])
     }
@@ -153,6 +170,80 @@ struct HDF5FormatTests {
                     #expect([.invalidHDF5File, .invalidSafetensors].contains(e.code), "length \(length): \(e.message)")
                 }
             }
+        }
+    }
+
+    @Test("h5py's nested groups (f32, f16, bf16, chunked gzip+shuffle, a Keras root group) are the HF names and shard at G = 2 and 4 into their safetensors twins' bytes",
+          arguments: ["f32", "f16", "bf16", "gzip", "gzip-bf16", "keras"])
+    func nested(_ variant: String) throws {
+        let dir = Fixtures.path("hdf5-nested/" + variant)
+        let root = variant == "keras" ? "llama_gqa" : nil
+        let h5 = try Checkpoint(path: dir + "/model.h5", formats: [HDF5Format(rootGroup: root)])
+        let twin = try Checkpoint(path: dir + "/model.safetensors")
+        let differences = try tensorDifferences(h5, twin)
+        #expect(differences.isEmpty, "\(differences)")
+        let chunked = h5.tensors.filter { if case .chunked = $0.info.encoding { return true }; return false }
+        #expect(chunked.isEmpty == !variant.hasPrefix("gzip"))
+        if variant.hasPrefix("gzip") {
+            // Several chunks along both dimensions, the last ones partial.
+            let down = try #require(h5.tensor(named: "model.layers.0.mlp.down_proj.weight"))
+            guard case .chunked(let storage) = down.info.encoding else { Issue.record("not chunked"); return }
+            #expect(storage.grid.allSatisfy { $0 > 1 } && storage.filters == [.shuffle, .deflate])
+            #expect(zip(storage.shape, storage.chunkShape).contains { $0 % $1 != 0 })
+        }
+        let rules = try ShardPlan.rules(for: twin, rulesFile: nil)
+        try withTempDir { tmp in
+            for tp in [2, 4] {
+                try Shard.run(checkpoint: h5, sourcePath: dir, rules: rules, tp: tp, output: tmp + "/h5-\(tp)")
+                try Shard.run(checkpoint: twin, sourcePath: dir, rules: rules, tp: tp, output: tmp + "/st-\(tp)")
+                for r in 0..<tp {
+                    let name = "/rank-\(r)/model.safetensors"
+                    #expect(same(try readBytes(tmp + "/h5-\(tp)" + name), try readBytes(tmp + "/st-\(tp)" + name)),
+                            "\(variant) tp \(tp) rank \(r)")
+                }
+                let set = try ShardSet(directory: tmp + "/h5-\(tp)")
+                let recon = Verify.reconstruction(set, source: h5)
+                #expect(recon.status == .pass, "\(recon.failures)")
+            }
+        }
+    }
+
+    @Test("a Keras file read without its root group keeps the group in every name; with it, the names are the model's")
+    func rootGroup() throws {
+        let path = Fixtures.path("hdf5-nested/keras/model.h5")
+        let plain = try CheckpointFile(path: path, formats: [HDF5Format()])
+        #expect(plain.tensors.allSatisfy { $0.name.hasPrefix("llama_gqa.model.") || $0.name.hasPrefix("llama_gqa.lm_head.") })
+        let rooted = try CheckpointFile(path: path, formats: [HDF5Format(rootGroup: "llama_gqa")])
+        #expect(Set(rooted.tensors.map(\.name)) == Set(plain.tensors.map { String($0.name.dropFirst("llama_gqa.".count)) }))
+        expectError({ _ = try CheckpointFile(path: path, formats: [HDF5Format(rootGroup: "other")]) },
+                    .invalidHDF5File, ["no datasets under the group other"])
+    }
+
+    @Test("two datasets that map to one name, filters ShardKit does not decode, and a corrupt chunk are refused",
+          arguments: [
+            ("duplicate-name.h5", ["a/b/c", "a.b.c", "both name the tensor"]),
+            ("lzf.h5", ["dataset w", "lzf filter", "never loaded"]),
+            ("filter-blosc.h5", ["dataset w", "blosc filter"]),
+            ("filter-skipped.h5", ["dataset w", "blosc filter"]),
+            ("corrupt-chunk.h5", ["dataset w"]),
+          ])
+    func refusedChunked(_ name: String, _ words: [String]) {
+        expectError({ _ = try open(name) }, .invalidHDF5File, [name] + words)
+    }
+
+    @Test("a chunk corrupted after the first is refused when the copy reaches it, naming the chunk")
+    func corruptLaterChunk() throws {
+        try withTempDir { tmp in
+            let file = try open("compressed.h5")
+            let w = try #require(file.tensors.first { $0.name == "w" })
+            guard case .chunked(let storage) = w.encoding else { Issue.record("not chunked"); return }
+            var bytes = try readBytes(file.path)
+            let last = storage.chunks[storage.chunks.count - 1]
+            for i in last.offset..<(last.offset + last.byteCount) { bytes[i] ^= 0x5A }
+            try writeBytes(bytes, to: tmp + "/c.h5")
+            let (source, offset) = w.byteSource(in: try ReadOnlyFile(path: tmp + "/c.h5"))
+            expectError({ _ = try source.read(count: w.byteCount, at: offset) }, .invalidCheckpoint,
+                        ["c.h5", "chunk 3", "corrupt"])
         }
     }
 

@@ -71,6 +71,33 @@ struct PyTorchFileTests {
         expectShardKitError(error, .invalidPyTorchFile, [name] + words)
     }
 
+    @Test("archives with deflated records (all, or some) hold the stored archive's tensors and shard into its bytes",
+          arguments: ["llama-gqa-bin-deflated", "llama-gqa-bin-deflated-mixed"])
+    func deflatedArchives(_ fixture: String) throws {
+        let deflated = try loadCheckpoint(fixture)
+        let encodings = deflated.tensors.map(\.info.encoding)
+        #expect(encodings.contains { if case .deflated = $0 { return true }; return false })
+        #expect(try tensorDifferences(deflated, loadCheckpoint("llama-gqa-bin")).isEmpty)
+        try withTempDir { dir in
+            try shardFixture(fixture, tp: 2, to: dir + "/a")
+            try shardFixture("llama-gqa-bin", tp: 2, to: dir + "/b")
+            for r in 0..<2 {
+                let name = "/rank-\(r)/model.safetensors"
+                #expect(same(try readBytes(dir + "/a" + name), try readBytes(dir + "/b" + name)))
+            }
+        }
+    }
+
+    @Test("a corrupt deflate stream, and one that decodes to more than the archive says, are refused when read",
+          arguments: [("deflate-corrupt.bin", ["corrupt"]), ("deflate-oversize.bin", ["more than"])])
+    func badDeflate(_ name: String, _ words: [String]) throws {
+        let file = try Self.torchFile(name)
+        var failures: [(any Error)?] = []
+        for t in file.tensors { failures.append(caught { _ = try bytes(file, t.name) }) }
+        let error = failures.compactMap { $0 }.first
+        expectShardKitError(error, .invalidCheckpoint, [name, "compressed record"] + words)
+    }
+
     @Test("every truncation of valid.bin is refused cleanly or still reads inside the file")
     func truncations() throws {
         let full = try readBytes(Fixtures.bad("torch/valid.bin"))

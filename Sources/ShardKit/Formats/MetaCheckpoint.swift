@@ -4,8 +4,9 @@
 /// converter would write.
 ///
 /// Meta's layout (llama's `model.py`): `wq`/`wk`/`wv`, `w1`/`w3` split on dim 0 (output features),
-/// `wo`, `w2` on dim 1 (input features), `tok_embeddings` on dim 1 (its embedding dimension),
-/// `output` on dim 0 (the vocabulary), norms whole in every file. Meta's rotary embedding pairs
+/// `wo`, `w2` on dim 1 (input features), `tok_embeddings` on dim 1 (its embedding dimension; Llama 3
+/// on dim 0, told apart by the pieces' width), `output` on dim 0 (the vocabulary), norms whole in
+/// every file. Meta's rotary embedding pairs
 /// adjacent rows of each q/k head (`2i`, `2i + 1`); Hugging Face's pairs the two halves (`i`,
 /// `i + hd/2`), so HF row `j` of a head is Meta row `2j` for `j < hd/2` and `2(j - hd/2) + 1` after.
 ///
@@ -88,11 +89,16 @@ public struct MetaCheckpoint: Sendable {
         var tensors: [(name: String, dtype: DType, shape: [Int])] = []
         var layouts: [String: TensorLayout] = [:]
         for metaName in order {
-            guard let (hfName, dimension, permuted) = MetaCheckpoint.hfName(metaName, layers: layers) else {
+            guard var (hfName, dimension, permuted) = MetaCheckpoint.hfName(metaName, layers: layers) else {
                 throw bad("tensor \(metaName) is not part of Meta's Llama layout")
             }
             let pieces = byName.map { $0[metaName]! }
             let first = pieces[0]
+            // Llama 1/2 split the embedding on its embedding dimension, Llama 3 on the vocabulary: a
+            // piece as wide as the model says which.
+            if metaName == "tok_embeddings.weight", ranks > 1, first.shape.count == 2, first.shape[1] == dim {
+                dimension = 0
+            }
             guard pieces.allSatisfy({ $0.dtype == first.dtype && $0.shape.count == first.shape.count }),
                   let d = dimension ?? Optional(-1), d < first.shape.count else {
                 throw bad("tensor \(metaName) has pieces of different dtypes or ranks, or too few dimensions")

@@ -83,7 +83,8 @@ public struct ChunkedStorage: Sendable, Equatable {
             throw bad("chunks of \(chunkShape) × \(elementSize) bytes exceed ShardKit's limit of "
                       + "\(ChunkedStorage.maxChunkBytes >> 20) MiB per chunk; repack with smaller chunks")
         }
-        let grid = zip(shape, chunkShape).map { ($0 + $1 - 1) / $1 }
+        // ⌈shape / chunk⌉ without forming shape + chunk - 1, which overflows for a shape near Int.max.
+        let grid = zip(shape, chunkShape).map { $0 / $1 + ($0 % $1 == 0 ? 0 : 1) }
         guard let count = checkedProduct(grid), count <= ChunkedStorage.maxChunks else {
             throw bad("more than \(ChunkedStorage.maxChunks) chunks; repack with larger chunks")
         }
