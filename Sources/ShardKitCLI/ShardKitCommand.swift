@@ -58,5 +58,5 @@ let inputFormats: [WeightsFileFormat] = {
     #else
     let me = Bundle.main.executablePath ?? "/usr/local/bin/shardkit"
     #endif
-    return [HDF5Format(inspector: [me, "hdf5-inspect", "--"])]
+    return [HDF5Format(inspector: [me, "hdf5-inspect"])]
 }()

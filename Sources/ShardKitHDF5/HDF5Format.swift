@@ -23,9 +23,10 @@ import Synchronization
 /// ShardKit reads, so a wrong offset or a wrong decoding cannot go unnoticed.
 ///
 /// libhdf5 is not hardened against hostile files: some malformed files crash it or corrupt its
-/// memory. With `inspector` set, libhdf5 runs in a child process (`inspector` + the file's path must
-/// run `HDF5Format.inspectionReport(path:)` and print it; the shardkit command has a hidden
-/// `hdf5-inspect` subcommand for this), under a time limit; its answer is validated again here. A
+/// memory. With `inspector` set, libhdf5 runs in a child process (`inspector` + `["--root", GROUP]`
+/// when `rootGroup` is set + `["--", path]` must run `HDF5Format.inspectionReport(path:rootGroup:)`
+/// and print it; the shardkit command has a hidden `hdf5-inspect` subcommand for this), under a time
+/// limit; its answer is validated again here. A
 /// crash is then a clear error instead of a dead or corrupted process.
 ///
 /// Pass `HDF5Format()` (or `HDF5Format(inspector:)`) in `formats:` to `Checkpoint(path:formats:)`.
@@ -60,35 +61,27 @@ public struct HDF5Format: WeightsFileFormat {
 
 
     public func tensors(in file: ReadOnlyFile) throws -> [TensorInfo] {
-        let all: [TensorInfo]
+        let datasets: [TensorInfo]
         if let inspector {
-            all = try HDF5Inspection.run(inspector, file: file, timeout: inspectionTimeout)
+            let arguments = inspector + (rootGroup.map { ["--root", $0] } ?? []) + ["--"]
+            datasets = try HDF5Inspection.run(arguments, file: file, timeout: inspectionTimeout)
         } else {
-            all = try HDF5Format.inProcess(file)
+            datasets = try HDF5Format.inProcess(file, rootGroup: rootGroup)
         }
-        return try HDF5Format.named(all, rootGroup: rootGroup, file: file.path)
+        return try HDF5Format.named(datasets, file: file.path)
     }
 
-    static func inProcess(_ file: ReadOnlyFile) throws -> [TensorInfo] {
+    /// The datasets of the file (or of its group `rootGroup`), named by their paths (in the group).
+    static func inProcess(_ file: ReadOnlyFile, rootGroup: String? = nil) throws -> [TensorInfo] {
         // libhdf5 calls are serialized (Debian's build is thread-safe only behind one global lock).
-        try HDF5Format.lock.withLock { _ in try HDF5Reader(file: file).tensors() }
+        try HDF5Format.lock.withLock { _ in try HDF5Reader(file: file, rootGroup: rootGroup).tensors() }
     }
 
-    /// Tensors named from dataset paths (`a/b/c` → `a.b.c`), under `rootGroup` only when it is set;
-    /// two datasets that map to one name are refused.
-    static func named(_ datasets: [TensorInfo], rootGroup: String?, file: String) throws -> [TensorInfo] {
-        var selected = datasets
-        if let rootGroup {
-            let prefix = rootGroup.hasSuffix("/") ? rootGroup : rootGroup + "/"
-            selected = datasets.filter { $0.name.hasPrefix(prefix) }.map {
-                var t = $0; t.name = String(t.name.dropFirst(prefix.count)); return t
-            }
-            guard !selected.isEmpty else {
-                throw ShardKitError(.invalidHDF5File, "\(file): no datasets under the group \(rootGroup)")
-            }
-        }
+    /// Tensors named from dataset paths (`a/b/c` → `a.b.c`); two datasets that map to one name are
+    /// refused.
+    static func named(_ datasets: [TensorInfo], file: String) throws -> [TensorInfo] {
         var byName: [String: String] = [:]
-        return try selected.map { t in
+        return try datasets.map { t in
             var t = t
             let path = t.name
             t.name = path.split(separator: "/", omittingEmptySubsequences: false).joined(separator: ".")
@@ -102,15 +95,18 @@ public struct HDF5Format: WeightsFileFormat {
 
     private static let lock = Mutex(())
 
-    /// What an inspection child prints: the file's tensors, or the error, as one JSON object.
-    public static func inspectionReport(path: String) -> String {
-        HDF5Inspection.report(path: path)
+    /// What an inspection child prints: the file's (or its group's) datasets, or the error, as one
+    /// JSON object.
+    public static func inspectionReport(path: String, rootGroup: String? = nil) -> String {
+        HDF5Inspection.report(path: path, rootGroup: rootGroup)
     }
 }
 
 /// One pass over an open HDF5 file. Call only under `HDF5Format.lock`.
 private struct HDF5Reader {
     let file: ReadOnlyFile
+    /// The group whose datasets are read (nil: the whole file).
+    let rootGroup: String?
     var path: String { file.path }
 
     func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidHDF5File, "\(path): \(message)") }
@@ -138,9 +134,21 @@ private struct HDF5Reader {
         guard fid >= 0 else { throw bad("libhdf5 cannot open it: \(HDF5Reader.lastError())") }
         defer { H5Fclose(fid) }
 
+        // The visit starts at the root group, or only at `rootGroup` (names are then relative to it).
+        var start = fid
+        if let rootGroup {
+            guard !rootGroup.isEmpty, H5Lexists(fid, rootGroup, shardkit_h5p_default()) > 0,
+                  H5Oexists_by_name(fid, rootGroup, shardkit_h5p_default()) > 0 else {
+                throw bad("no group \(rootGroup) in the file")
+            }
+            start = H5Gopen2(fid, rootGroup, shardkit_h5p_default())
+            guard start >= 0 else { throw bad("\(rootGroup) is not a group: \(HDF5Reader.lastError())") }
+        }
+        defer { if start != fid { H5Gclose(start) } }
+
         var names: [String] = []
         let visited = withUnsafeMutablePointer(to: &names) { box in
-            H5Ovisit2(fid, H5_INDEX_NAME, H5_ITER_INC, { _, name, info, data in
+            H5Ovisit2(start, H5_INDEX_NAME, H5_ITER_INC, { _, name, info, data in
                 if let name, let info, info.pointee.type == H5O_TYPE_DATASET {
                     data!.assumingMemoryBound(to: [String].self).pointee.append(String(cString: name))
                 }
@@ -148,7 +156,7 @@ private struct HDF5Reader {
             }, box, UInt32(H5O_INFO_BASIC))
         }
         guard visited >= 0 else { throw bad("cannot list its objects: \(HDF5Reader.lastError())") }
-        return try names.map { try dataset($0, in: fid) }
+        return try names.map { try dataset($0, in: start) }
     }
 
     func dataset(_ name: String, in fid: hid_t) throws -> TensorInfo {
@@ -173,7 +181,15 @@ private struct HDF5Reader {
         default: throw badSet("has layout \(layout.rawValue) (virtual?), not contiguous; \(repack)")
         }
         guard H5Pget_external_count(dcpl) == 0 else { throw badSet("stores its data in external files; \(repack)") }
-        let filters = layout == H5D_CHUNKED ? try self.filters(dcpl, dataset: name, repack: repack) : []
+        if layout == H5D_CHUNKED {
+            // Partial edge chunks stored unfiltered, with a filter mask that says they were filtered.
+            var options: UInt32 = 0
+            guard H5Pget_chunk_opts(dcpl, &options) >= 0 else { throw badSet("cannot read its chunk options") }
+            guard options & UInt32(H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS) == 0 else {
+                throw badSet("stores its partial edge chunks unfiltered (H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS); "
+                             + repack)
+            }
+        }
         // Shape.
         let space = H5Dget_space(did)
         guard space >= 0 else { throw badSet("no dataspace: \(HDF5Reader.lastError())") }
@@ -209,6 +225,7 @@ private struct HDF5Reader {
             return TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: 0)
         }
         if layout == H5D_CHUNKED {
+            let filters = try self.filters(dcpl, dataset: name, elementSize: dtype.size, repack: repack)
             let storage = try chunks(did, dcpl: dcpl, shape: shape, dtype: dtype, filters: filters, dataset: name)
             let info = TensorInfo(name: name, dtype: dtype, shape: shape, offset: 0, byteCount: byteCount,
                                   encoding: .chunked(storage))
@@ -239,7 +256,8 @@ private struct HDF5Reader {
     ]
 
     /// A chunked dataset's filter pipeline, if ShardKit decodes every filter of it (deflate, shuffle).
-    func filters(_ dcpl: hid_t, dataset name: String, repack: String) throws -> [ChunkedStorage.Filter] {
+    func filters(_ dcpl: hid_t, dataset name: String, elementSize: Int,
+                 repack: String) throws -> [ChunkedStorage.Filter] {
         let count = H5Pget_nfilters(dcpl)
         guard count >= 0, count <= 32 else { throw bad("dataset \(name): cannot read its filters") }
         return try (0..<UInt32(count)).map { i in
@@ -248,7 +266,13 @@ private struct HDF5Reader {
             let id = H5Pget_filter2(dcpl, i, &flags, &nValues, &values, 64, &nameBuffer, &config)
             switch id {
             case 1: return .deflate
-            case 2: return .shuffle
+            case 2:
+                // libhdf5 records the element size it shuffled with; ShardKit unshuffles with the dtype's.
+                guard nValues >= 1, Int(values[0]) == elementSize else {
+                    throw bad("dataset \(name): its shuffle filter's element size (\(nValues >= 1 ? Int(values[0]) : 0)) "
+                              + "is not its type's (\(elementSize))")
+                }
+                return .shuffle
             default:
                 let what = HDF5Reader.filterNames[id].map { "the \($0) filter" } ?? "filter \(id) (a plugin)"
                 throw bad("dataset \(name) is compressed with \(what); ShardKit decodes only gzip/deflate and "
@@ -269,8 +293,8 @@ private struct HDF5Reader {
             guard let v = Int(exactly: d), v > 0 else { throw badSet("chunk dimension \(d) is out of range") }
             return v
         }
-        let grid = zip(shape, chunkShape).map { $0 / $1 + ($0 % $1 == 0 ? 0 : 1) }
-        guard let count = checkedProduct(grid), count <= ChunkedStorage.maxChunks else {
+        guard let (grid, count) = ChunkedStorage.grid(shape: shape, chunkShape: chunkShape),
+              count <= ChunkedStorage.maxChunks else {
             throw badSet("more than \(ChunkedStorage.maxChunks) chunks; repack with larger chunks")
         }
         var chunks: [ChunkedStorage.Chunk] = []

@@ -15,12 +15,13 @@ enum HDF5Inspection {
     /// Most bytes of report accepted from a child.
     static let maxReport = 256 << 20
 
-    /// The child's side: read `path` in process and print the result as JSON.
-    static func report(path: String) -> String {
+    /// The child's side: read `path` (only its group `rootGroup`, if set) in process and print the
+    /// result as JSON.
+    static func report(path: String, rootGroup: String? = nil) -> String {
         var report = Report()
         do {
             let file = try ReadOnlyFile(path: path)
-            report.tensors = try HDF5Format.inProcess(file).map {
+            report.tensors = try HDF5Format.inProcess(file, rootGroup: rootGroup).map {
                 var chunked: Chunked?
                 if case .chunked(let c) = $0.encoding {
                     chunked = Chunked(chunk: c.chunkShape, filters: c.filters.map(\.rawValue),

@@ -216,7 +216,7 @@ struct HDF5FormatTests {
         let rooted = try CheckpointFile(path: path, formats: [HDF5Format(rootGroup: "llama_gqa")])
         #expect(Set(rooted.tensors.map(\.name)) == Set(plain.tensors.map { String($0.name.dropFirst("llama_gqa.".count)) }))
         expectError({ _ = try CheckpointFile(path: path, formats: [HDF5Format(rootGroup: "other")]) },
-                    .invalidHDF5File, ["no datasets under the group other"])
+                    .invalidHDF5File, ["no group other in the file"])
     }
 
     @Test("two datasets that map to one name, filters ShardKit does not decode, and a corrupt chunk are refused",
@@ -229,6 +229,17 @@ struct HDF5FormatTests {
           ])
     func refusedChunked(_ name: String, _ words: [String]) {
         expectError({ _ = try open(name) }, .invalidHDF5File, [name] + words)
+    }
+
+    @Test("files h5py cannot write: unfiltered edge chunks, chunks too narrow to read in bounded memory, 2^62 chunks",
+          arguments: [
+            ("partial-unfiltered.h5", ["partial edge chunks unfiltered"]),
+            ("narrow-chunks.h5", ["16384 chunks of 16384 bytes", "64 MiB"]),
+            ("huge-extent.h5", ["more than 16777216 chunks"]),
+          ])
+    func refusedFromC(_ name: String, _ words: [String]) {
+        expectError({ _ = try CheckpointFile(path: Fixtures.bad("hdf5-c/" + name), formats: [HDF5Format()]) },
+                    .invalidHDF5File, [name, "dataset w"] + words)
     }
 
     @Test("a chunk corrupted after the first is refused when the copy reaches it, naming the chunk")

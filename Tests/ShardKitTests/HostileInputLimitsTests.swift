@@ -115,4 +115,14 @@ struct HostileInputLimitsTests {
             }
         }
     }
+
+    @Test("a deflated record claiming more than deflate can encode is refused before any buffer is sized by it")
+    func deflateBomb() throws {
+        expectShardKitError(caught {
+            _ = try DeflatedRecord(streamOffset: 0, streamBytes: 2, decodedBytes: (1 << 30) - 1, crc32: nil, what: "data.pkl")
+        }, .invalidCheckpoint, ["data.pkl", "more than deflate can encode"])
+        #expect(try DeflatedRecord(streamOffset: 0, streamBytes: 1000, decodedBytes: 1_032_000, crc32: nil, what: "x")
+                    .decodedBytes == 1_032_000)
+        #expect(DeflatedRecord.maxDecodedBytes(streamBytes: Int.max) == Int.max)
+    }
 }

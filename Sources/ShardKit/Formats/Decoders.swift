@@ -19,8 +19,8 @@ final class Inflater {
         self.file = file; self.range = range; self.raw = raw; next = range.lowerBound
         input = .allocate(byteCount: min(Inflater.inputBytes, max(range.count, 1)), alignment: 16)
         stream.initialize(to: z_stream())
+        // (On failure `deinit` still runs and frees the buffers; `open` stays false.)
         guard shardkit_inflate_init(stream, raw ? -15 : 15) == Z_OK else {
-            input.deallocate(); stream.deallocate()
             throw ShardKitError(.io, "\(file.path): zlib cannot start (out of memory?)")
         }
         open = true
@@ -33,6 +33,18 @@ final class Inflater {
 
     /// Decodes into `buffer` until it is full or the stream ends; returns the bytes written.
     func inflate(into buffer: UnsafeMutableRawBufferPointer, what: String) throws -> Int {
+        var done = 0
+        // zlib counts in 32 bits: at most 1 GiB per call.
+        while done < buffer.count && !finished {
+            let n = try inflate(into: UnsafeMutableRawBufferPointer(
+                rebasing: buffer[done..<min(buffer.count, done + (1 << 30))]), step: what)
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    private func inflate(into buffer: UnsafeMutableRawBufferPointer, step what: String) throws -> Int {
         guard buffer.count > 0, !finished else { return 0 }
         stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
         stream.pointee.avail_out = uInt(buffer.count)
@@ -48,7 +60,14 @@ final class Inflater {
                 stream.pointee.avail_in = uInt(n)
             }
             let status = CZlib.inflate(stream, Z_NO_FLUSH)
-            if status == Z_STREAM_END { finished = true; break }
+            if status == Z_STREAM_END {
+                finished = true
+                guard trailingBytes == 0 else {
+                    throw ShardKitError(.invalidCheckpoint, "\(what): \(trailingBytes) bytes follow the end of the "
+                                                            + "compressed stream")
+                }
+                break
+            }
             guard status == Z_OK || status == Z_BUF_ERROR else {
                 let detail = stream.pointee.msg.map { String(cString: $0) } ?? "zlib status \(status)"
                 throw ShardKitError(.invalidCheckpoint, "\(what): compressed data is corrupt (\(detail))")
@@ -133,44 +152,51 @@ final class InflatingReader: ByteSource, @unchecked Sendable {
     }
 
     /// The whole decoded record (for small records such as `data.pkl`; the caller bounds the size).
+    /// The buffer grows as bytes decode, so a record that only claims a large size costs nothing.
     static func decodeAll(file: ReadOnlyFile, record: DeflatedRecord) throws -> [UInt8] {
-        try InflatingReader(file: file, record: record).read(count: record.decodedBytes, at: 0)
+        let reader = InflatingReader(file: file, record: record)
+        var bytes: [UInt8] = []
+        var at = 0
+        while at < record.decodedBytes {
+            let n = min(1 << 20, record.decodedBytes - at)
+            bytes += try reader.read(count: n, at: at)
+            at += n
+        }
+        return bytes
     }
 }
 
-/// The bytes of a `ChunkedStorage` dataset in row-major order, decoded chunk by chunk. Decoded
-/// chunks are kept in a small cache sized for one band of chunks (those sharing the first chunk
-/// coordinate: what a front-to-back read of whole rows needs), within `cacheBudget` bytes.
+/// The bytes of a `ChunkedStorage` dataset in row-major order, decoded chunk by chunk. The decoded
+/// chunks of one band (those sharing the first chunk coordinate: what a front-to-back read of whole
+/// rows needs) are kept; `ChunkedStorage` bounds a band to `maxBandBytes`.
 final class ChunkedReader: ByteSource, @unchecked Sendable {
     let file: ReadOnlyFile
     let storage: ChunkedStorage
-    private let capacity: Int
-    /// Decoded chunks by grid index, least recently used first.
-    private var cache: [(index: Int, bytes: UnsafeMutableRawBufferPointer)] = []
+    /// Decoded chunks of the current band (chunks sharing the first chunk coordinate), by grid index.
+    private var cache: [Int: UnsafeMutableRawBufferPointer] = [:]
+    private var band = -1
+    /// Buffers of earlier bands, for reuse.
+    private var spare: [UnsafeMutableRawBufferPointer] = []
     private var stored: UnsafeMutableRawBufferPointer?
-
-    /// Most bytes of decoded chunks kept.
-    static let cacheBudget = 64 << 20
 
     var path: String { file.path }
 
+    /// The cache holds at most one band (`ChunkedStorage` bounds a band's bytes).
     init(file: ReadOnlyFile, storage: ChunkedStorage) {
         self.file = file; self.storage = storage
-        let band = storage.grid.dropFirst().reduce(1, *)
-        capacity = max(2, min(band + 1, ChunkedReader.cacheBudget / max(storage.chunkBytes, 1)))
     }
 
     deinit {
-        for c in cache { c.bytes.deallocate() }
+        for c in cache.values { c.deallocate() }
+        for c in spare { c.deallocate() }
         stored?.deallocate()
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws {
         let s = storage, es = s.elementSize, rank = s.shape.count
-        let total = s.shape.reduce(1, *) * es
-        guard offset >= 0, let end = checkedSum([offset, buffer.count]), end <= total else {
+        guard offset >= 0, let end = checkedSum([offset, buffer.count]), end <= s.totalBytes else {
             throw ShardKitError(.io, "\(file.path): read of \(buffer.count) bytes at \(offset) is past the "
-                                     + "dataset's \(total) bytes")
+                                     + "dataset's \(s.totalBytes) bytes")
         }
         var p = offset, out = 0
         var coords = [Int](repeating: 0, count: rank)
@@ -194,19 +220,19 @@ final class ChunkedReader: ByteSource, @unchecked Sendable {
         }
     }
 
-    /// Chunk `index` decoded, from the cache or the file.
+    /// Chunk `index` decoded, from the cache or the file. A chunk of another band empties the cache
+    /// first: a front-to-back read never returns to an earlier band (a read that does decodes again).
     private func decoded(_ index: Int) throws -> UnsafeMutableRawBufferPointer {
-        if let i = cache.lastIndex(where: { $0.index == index }) {
-            let hit = cache.remove(at: i)
-            cache.append(hit)
-            return hit.bytes
+        if let hit = cache[index] { return hit }
+        let chunkBand = index / max(storage.bandChunks, 1)
+        if chunkBand != band {
+            spare += cache.values
+            cache.removeAll(keepingCapacity: true)
+            band = chunkBand
         }
-        let bytes: UnsafeMutableRawBufferPointer
-        if cache.count >= capacity { bytes = cache.removeFirst().bytes } else {
-            bytes = .allocate(byteCount: storage.chunkBytes, alignment: 64)
-        }
-        do { try decode(index, into: bytes) } catch { bytes.deallocate(); throw error }
-        cache.append((index, bytes))
+        let bytes = spare.popLast() ?? .allocate(byteCount: storage.chunkBytes, alignment: 64)
+        do { try decode(index, into: bytes) } catch { spare.append(bytes); throw error }
+        cache[index] = bytes
         return bytes
     }
 

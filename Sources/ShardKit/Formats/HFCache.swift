@@ -42,9 +42,12 @@ public enum HFCache {
                 throw ShardKitError(.invalidArgument, "\(spec): revision \(ref) is not a branch, tag or commit name")
             }
             let refFile = Path.join(repoDirectory, "refs/\(ref)")
-            guard let text = try? String(contentsOfFile: refFile, encoding: .utf8) else {
+            guard FileSystem.exists(refFile) else {
                 throw ShardKitError(.notFound, "\(spec): revision \(ref) is not in the cache (no \(refFile))")
             }
+            // A regular file of one hash (ReadOnlyFile refuses FIFOs and devices), read with a limit.
+            let text = String(decoding: try ReadOnlyFile(path: refFile).readAll(limit: 4096, what: "a refs file"),
+                              as: UTF8.self)
             let hash = text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard isCommitHash(hash) else {
                 throw ShardKitError(.invalidCheckpoint, "\(refFile): does not hold a commit hash")

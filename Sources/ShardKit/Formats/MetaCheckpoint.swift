@@ -34,8 +34,9 @@ public struct MetaCheckpoint: Sendable {
         var pieces: [TensorInfo]
         /// Meta's split dimension, or nil for a tensor every file holds whole.
         var dim: Int?
-        /// The whole tensor's shape.
+        /// The whole tensor's shape (every dimension positive) and its bytes (overflow-checked).
         var shape: [Int]
+        var totalBytes: Int
         /// Head size, for q/k rows reordered from Meta's rotary order to HF's.
         var permutedHeadSize: Int?
     }
@@ -122,6 +123,10 @@ public struct MetaCheckpoint: Sendable {
                     throw bad("tensor \(metaName) should be whole in every file, but its shapes differ")
                 }
             }
+            guard shape.allSatisfy({ $0 > 0 }), let count = checkedProduct(shape),
+                  let totalBytes = checkedProduct([count], times: first.dtype.size) else {
+                throw bad("tensor \(metaName): shape \(shape) is empty or overflows")
+            }
             var headSizeOfRows: Int? = nil
             if permuted {
                 guard shape.count == 2, first.shape[0] % headSize == 0 else {
@@ -131,7 +136,7 @@ public struct MetaCheckpoint: Sendable {
             }
             tensors.append((hfName, first.dtype, shape))
             layouts[hfName] = TensorLayout(metaName: metaName, pieces: pieces, dim: dimension, shape: shape,
-                                           permutedHeadSize: headSizeOfRows)
+                                           totalBytes: totalBytes, permutedHeadSize: headSizeOfRows)
         }
         let get = { (name: String) in layouts[name]?.shape }
         guard let embed = get("model.embed_tokens.weight"), embed.count == 2, embed[1] == dim,
@@ -213,7 +218,7 @@ public struct MetaCheckpoint: Sendable {
         }
         let sources = zip(layout.pieces, handles).map { $0.byteSource(in: $1) }
         let es = layout.pieces[0].dtype.size
-        let total = layout.shape.reduce(1, *) * es
+        let total = layout.totalBytes
         let path = handles[0].path
         guard let dim = layout.dim else {
             let (source, offset) = sources[0]

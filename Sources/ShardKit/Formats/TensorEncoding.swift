@@ -21,7 +21,20 @@ public struct DeflatedRecord: Sendable, Equatable {
     /// CRC-32 (ZIP's, not CRC-32C) of the decoded stream, checked when a reader reaches its end.
     public var crc32: UInt32?
 
-    public init(streamOffset: Int, streamBytes: Int, decodedBytes: Int, crc32: UInt32?) {
+    /// Deflate's largest expansion: 1032 decoded bytes per compressed byte (a stream of maximal
+    /// back-references), plus a little for tiny streams. A record claiming more is a bomb.
+    public static func maxDecodedBytes(streamBytes: Int) -> Int {
+        checkedSum([checkedProduct([streamBytes], times: 1032) ?? Int.max - 64, 64]) ?? Int.max
+    }
+
+    /// Checks the sizes: a decoded size deflate cannot reach from `streamBytes` is refused here,
+    /// before any buffer is sized by it.
+    public init(streamOffset: Int, streamBytes: Int, decodedBytes: Int, crc32: UInt32?, what: String) throws {
+        guard streamOffset >= 0, streamBytes >= 0, decodedBytes >= 0,
+              decodedBytes <= DeflatedRecord.maxDecodedBytes(streamBytes: streamBytes) else {
+            throw ShardKitError(.invalidCheckpoint, "\(what): claims \(decodedBytes) bytes from \(streamBytes) "
+                                + "compressed bytes, more than deflate can encode (at most 1032 to 1)")
+        }
         self.streamOffset = streamOffset; self.streamBytes = streamBytes
         self.decodedBytes = decodedBytes; self.crc32 = crc32
     }
@@ -62,11 +75,28 @@ public struct ChunkedStorage: Sendable, Equatable {
     public let grid: [Int]
     /// Decoded bytes of one chunk.
     public let chunkBytes: Int
+    /// Bytes of the whole dataset.
+    public let totalBytes: Int
+    /// Chunks sharing a first chunk coordinate: what a front-to-back read of whole rows needs at once.
+    public let bandChunks: Int
 
     /// Largest decoded chunk accepted (libhdf5's own limit is 4 GiB).
     public static let maxChunkBytes = 256 << 20
     /// Most chunks a dataset may have.
     public static let maxChunks = 1 << 24
+    /// Most decoded bytes one band of chunks may need (the decoder's cache).
+    public static let maxBandBytes = 64 << 20
+
+    /// ⌈shape / chunk⌉ per dimension and their product, or nil when a chunk dimension is not positive
+    /// or the count overflows. (Never `shape + chunk - 1`, which overflows near Int.max.)
+    public static func grid(shape: [Int], chunkShape: [Int]) -> (grid: [Int], count: Int)? {
+        guard shape.count == chunkShape.count, chunkShape.allSatisfy({ $0 > 0 }), shape.allSatisfy({ $0 >= 0 }) else {
+            return nil
+        }
+        let grid = zip(shape, chunkShape).map { $0 / $1 + ($0 % $1 == 0 ? 0 : 1) }
+        guard let count = checkedProduct(grid) else { return nil }
+        return (grid, count)
+    }
 
     /// Checks the layout against a file of `fileSize` bytes; `what` names the dataset in errors.
     public init(shape: [Int], chunkShape: [Int], elementSize: Int, filters: [Filter], chunks: [Chunk],
@@ -83,15 +113,27 @@ public struct ChunkedStorage: Sendable, Equatable {
             throw bad("chunks of \(chunkShape) × \(elementSize) bytes exceed ShardKit's limit of "
                       + "\(ChunkedStorage.maxChunkBytes >> 20) MiB per chunk; repack with smaller chunks")
         }
-        // ⌈shape / chunk⌉ without forming shape + chunk - 1, which overflows for a shape near Int.max.
-        let grid = zip(shape, chunkShape).map { $0 / $1 + ($0 % $1 == 0 ? 0 : 1) }
-        guard let count = checkedProduct(grid), count <= ChunkedStorage.maxChunks else {
+        guard let (grid, count) = ChunkedStorage.grid(shape: shape, chunkShape: chunkShape),
+              count <= ChunkedStorage.maxChunks else {
             throw bad("more than \(ChunkedStorage.maxChunks) chunks; repack with larger chunks")
         }
         guard chunks.count == count else {
             throw bad("\(chunks.count) chunks stored, but the grid \(grid) has \(count)")
         }
-        guard filters.count <= 32 else { throw bad("\(filters.count) filters") }
+        guard let elementsTotal = checkedProduct(shape), let total = checkedProduct([elementsTotal], times: elementSize) else {
+            throw bad("shape \(shape) overflows")
+        }
+        let band = count == 0 ? 0 : count / grid[0]
+        guard let bandBytes = checkedProduct([band], times: bytes), bandBytes <= ChunkedStorage.maxBandBytes else {
+            throw bad("reading it row by row needs \(band) chunks of \(bytes) bytes decoded at once, more than "
+                      + "\(ChunkedStorage.maxBandBytes >> 20) MiB; repack with chunks that span more of each row "
+                      + "(e.g. `h5repack -l CHUNK=...`)")
+        }
+        // The pipeline HDF5 writes: shuffle (if any) before deflate (if any), each once. The decoder
+        // undoes them in the reverse order.
+        guard filters == [.shuffle, .deflate].filter(filters.contains), Set(filters).count == filters.count else {
+            throw bad("filter pipeline \(filters.map(\.rawValue)) is not shuffle then deflate")
+        }
         for (i, c) in chunks.enumerated() {
             let compressed = filters.contains(.deflate)
             // Stored bytes: exactly the chunk when nothing compresses it; a deflate stream is never
@@ -105,6 +147,7 @@ public struct ChunkedStorage: Sendable, Equatable {
         }
         self.shape = shape; self.chunkShape = chunkShape; self.elementSize = elementSize
         self.filters = filters; self.chunks = chunks; self.grid = grid; self.chunkBytes = bytes
+        self.totalBytes = total; self.bandChunks = band
     }
 }
 

@@ -9,6 +9,7 @@ struct HDF5InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hdf5-inspect", abstract: "List an HDF5 file's datasets as JSON (used by shard/plan/verify).",
         shouldDisplay: false)
+    @Option(name: .long, help: "Read only the datasets under this group.") var root: String?
     @Argument var file: String
 
     func run() throws {
@@ -16,7 +17,7 @@ struct HDF5InspectCommand: ParsableCommand {
         setrlimit(Int32(RLIMIT_AS.rawValue), &memory)
         var cpu = rlimit(rlim_cur: 600, rlim_max: 600)
         setrlimit(Int32(RLIMIT_CPU.rawValue), &cpu)
-        print(HDF5Format.inspectionReport(path: file))
+        print(HDF5Format.inspectionReport(path: file, rootGroup: root))
     }
 }
 

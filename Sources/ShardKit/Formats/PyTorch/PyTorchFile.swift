@@ -102,8 +102,9 @@ public struct PyTorchFile: Sendable {
                 }
                 return .raw
             case 8:
-                return .deflated(DeflatedRecord(streamOffset: entry.dataOffset, streamBytes: entry.compressedSize,
-                                                decodedBytes: entry.size, crc32: entry.crc32))
+                return .deflated(try DeflatedRecord(streamOffset: entry.dataOffset, streamBytes: entry.compressedSize,
+                                                    decodedBytes: entry.size, crc32: entry.crc32,
+                                                    what: "\(path): record \(entry.name)"))
             default:
                 throw bad("record \(entry.name) uses ZIP compression method \(entry.method); only stored (0) and "
                           + "deflate (8) records are read")
