@@ -82,14 +82,16 @@ struct Model {
         }
     }
 
-    func rope(_ positions: [Int], factor: Double, theta: Double? = nil) throws -> Rope {
+    /// The rotary embedding for `positions`, with the settings `config.rotary` reads (`factor`: the
+    /// rotating fraction of each head).
+    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double) throws -> Rope {
         guard factor > 0, factor <= 1 else {
             throw Model.configError(config, "partial rotary factor \(factor) is not in (0, 1]")
         }
         var dims = factor == 1 ? headDim : Int(Double(headDim) * factor)
         dims -= dims % 2
         let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
-        return try Rope(dims: dims, theta: theta ?? config.ropeTheta ?? 10000, positions: positions,
+        return try Rope(dims: dims, theta: settings.theta, positions: positions,
                         scaling: scaling, config: config)
     }
 
@@ -172,7 +174,9 @@ struct Model {
             for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= normalizer } }
         }
         try observe("embeddings", h)
-        let rope = try self.rope(Array(0..<T), factor: phi3 ? (config.partialRotaryFactor ?? 1) : 1)
+        // Only Phi-3 of this family rotates part of each head.
+        let rotary = config.rotary()
+        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 ? rotary.partialFactor : 1)
         let act = try activation
         let scale = Float(1 / Double(headDim).squareRoot())
         let qSize = heads * headDim, kvSize = kvHeads * headDim
@@ -330,10 +334,10 @@ struct Model {
         let T = tokens.count, hd = headDim
         var h = try ctx.embed(tokens, table: "gpt_neox.embed_in.weight")
         try observe("embeddings", h)
-        // GPTNeoXConfig sets partial_rotary_factor from rotary_pct (default 0.25) and rope_theta from
-        // rotary_emb_base (default 10000), whatever config.json says under the newer names.
-        let rope = try self.rope(Array(0..<T), factor: config.double("rotary_pct") ?? 0.25,
-                                 theta: config.double("rotary_emb_base") ?? 10000)
+        // GPT-NeoX's older spellings are rotary_pct (default 0.25) and rotary_emb_base (10000);
+        // transformers 5 writes rope_parameters instead.
+        let rotary = config.rotary(factorKeys: ["rotary_pct"], thetaKeys: ["rotary_emb_base"], defaultFactor: 0.25)
+        let rope = try self.rope(Array(0..<T), rotary, factor: rotary.partialFactor)
         let act = try activation
         let parallel = config.bool("use_parallel_residual") ?? true
         let scale = Float(1 / Double(hd).squareRoot())

@@ -6,6 +6,28 @@ import Testing
 /// transformers 4.57 config defaults and spellings, and malformed inputs that must be reported, not trap.
 @Suite("Reference pass: config defaults and malformed inputs")
 struct ConfigAndMalformedInputTests {
+    /// One reader of rotary settings for every forward pass: transformers 5's rope_parameters first,
+    /// then the model's older top-level spellings, then its defaults.
+    @Test("rotary settings: rope_parameters, then the model's legacy names, then its defaults")
+    func rotarySettings() throws {
+        func config(_ json: String) throws -> ModelConfig { ModelConfig(json: try JSONValue.parse(Array(json.utf8))) }
+        let neox = (factorKeys: ["rotary_pct"], thetaKeys: ["rotary_emb_base"])
+        func neoxRotary(_ c: ModelConfig) -> ModelConfig.Rotary {
+            c.rotary(factorKeys: neox.factorKeys, thetaKeys: neox.thetaKeys, defaultFactor: 0.25)
+        }
+        let v5 = try config(#"{"rope_parameters": {"rope_theta": 20000.0, "partial_rotary_factor": 0.5}}"#)
+        #expect(neoxRotary(v5) == .init(theta: 20000, partialFactor: 0.5))
+        let v4 = try config(#"{"rotary_pct": 0.5, "rotary_emb_base": 20000}"#)
+        #expect(neoxRotary(v4) == .init(theta: 20000, partialFactor: 0.5))
+        #expect(neoxRotary(try config("{}")) == .init(theta: 10000, partialFactor: 0.25))
+        // transformers 4 reads a NeoX's rotary_pct, not partial_rotary_factor.
+        #expect(neoxRotary(try config(#"{"partial_rotary_factor": 1.0, "rotary_pct": 0.5}"#)).partialFactor == 0.5)
+        let llama = try config(#"{"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#)
+        #expect(llama.rotary() == .init(theta: 500000, partialFactor: 1))
+        let nested = try config(#"{"text_config": {"rope_parameters": {"rope_theta": 1000000.0}}}"#)
+        #expect(nested.rotary().theta == 1_000_000)
+    }
+
     func config(_ json: String) throws -> ModelConfig { ModelConfig(json: try JSONValue.parse(Array(json.utf8))) }
     func model(_ type: String, _ extra: String = "") throws -> Model {
         try Model(config: try config(#"{"model_type": "\#(type)", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 1, "vocab_size": 32\#(extra)}"#))

@@ -68,19 +68,31 @@ public struct ModelConfig: Sendable {
     public var vocabSize: Int? { int("vocab_size") }
     public var intermediateSize: Int? { int("intermediate_size", "n_inner", "ffn_dim") }
 
-    /// rope_theta, at the top level (older configs) or inside `rope_parameters` / `rope_scaling` (newer).
-    public var ropeTheta: Double? {
-        if let v = double("rope_theta", "rotary_emb_base") { return v }
-        if let v = json["rope_parameters"]?["rope_theta"]?.doubleValue { return v }
-        if let v = json["rope_scaling"]?["rope_theta"]?.doubleValue { return v }
-        return nil
+    /// A model's rotary embedding settings.
+    public struct Rotary: Sendable, Equatable {
+        public var theta: Double
+        /// Fraction of each head's dimensions that rotate.
+        public var partialFactor: Double
+        public init(theta: Double, partialFactor: Double) { self.theta = theta; self.partialFactor = partialFactor }
     }
 
-    /// Fraction of each head's dimensions that get rotary embedding (GPT-NeoX rotary_pct, Phi partial_rotary_factor).
-    public var partialRotaryFactor: Double? {
-        if let v = double("partial_rotary_factor", "rotary_pct") { return v }
-        if let v = json["rope_parameters"]?["partial_rotary_factor"]?.doubleValue { return v }
-        return nil
+    /// The rotary settings, read the way transformers reads them, in one place for every forward
+    /// pass: transformers ≥ 5 writes and reads `rope_parameters` (`rope_theta`,
+    /// `partial_rotary_factor`); older configs spell them at the top level, under names that depend
+    /// on the model (GPT-NeoX: `rotary_pct`, `rotary_emb_base`; most others: `partial_rotary_factor`,
+    /// `rope_theta`), given as `factorKeys` / `thetaKeys`; then `rope_scaling.rope_theta`; then the
+    /// model's defaults.
+    public func rotary(factorKeys: [String] = ["partial_rotary_factor"], thetaKeys: [String] = ["rope_theta"],
+                       defaultFactor: Double = 1, defaultTheta: Double = 10000) -> Rotary {
+        let parameters = json["rope_parameters"] ?? json["text_config"]?["rope_parameters"]
+        func legacy(_ keys: [String]) -> Double? {
+            for k in keys { if let v = json[k]?.doubleValue ?? json["text_config"]?[k]?.doubleValue { return v } }
+            return nil
+        }
+        let theta = parameters?["rope_theta"]?.doubleValue ?? legacy(thetaKeys)
+            ?? json["rope_scaling"]?["rope_theta"]?.doubleValue ?? defaultTheta
+        let factor = parameters?["partial_rotary_factor"]?.doubleValue ?? legacy(factorKeys) ?? defaultFactor
+        return Rotary(theta: theta, partialFactor: factor)
     }
 
     public var tieWordEmbeddings: Bool? { bool("tie_word_embeddings") }
