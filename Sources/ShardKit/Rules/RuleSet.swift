@@ -43,6 +43,11 @@ public struct RuleSet: Sendable {
                                     remedy: .rules)
             }
             used[i] = true
+            // A later required entry that also matches is satisfied: the earlier one overrides it for
+            // this tensor (a rules file's entry replacing a preset's), it was not left unused.
+            for j in (i + 1)..<entries.count where entries[j].required && !used[j] && entries[j].pattern.matches(t.name) {
+                used[j] = true
+            }
             rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name))
         }
         if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {

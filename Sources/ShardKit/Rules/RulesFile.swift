@@ -111,6 +111,10 @@ public enum RulesFile {
             members.append(("model_type", .string(baseName)))
             presetConfig = ModelConfig(json: .object(members), path: config.path)
         }
-        return own.overriding(try Architectures.rules(for: presetConfig))
+        // The preset is the base the user chose: its entries need not all match (a model without
+        // gate_proj may extend llama). Every tensor must still match some rule.
+        var preset = try Architectures.rules(for: presetConfig)
+        for i in preset.entries.indices { preset.entries[i].required = false }
+        return own.overriding(preset)
     }
 }
