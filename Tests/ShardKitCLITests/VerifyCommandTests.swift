@@ -63,6 +63,9 @@ struct VerifyCommandTests {
             let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
             let numerics = json?["numerics"] as? [String: Any]
             #expect(numerics?["mode"] as? String == "generic linear check")
+            let checks = json?["checks"] as? [[String: Any]]
+            let detail = checks?.first { $0["name"] as? String == "numerics" }?["detail"] as? String ?? ""
+            #expect(detail.contains("cannot see whether heads stay whole"), "\(detail)")
             let layers = (numerics?["report"] as? [String: Any])?["layers"] as? [[String: Any]]
             // Every split weight is checked: 2 layers × 7 linear weights + embedding + LM head.
             #expect((layers?.count ?? 0) >= 16)

@@ -98,6 +98,31 @@ struct RulesFileTests {
         try refused("phi3", uneven, .impossibleSplit, ["gate_up_proj.weight", "192"])
     }
 
+    @Test("a user rule that cuts a head of a Q/K/V tensor the preset splits by heads is refused at plan time")
+    func headCuttingRefused() throws {
+        let ckpt = try loadCheckpoint("llama-gqa")  // 8 heads, 2 KV heads, head_dim 8: k_proj is [16, 64]
+        let kColumn = #"{"extends": "llama", "rules": [{"pattern": "model.layers.*.self_attn.k_proj.weight", "rule": "column"}]}"#
+        let rules = try rulesFromJSON(kColumn, config: ckpt.config)
+        // TP 4: 4 rows per rank, half a KV head each.
+        let error = caught { _ = try ShardPlan(checkpoint: ckpt, rules: rules, tp: 4) }
+        expectShardKitError(error, .impossibleSplit, ["k_proj.weight", "column(dim 0)", "TP 4", "cuts a head",
+                                                     "8-wide head", "kv_heads"])
+        // TP 2: one whole KV head per rank, the same pieces as the preset's.
+        let plan = try ShardPlan(checkpoint: ckpt, rules: rules, tp: 2)
+        let preset = try ShardPlan(checkpoint: ckpt, rules: try Architectures.rules(for: ckpt.config!), tp: 2)
+        let name = "model.layers.0.self_attn.k_proj.weight"
+        #expect(plan.tensor(named: name)?.layouts == preset.tensor(named: name)?.layouts)
+        // A rules file without extends is guarded the same way.
+        let byHand = llamaRulesJSON.replacingOccurrences(
+            of: #""rule": "kv_heads", "heads": "num_key_value_heads"}"#, with: #""rule": "column"}"#)
+        #expect(byHand != llamaRulesJSON)
+        let v = caught { _ = try ShardPlan(checkpoint: ckpt, rules: try rulesFromJSON(byHand, config: ckpt.config), tp: 4) }
+        expectShardKitError(v, .impossibleSplit, ["_proj.weight", "cuts a head"])
+        // q_proj by column at TP 4 is two whole heads per rank: allowed.
+        let qColumn = #"{"extends": "llama", "rules": [{"pattern": "model.layers.*.self_attn.q_proj.weight", "rule": "column"}]}"#
+        _ = try ShardPlan(checkpoint: ckpt, rules: try rulesFromJSON(qColumn, config: ckpt.config), tp: 4)
+    }
+
     @Test("an unknown rule kind")
     func unknownKind() throws {
         try refused("llama-gqa", #"{"extends": "llama", "rules": [{"pattern": "lm_head.weight", "rule": "diagonal"}]}"#,

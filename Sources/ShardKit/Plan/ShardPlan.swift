@@ -65,10 +65,59 @@ public struct ShardPlan: Sendable {
         self.index = Dictionary(planned.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
-    /// Plans a checkpoint with a rule set.
+    /// Plans a checkpoint with a rule set. Where the user's rules replace a preset's head split, the
+    /// user's split must keep every head whole on its ranks (`checkHeads`).
     public init(checkpoint: Checkpoint, rules: RuleSet, tp: Int) throws {
         let list = checkpoint.tensors.map { (name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) }
-        try self.init(tensors: list, rules: try rules.assign(list.map { ($0.name, $0.shape) }), tp: tp)
+        let named = list.map { ($0.name, $0.shape) }
+        let chosen = try rules.assign(named)
+        try self.init(tensors: list, rules: chosen, tp: tp)
+        for (t, reference) in zip(tensors, rules.headSplits(named, chosen: chosen)) {
+            if let reference { try ShardPlan.checkHeads(t, reference: reference, origin: rules.name) }
+        }
+    }
+
+    /// Refuses a split of `t` that cuts one of the heads `reference` (the preset's rule for it) knows:
+    /// every boundary of every rank's intervals along the head dimension must fall between heads.
+    static func checkHeads(_ t: Tensor, reference: SplitRule, origin: String) throws {
+        guard let d = t.rule.dim, d == reference.dim else { return }
+        let size = t.geometry.size
+        // Allowed cuts: 0, size, part edges; head edges in head parts; anywhere in even parts.
+        var parts: [(range: Range<Int>, unit: Int?)] = []
+        switch reference {
+        case .heads(_, let n), .kvHeads(_, let n), .outProjection(_, let n):
+            parts = [(0..<size, n > 0 && size % n == 0 ? size / n : nil)]
+        case .fused(_, let fused):
+            var start = 0
+            for p in fused {
+                switch p.split {
+                case .heads(let n), .kvHeads(let n): parts.append((start..<(start + p.size), n > 0 ? p.size / n : nil))
+                case .even, .replicated: parts.append((start..<(start + p.size), 1))
+                }
+                start += p.size
+            }
+        default: return
+        }
+        func allowed(_ b: Int) -> Bool {
+            if b <= 0 || b >= size { return true }
+            for p in parts where p.range.contains(b) || p.range.upperBound == b {
+                guard let unit = p.unit, unit > 0 else { return false }
+                if (b - p.range.lowerBound) % unit == 0 { return true }
+            }
+            return false
+        }
+        for (r, layout) in t.layouts.enumerated() {
+            for seg in layout.segments {
+                for b in [seg.lowerBound, seg.upperBound] where !allowed(b) {
+                    let unit = parts.first { $0.range.contains(b) }?.unit ?? 0
+                    throw ShardKitError(.impossibleSplit,
+                        "tensor \(t.name): rule \(t.rule.summary) at TP \(t.layouts.count) cuts a head (rank \(r)'s "
+                        + "interval \(seg.lowerBound)..<\(seg.upperBound) of dimension \(d) has an edge inside a "
+                        + "\(unit)-wide head); \(origin) splits it as \(reference.summary): use that rule (or heads / "
+                        + "kv_heads), or a TP degree that keeps heads whole", remedy: .rules)
+                }
+            }
+        }
     }
 
 

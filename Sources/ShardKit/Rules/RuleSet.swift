@@ -20,6 +20,9 @@ public struct RuleSet: Sendable {
     public var entries: [Entry]
     /// A name for reports: the preset, "rules file", or both.
     public var name: String
+    /// The preset of the checkpoint's model type, when these rules are the user's: where it splits a
+    /// tensor by heads, a user rule for that tensor must not cut a head (`ShardPlan` checks).
+    public var headReference: [Entry] = []
 
     public init(name: String, entries: [Entry]) {
         self.name = name
@@ -28,7 +31,21 @@ public struct RuleSet: Sendable {
 
     /// `self`'s entries first, then `fallback`'s.
     public func overriding(_ fallback: RuleSet) -> RuleSet {
-        RuleSet(name: "\(name) + \(fallback.name)", entries: entries + fallback.entries)
+        var merged = RuleSet(name: "\(name) + \(fallback.name)", entries: entries + fallback.entries)
+        merged.headReference = headReference.isEmpty ? fallback.headReference : headReference
+        return merged
+    }
+
+    /// For each tensor whose head-splitting rule in `headReference` the chosen rule replaced, that
+    /// reference rule (nil for the others): what `ShardPlan` checks the user's split against.
+    public func headSplits(_ tensors: [(name: String, shape: [Int])], chosen: [SplitRule]) -> [SplitRule?] {
+        guard !headReference.isEmpty else { return tensors.map { _ in nil } }
+        return zip(tensors, chosen).map { t, rule in
+            guard let entry = headReference.first(where: { $0.pattern.matches(t.name) }),
+                  let reference = try? entry.rule.resolve(shape: t.shape, tensor: t.name),
+                  reference != rule, reference.splitsHeads else { return nil }
+            return reference
+        }
     }
 
     /// The rule of every tensor, in order. Throws naming the first tensor no rule covers, or the first

@@ -94,7 +94,12 @@ public enum RulesFile {
             entries.append(.init(pattern, RuleSpec(kind, dim: dim, heads: heads, parts: parts), required: true,
                                  origin: "\(origin) entry \(n)"))
         }
-        let own = RuleSet(name: origin, entries: entries)
+        var own = RuleSet(name: origin, entries: entries)
+        // The preset of the checkpoint's own model type, if any, guards its head splits.
+        if let config, config.modelType.map(Architectures.modelTypes.contains) == true,
+           let preset = try? Architectures.rules(for: config) {
+            own.headReference = preset.entries
+        }
         guard let base = json["extends"] else { return own }
         guard let baseName = base.stringValue else { throw bad("\"extends\" must be a model type or \"auto\"") }
         guard let config else { throw bad("\"extends\": \(baseName) needs config.json") }

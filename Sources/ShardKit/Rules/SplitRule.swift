@@ -31,6 +31,22 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     }
 
     /// True when the split runs along the layer's input features (the layer's output needs an all-reduce).
+    /// True when the rule keeps attention heads whole (heads, KV heads, an output projection, or a
+    /// fused tensor with such a part).
+    public var splitsHeads: Bool {
+        switch self {
+        case .heads, .kvHeads, .outProjection: return true
+        case .fused(_, let parts):
+            return parts.contains {
+                switch $0.split {
+                case .heads, .kvHeads: return true
+                case .even, .replicated: return false
+                }
+            }
+        default: return false
+        }
+    }
+
     public var splitsInputFeatures: Bool {
         switch self {
         case .row, .outProjection: return true
