@@ -123,6 +123,13 @@ struct RulesFileTests {
         _ = try ShardPlan(checkpoint: ckpt, rules: try rulesFromJSON(qColumn, config: ckpt.config), tp: 4)
     }
 
+    @Test("a model type with no preset and no head count (T5) is told there is no preset, not that a head count is missing")
+    func unknownTypeBeforeHeads() throws {
+        let config = ModelConfig(json: try JSONValue.parse(Array(#"{"model_type": "t5", "d_model": 64}"#.utf8)))
+        expectShardKitError(caught { _ = try Architectures.rules(for: config) }, .invalidConfig,
+                            ["unknown model_type \"t5\"", "presets: llama"])
+    }
+
     @Test("an unknown rule kind")
     func unknownKind() throws {
         try refused("llama-gqa", #"{"extends": "llama", "rules": [{"pattern": "lm_head.weight", "rule": "diagonal"}]}"#,
