@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import ShardKit
+@testable import ShardKit
 
 /// Llama's layout spelled out as a rules file (no preset, no `extends`); heads given both as numbers
 /// and as config.json keys.
@@ -128,6 +128,18 @@ struct RulesFileTests {
         let config = ModelConfig(json: try JSONValue.parse(Array(#"{"model_type": "t5", "d_model": 64}"#.utf8)))
         expectShardKitError(caught { _ = try Architectures.rules(for: config) }, .invalidConfig,
                             ["unknown model_type \"t5\"", "presets: llama"])
+    }
+
+    @Test("a tensor that matches no rule is named with its shape and the nearest patterns")
+    func nearestPatterns() throws {
+        let ckpt = try loadCheckpoint("llama-gqa")
+        let rules = llamaRulesJSON.replacingOccurrences(
+            of: #"{"pattern": "model.layers.*.self_attn.o_proj.weight", "rule": "out_projection", "dim": 1, "heads": 8},"#,
+            with: "")
+        let error = caught { _ = try ShardPlan(checkpoint: ckpt, rules: try rulesFromJSON(rules, config: ckpt.config), tp: 2) }
+        expectShardKitError(error, .unmatchedRule, ["model.layers.0.self_attn.o_proj.weight", "[64, 64]", "nearest patterns",
+                                                    "model.layers.*.self_attn.q_proj.weight"])
+        #expect(RuleSet.editDistance(Array("kitten".utf8), Array("sitting".utf8)) == 3)
     }
 
     @Test("an unknown rule kind")

@@ -56,8 +56,9 @@ public struct RuleSet: Sendable {
         rules.reserveCapacity(tensors.count)
         for t in tensors {
             guard let i = entries.firstIndex(where: { $0.pattern.matches(t.name) }) else {
-                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name)",
-                                    remedy: .rules)
+                let nearest = nearestPatterns(to: t.name).map { "\"\($0)\"" }.joined(separator: ", ")
+                throw ShardKitError(.unmatchedRule, "tensor \(t.name) (shape \(t.shape)) matches no rule of \(name)"
+                                    + (nearest.isEmpty ? "" : "; nearest patterns: \(nearest)"), remedy: .rules)
             }
             used[i] = true
             // A later required entry that also matches is satisfied: the earlier one overrides it for
@@ -75,5 +76,27 @@ public struct RuleSet: Sendable {
                 : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor", remedy: preset ? .rules : nil)
         }
         return rules
+    }
+
+    /// Up to three patterns whose text is closest to `name` (edit distance), for "matches no rule".
+    func nearestPatterns(to name: String) -> [String] {
+        let texts = Array(Set(entries.map(\.pattern.description)))
+        let target = Array(name.utf8.prefix(512))
+        let scored = texts.map { (text: $0, distance: RuleSet.editDistance(Array($0.utf8.prefix(512)), target)) }
+        return scored.sorted { ($0.distance, $0.text) < ($1.distance, $1.text) }.prefix(3).map(\.text)
+    }
+
+    /// Levenshtein distance (names and patterns are cut to 512 bytes, so this stays cheap).
+    static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        if a.isEmpty { return b.count }
+        var previous = Array(0...b.count), current = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...a.count {
+            current[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            swap(&previous, &current)
+        }
+        return previous[b.count]
     }
 }
