@@ -31,6 +31,26 @@ enum Activation {
 
 enum Norm {
     /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
+    /// RMSNorm of each `headDim`-wide block of a row (one head's features), with one replicated
+    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms).
+    static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, rank: Int) throws -> Act {
+        try checkReplicated(w, width: hd, rank: rank)
+        guard hd > 0, x.cols % hd == 0 else {
+            throw ShardKitError(.verificationFailed, "rank \(rank): \(x.cols) features are not whole heads of \(hd)")
+        }
+        var out = x
+        for i in 0..<x.rows {
+            for h in stride(from: 0, to: x.cols, by: hd) {
+                let base = i * x.cols + h
+                var ss = 0.0
+                for j in 0..<hd { let v = Double(x.data[base + j]); ss += v * v }
+                let inv = Float(1 / (ss / Double(hd) + eps).squareRoot())
+                for j in 0..<hd { out.data[base + j] = (x.data[base + j] * inv) * w.data[j] }
+            }
+        }
+        return out
+    }
+
     static func rms(_ x: Act, _ w: Piece, eps: Double, plusOne: Bool, rank: Int) throws -> Act {
         try checkReplicated(w, width: x.cols, rank: rank)
         var out = x

@@ -150,8 +150,8 @@ struct Model {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
         case "mistral", "mixtral", "phi3": return w
-        case "qwen2":
-            // Qwen2Config drops sliding_window unless use_sliding_window (default false).
+        case "qwen2", "qwen3":
+            // Qwen2Config and Qwen3Config drop sliding_window unless use_sliding_window (default false).
             guard config.bool("use_sliding_window") == true else { return nil }
             if let types = config.json["layer_types"]?.arrayValue, i < types.count {
                 return types[i].stringValue == "sliding_attention" ? w : nil
@@ -197,6 +197,14 @@ struct Model {
                 q = try ctx.column(x, weight: p + "self_attn.q_proj.weight", bias: p + "self_attn.q_proj.bias")
                 k = try ctx.column(x, weight: p + "self_attn.k_proj.weight", bias: p + "self_attn.k_proj.bias")
                 v = try ctx.column(x, weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")
+            }
+            if type == "qwen3" {
+                // Qwen3: RMSNorm over each head's features of q and k, before the rotary embedding.
+                let qn = try ctx.loadAll(p + "self_attn.q_norm.weight"), kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
+                for r in 0..<G {
+                    q[r] = try Norm.rmsPerHead(q[r], qn[r], headDim: headDim, eps: eps, rank: r)
+                    k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, rank: r)
+                }
             }
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
                                   scale: scale, layer: "layer \(i)")

@@ -6,8 +6,8 @@ import Testing
 /// The f32 fixtures must match Hugging Face within 1e-4 relative error; the bf16 fixture's reference was
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
-let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "mistral", "gemma", "phi3", "gpt2", "gpt-neox",
-                    "gpt-neox-rope-v5", "mixtral", "bert"]
+let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "mistral", "gemma", "phi3", "gpt2",
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -88,6 +88,26 @@ struct ReferenceForwardTests {
         #expect(generic.worstLayer == tensor)
     }
 
+    @Test("Qwen3's q/k norms split across ranks instead of whole on each fail verify")
+    func qwen3NormsSplitFail() throws {
+        let dir = fixturePath("qwen3")
+        let ckpt = try Checkpoint(path: dir)
+        let json = #"{"extends": "qwen3", "rules": [{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}]}"#
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
+        let out = temporaryPath("qwen3-norms-split")
+        defer { removeDirectory(out) }
+        try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: out)
+        var failed = false
+        do {
+            let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
+                                                     reference: dir + "/reference.safetensors", options: NumericsOptions())
+            failed = !report.passed
+        } catch let e as ShardKitError {
+            failed = e.code == .verificationFailed && e.message.contains("q_norm")
+        }
+        #expect(failed)
+    }
+
     @Test("a perturbed reference fails the reference check")
     func perturbedReferenceFails() throws {
         let (set, ckpt, dir) = try shardFixture("llama-gqa", tp: 2)
@@ -124,7 +144,7 @@ struct ReferenceForwardTests {
     func unsupported() throws {
         let config = ModelConfig(json: try JSONValue.parse(Array(#"{"model_type": "t5", "hidden_size": 8}"#.utf8)))
         #expect(throws: ShardKitError.self) { try Model(config: config) }
-        #expect(ReferenceForward.supportedModelTypes.count == 9)
+        #expect(ReferenceForward.supportedModelTypes.count == Architectures.withForwardPass.count)
     }
 
     @Test("generic linear check passes on correct shard sets", arguments: ["llama-gqa", "gpt2", "gpt-neox", "phi3"], [2, 4])

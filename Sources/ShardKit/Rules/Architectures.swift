@@ -56,6 +56,7 @@ public enum Architectures {
         Architecture("llama", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("mistral", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen2", forwardPass: .llamaFamily, rules: llamaFamily),
+        Architecture("qwen3", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
@@ -125,6 +126,10 @@ public enum Architectures {
                 e(p + "self_attn.{k_proj,v_proj}.weight", .kvHeads(0, kv)),
                 e(p + "self_attn.{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: type != "qwen2"),
             ]
+        }
+        if type == "qwen3" {
+            // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
+            list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
         }
         if type == "mixtral" {
             list += [
