@@ -198,7 +198,7 @@ struct Model {
                 k = try ctx.column(x, weight: p + "self_attn.k_proj.weight", bias: p + "self_attn.k_proj.bias")
                 v = try ctx.column(x, weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")
             }
-            if type == "qwen3" {
+            if type == "qwen3" || type == "qwen3_moe" {
                 // Qwen3: RMSNorm over each head's features of q and k, before the rotary embedding.
                 let qn = try ctx.loadAll(p + "self_attn.q_norm.weight"), kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
                 for r in 0..<G {
@@ -214,6 +214,10 @@ struct Model {
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else if type == "qwen3_moe", qwen3SparseLayer(i) {
+                // Qwen3-MoE renormalises the top-k weights only with norm_topk_prob.
+                m = try moe(ctx, x2, prefix: p + "mlp.", act: act, experts: ("gate_proj", "up_proj", "down_proj"),
+                            normalize: config.bool("norm_topk_prob") ?? false)
             } else {
                 var inner: [Act] = []
                 if phi3 {
@@ -242,7 +246,17 @@ struct Model {
 
     /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,
     /// top-k, renormalised), runs its TP slice of each selected expert, then one all-reduce.
-    func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation) throws -> [Act] {
+    /// Qwen3-MoE's choice of sparse layers: not in mlp_only_layers, and every decoder_sparse_step-th.
+    func qwen3SparseLayer(_ i: Int) -> Bool {
+        let dense = config.json["mlp_only_layers"]?.arrayValue?.compactMap(\.intValue) ?? []
+        let step = config.int("decoder_sparse_step") ?? 1
+        let experts = config.int("num_experts") ?? 0
+        return !dense.contains(i) && experts > 0 && step > 0 && (i + 1) % step == 0
+    }
+
+    func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation,
+             experts names: (gate: String, up: String, down: String) = ("w1", "w3", "w2"),
+             normalize: Bool = true) throws -> [Act] {
         guard let E = config.int("num_local_experts", "num_experts"), let K = config.int("num_experts_per_tok"),
               E > 0, K > 0, K <= E else {
             throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
@@ -265,7 +279,7 @@ struct Model {
                 let top = probs.enumerated()
                     .sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }
                     .prefix(K)
-                let norm = top.reduce(Float(0)) { $0 + $1.element }
+                let norm = normalize ? top.reduce(Float(0)) { $0 + $1.element } : 1
                 chosen[t] = top.map { ($0.offset, $0.element / norm) }
             }
             var acc = Act(rows: T, width: hidden)
@@ -278,13 +292,13 @@ struct Model {
                 if rows.isEmpty { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
-                let (g, pg) = try ctx.linear(sub, try ctx.load(ep + "w1.weight", rank: r), bias: nil, rank: r)
-                let (u, pu) = try ctx.linear(sub, try ctx.load(ep + "w3.weight", rank: r), bias: nil, rank: r)
-                if pg || pu { throw Model.rankError(r, "\(ep)w1/w3 must be column-parallel") }
+                let (g, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil, rank: r)
+                let (u, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil, rank: r)
+                if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
                 let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
-                let (y, py) = try ctx.linear(inner, try ctx.load(ep + "w2.weight", rank: r), bias: nil, rank: r)
+                let (y, py) = try ctx.linear(inner, try ctx.load(ep + names.down + ".weight", rank: r), bias: nil, rank: r)
                 guard y.labels == Array(0..<hidden) else {
-                    throw Model.rankError(r, "\(ep)w2.weight must produce all hidden features")
+                    throw Model.rankError(r, "\(ep)\(names.down).weight must produce all hidden features")
                 }
                 if let rp = rankPartial, rp != py {
                     throw Model.rankError(r, "experts of \(p) are split inconsistently")

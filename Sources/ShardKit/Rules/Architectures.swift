@@ -57,6 +57,7 @@ public enum Architectures {
         Architecture("mistral", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen2", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3", forwardPass: .llamaFamily, rules: llamaFamily),
+        Architecture("qwen3_moe", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
@@ -127,9 +128,18 @@ public enum Architectures {
                 e(p + "self_attn.{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: type != "qwen2"),
             ]
         }
-        if type == "qwen3" {
+        if type == "qwen3" || type == "qwen3_moe" {
             // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "qwen3_moe" {
+            // Sparse layers: a replicated router and experts split like a dense MLP (every expert over
+            // every rank); layers in mlp_only_layers keep a dense MLP (below, optional).
+            list += [
+                e(p + "mlp.gate.weight", .replicated),
+                e(p + "mlp.experts.*.{gate_proj,up_proj}.weight", .column(0)),
+                e(p + "mlp.experts.*.down_proj.weight", .row(1)),
+            ]
         }
         if type == "mixtral" {
             list += [
@@ -138,10 +148,11 @@ public enum Architectures {
                 e(p + "block_sparse_moe.experts.*.w2.weight", .row(1)),
             ]
         } else if type != "phi3" {
+            let moe = type == "qwen3_moe"
             list += [
-                e(p + "mlp.{gate_proj,up_proj}.weight", .column(0)),
+                e(p + "mlp.{gate_proj,up_proj}.weight", .column(0), optional: moe),
                 e(p + "mlp.{gate_proj,up_proj}.bias", .column(0), optional: true),
-                e(p + "mlp.down_proj.weight", .row(1)),
+                e(p + "mlp.down_proj.weight", .row(1), optional: moe),
                 e(p + "mlp.down_proj.bias", .replicated, optional: true),
             ]
         }
