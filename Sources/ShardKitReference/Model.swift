@@ -173,13 +173,25 @@ struct Model {
             let normalizer = Widen.round(Float(Double(hidden).squareRoot()), to: ctx.weights.dtype(embedName) ?? .f32)
             for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= normalizer } }
         }
+        // Granite scales the embeddings, each residual branch, the attention scores and the logits by
+        // constants of its config.
+        let granite = type == "granite"
+        let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
+        if granite {
+            let m = Float(config.double("embedding_multiplier") ?? 1)
+            for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= m } }
+        }
         try observe("embeddings", h)
         // Only Phi-3 of this family rotates part of each head.
         let rotary = config.rotary()
         let rope = try self.rope(Array(0..<T), rotary, factor: phi3 ? rotary.partialFactor : 1)
         let act = try activation
-        let scale = Float(1 / Double(headDim).squareRoot())
+        let scale = Float(granite ? config.double("attention_multiplier") ?? 1 : 1 / Double(headDim).squareRoot())
         let qSize = heads * headDim, kvSize = kvHeads * headDim
+        func scaled(_ a: [Act]) -> [Act] {
+            guard residualScale != 1 else { return a }
+            return a.map { var x = $0; for j in 0..<x.data.count { x.data[j] *= residualScale }; return x }
+        }
         for i in 0..<layers {
             let p = "model.layers.\(i)."
             let x = try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
@@ -208,7 +220,7 @@ struct Model {
             }
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
                                   scale: scale, layer: "layer \(i)")
-            try add(&h, try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias"),
+            try add(&h, scaled(try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")),
                     p + "self_attn.o_proj")
             let x2 = try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
             let m: [Act]
@@ -236,12 +248,16 @@ struct Model {
                 }
                 m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
             }
-            try add(&h, m, p + "mlp")
+            try add(&h, scaled(m), p + "mlp")
             try observe("layers.\(i)", h)
         }
         h = try rmsAll(ctx, h, "model.norm.weight", plusOne: gemma)
         try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
+        var logits = try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
+        if granite, let s = config.double("logits_scaling"), s != 1 {
+            for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] /= Float(s) } }
+        }
+        return logits
     }
 
     /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,

@@ -58,6 +58,7 @@ public enum Architectures {
         Architecture("qwen2", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3_moe", forwardPass: .llamaFamily, rules: llamaFamily),
+        Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
