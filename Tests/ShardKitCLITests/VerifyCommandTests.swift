@@ -174,3 +174,51 @@ struct InputFormatCLITests {
         }
     }
 }
+
+/// `--vocab-multiple`: vocabulary padding as serving engines lay it out.
+@Suite("vocabulary padding for engines")
+struct VocabMultipleTests {
+    /// Rows each rank holds of `name` in the manifest of `dir`.
+    func rowsPerRank(_ dir: String, _ name: String) throws -> [Int] {
+        let m = try ShardSet(directory: dir).manifest
+        let t = try #require(m.tensors[name])
+        return (0..<m.tp).map { m.layout(of: t, rank: $0).length }
+    }
+
+    @Test("vLLM (64) and Megatron (128 × TP) layouts: the rows per rank each engine expects; verify passes; reshard and --tp 1 drop the padding")
+    func engines() throws {
+        try withTempDir { dir in
+            let source = Fixtures.path("qwen3")  // vocabulary 250
+            let name = "model.embed_tokens.weight"
+            // vLLM: pad_vocab_size(250, 64) = 256, 4 equal parts.
+            #expect(try CLI.run(["shard", source, "--tp", "4", "--vocab-multiple", "64", "--out", dir + "/vllm"]).status == 0)
+            #expect(try rowsPerRank(dir + "/vllm", name) == [64, 64, 64, 64])
+            // Megatron: 128 × TP = 512 → 128 rows per rank.
+            #expect(try CLI.run(["shard", source, "--tp", "4", "--vocab-multiple", "512", "--out", dir + "/megatron"]).status == 0)
+            #expect(try rowsPerRank(dir + "/megatron", name) == [128, 128, 128, 128])
+            let manifest = try String(contentsOfFile: dir + "/vllm/manifest.json", encoding: .utf8)
+            #expect(manifest.contains("\"multiple\": 64") || manifest.contains("\"multiple\":64"))
+            for set in ["vllm", "megatron"] {
+                let v = try CLI.run(["verify", dir + "/" + set, "--source", source, "--reference",
+                                     source + "/reference.safetensors"])
+                #expect(v.status == 0 && v.stdout.contains("PASSED"), "\(set): \(v)")
+            }
+            // Reshard drops the engine padding unless asked again; TP 1 is the source's bytes.
+            #expect(try CLI.run(["reshard", dir + "/vllm", "--tp", "2", "--out", dir + "/tp2"]).status == 0)
+            #expect(try CLI.run(["shard", source, "--tp", "2", "--out", dir + "/tp2-direct"]).status == 0)
+            for r in 0..<2 {
+                let f = "/rank-\(r)/model.safetensors"
+                #expect(same(try readBytes(dir + "/tp2" + f), try readBytes(dir + "/tp2-direct" + f)))
+            }
+            #expect(try CLI.run(["reshard", dir + "/megatron", "--tp", "1", "--out", dir + "/tp1"]).status == 0)
+            #expect(try tensorDifferences(Checkpoint(path: dir + "/tp1"), Checkpoint(path: source)).isEmpty)
+            #expect(try CLI.run(["reshard", dir + "/tp2", "--tp", "4", "--vocab-multiple", "64", "--out", dir + "/back"]).status == 0)
+            for r in 0..<4 {
+                let f = "/rank-\(r)/model.safetensors"
+                #expect(same(try readBytes(dir + "/back" + f), try readBytes(dir + "/vllm" + f)))
+            }
+            let bad = try CLI.run(["shard", source, "--tp", "2", "--vocab-multiple", "0", "--out", dir + "/bad"])
+            #expect(bad.status != 0 && bad.stderr.contains("--vocab-multiple must be 1"))
+        }
+    }
+}

@@ -367,3 +367,21 @@ struct LayoutTests {
                             .impossibleSplit, ["t.f", "add up to 4", "6"])
     }
 }
+
+@Suite("vocabulary padding multiples")
+struct VocabMultipleLayoutTests {
+    @Test("lcm(M, G) padding: vLLM's 48 rows per rank for 130 rows at G = 4, Megatron's 128·G, ShardKit's own")
+    func paddedRows() throws {
+        func rows(_ n: Int, tp: Int, multiple: Int) throws -> [Range<Int>] {
+            try (0..<tp).map { try SplitRule.vocab(dim: 0, multiple: multiple).layout(rank: $0, of: tp, size: n, tensor: "t").segments[0] }
+        }
+        #expect(try rows(130, tp: 4, multiple: 64) == [0..<48, 48..<96, 96..<144, 144..<192])
+        #expect(try rows(130, tp: 4, multiple: 1) == [0..<33, 33..<66, 66..<99, 99..<132])
+        #expect(try rows(130, tp: 4, multiple: 512).map(\.count) == [128, 128, 128, 128])
+        // lcm, not product: M = 6 at G = 4 pads to a multiple of 12.
+        #expect(try rows(130, tp: 4, multiple: 6).map(\.count) == [33, 33, 33, 33])
+        #expect(try rows(128, tp: 4, multiple: 64).map(\.count) == [32, 32, 32, 32])
+        #expect(SplitRule.vocab(dim: 0, multiple: 64).paddedSize(130, ranks: 4) == 192)
+        #expect(SplitRule.vocab(dim: 0, multiple: 64).summary == "vocab(dim 0, multiple 64)")
+    }
+}

@@ -4,11 +4,14 @@ public enum Reshard {
     /// Writes `input` re-cut for `tp` ranks into `output`: the same bytes `shard` would write from the
     /// original checkpoint. Input pieces' checksums are checked as they are read.
     @discardableResult
-    public static func run(input: ShardSet, tp: Int, output: String, options: ShardSetWriter.Options = .init(),
+    /// The input's vocabulary padding is dropped: vocab rules pad to multiples of lcm(`vocabMultiple`, `tp`).
+    public static func run(input: ShardSet, tp: Int, output: String, vocabMultiple: Int = 1,
+                           options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
         let m = input.manifest
         let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
-        let plan = try ShardPlan(tensors: list, rules: m.order.map { m.tensors[$0]!.rule }, tp: tp)
+        let rules = m.order.map { m.tensors[$0]!.rule.withVocabMultiple(vocabMultiple) }
+        let plan = try ShardPlan(tensors: list, rules: rules, tp: tp)
         let files = try input.openAllRanks()
         let extras = try m.extraFiles.map { (from: try input.member($0), name: $0) }
         for e in extras where !FileSystem.exists(e.from) {
@@ -26,10 +29,12 @@ public enum Reshard {
     /// (HF names, HF q/k row order, the llama preset, a converted config.json): `tp` 1 is a plain
     /// Hugging Face checkpoint. Every byte is read once from the Meta files, a range at a time.
     @discardableResult
-    public static func run(meta: MetaCheckpoint, tp: Int, output: String, options: ShardSetWriter.Options = .init(),
+    public static func run(meta: MetaCheckpoint, tp: Int, output: String, vocabMultiple: Int = 1,
+                           options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
         let config = ModelConfig(json: meta.config, path: Path.join(meta.directory, "params.json"))
-        let rules = try Architectures.rules(for: config)
+        var rules = try Architectures.rules(for: config)
+        rules.vocabMultiple = vocabMultiple
         let plan = try ShardPlan(tensors: meta.tensors, rules: try rules.assign(meta.tensors.map { ($0.name, $0.shape) }),
                                  tp: tp)
         let handles = try meta.files.map { try ReadOnlyFile(path: $0.path) }

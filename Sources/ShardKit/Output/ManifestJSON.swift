@@ -243,6 +243,7 @@ extension SplitRule {
         default: break
         }
         w.key("kind"); w.string(kindName)
+        if case .vocab(_, let m) = self, m > 1 { w.key("multiple"); w.int(m) }
         if case .fused(_, let parts) = self {
             w.key("parts"); w.beginArray()
             for part in parts {
@@ -258,12 +259,13 @@ extension SplitRule {
     }
 
     static func read(_ r: inout JSONReader) throws -> SplitRule {
-        var kindName: String?, dim: Int?, heads: Int?, parts: [FusedPart]?
+        var kindName: String?, dim: Int?, heads: Int?, parts: [FusedPart]?, multiple: Int?
         try r.fields(required: ["kind"]) { r, key in
             switch key {
             case "kind": kindName = try r.string()
             case "dim": dim = try r.int()
             case "heads": heads = try r.int()
+            case "multiple": multiple = try r.int()
             case "parts":
                 var list: [FusedPart] = []
                 try r.array { r, _ in list.append(try FusedPart.read(&r)) }
@@ -275,6 +277,7 @@ extension SplitRule {
         guard let kind = RuleKind(rawValue: kindName ?? "") else {
             throw r.error("unknown rule kind \"\(kindName ?? "")\"")
         }
+        if multiple != nil && kind != .vocab { throw r.error("\"multiple\" belongs to vocab rules only") }
         if kind == .replicated { return .replicated }
         guard let d = dim, d >= 0 else { throw r.error("rule \(kind.rawValue) needs a non-negative \"dim\"") }
         if kind.needsHeads {
@@ -288,7 +291,10 @@ extension SplitRule {
         switch kind {
         case .column: return .column(dim: d)
         case .row: return .row(dim: d)
-        case .vocab: return .vocab(dim: d)
+        case .vocab:
+            let m = multiple ?? 1
+            guard m >= 1, m <= 1 << 20 else { throw r.error("vocab \"multiple\" must be 1 to \(1 << 20)") }
+            return .vocab(dim: d, multiple: m)
         default:
             guard let parts, !parts.isEmpty else { throw r.error("fused rule without parts") }
             return .fused(dim: d, parts: parts)

@@ -45,9 +45,9 @@ extension SplitRule {
             return PieceLayout([try byHeads(size, heads: h, kv: false)])
         case .kvHeads(_, let h):
             return PieceLayout([try byHeads(size, heads: h, kv: true)])
-        case .vocab:
-            guard let padded = SplitRule.checkedPaddedSize(size, ranks: ranks) else {
-                throw refuse("vocab dimension \(size) (padding it to a multiple of \(ranks) overflows)")
+        case .vocab(_, let multiple):
+            guard let padded = SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: multiple) else {
+                throw refuse("vocab dimension \(size) (padding it to a multiple of lcm(\(multiple), \(ranks)) overflows)")
             }
             let per = padded / ranks
             return PieceLayout([(rank * per)..<((rank + 1) * per)])
@@ -83,16 +83,20 @@ extension SplitRule {
     /// The dimension's size once padded for `ranks` (only vocab rules pad).
     /// (A size whose padding would overflow gives `Int.max`; `layout` refuses it.)
     public func paddedSize(_ size: Int, ranks: Int) -> Int {
-        if case .vocab = self { return SplitRule.checkedPaddedSize(size, ranks: ranks) ?? Int.max }
+        if case .vocab(_, let m) = self { return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m) ?? Int.max }
         return size
     }
 
-    /// `size` rounded up to a multiple of `ranks`, nil on overflow (or a non-positive `ranks`).
-    static func checkedPaddedSize(_ size: Int, ranks: Int) -> Int? {
-        guard ranks >= 1, size >= 0 else { return nil }
-        let (q, r) = size.quotientAndRemainder(dividingBy: ranks)
+    /// `size` rounded up to a multiple of lcm(`multiple`, `ranks`), nil on overflow (or a non-positive
+    /// `ranks` or `multiple`).
+    static func checkedPaddedSize(_ size: Int, ranks: Int, multiple: Int = 1) -> Int? {
+        guard ranks >= 1, multiple >= 1, size >= 0 else { return nil }
+        var a = ranks, b = multiple
+        while b != 0 { (a, b) = (b, a % b) }
+        guard let unit = checkedProduct([ranks / a, multiple]) else { return nil }
+        let (q, r) = size.quotientAndRemainder(dividingBy: unit)
         if r == 0 { return size }
-        let (p, overflow) = (q + 1).multipliedReportingOverflow(by: ranks)
+        let (p, overflow) = (q + 1).multipliedReportingOverflow(by: unit)
         return overflow ? nil : p
     }
 }

@@ -23,6 +23,8 @@ public struct RuleSet: Sendable {
     /// The preset of the checkpoint's model type, when these rules are the user's: where it splits a
     /// tensor by heads, a user rule for that tensor must not cut a head (`ShardPlan` checks).
     public var headReference: [Entry] = []
+    /// Vocabulary padding: vocab rules pad to multiples of lcm(this, G) (`SplitRule.vocab`).
+    public var vocabMultiple = 1
 
     public init(name: String, entries: [Entry]) {
         self.name = name
@@ -33,6 +35,7 @@ public struct RuleSet: Sendable {
     public func overriding(_ fallback: RuleSet) -> RuleSet {
         var merged = RuleSet(name: "\(name) + \(fallback.name)", entries: entries + fallback.entries)
         merged.headReference = headReference.isEmpty ? fallback.headReference : headReference
+        merged.vocabMultiple = vocabMultiple
         return merged
     }
 
@@ -66,7 +69,7 @@ public struct RuleSet: Sendable {
             for j in (i + 1)..<entries.count where entries[j].required && !used[j] && entries[j].pattern.matches(t.name) {
                 used[j] = true
             }
-            rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name))
+            rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name).withVocabMultiple(vocabMultiple))
         }
         if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {
             let e = entries[unused]

@@ -53,7 +53,7 @@ public struct RuleSpec: Sendable, Hashable {
         case .heads: return .heads(dim: dim, heads: try needHeads())
         case .kvHeads: return .kvHeads(dim: dim, heads: try needHeads())
         case .outProjection: return .outProjection(dim: dim, heads: try needHeads())
-        case .vocab: return .vocab(dim: dim)
+        case .vocab: return .vocab(dim: dim, multiple: 1)
         case .fused:
             let n = shape[dim]
             guard !parts.isEmpty else { throw fail(.invalidRules, "fused rule has no parts") }

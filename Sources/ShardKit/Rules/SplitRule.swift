@@ -15,8 +15,10 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     case kvHeads(dim: Int, heads: Int)
     /// The attention out-projection: input features split by query heads (row-parallel).
     case outProjection(dim: Int, heads: Int)
-    /// Vocabulary rows: padded with zero rows to a multiple of G, rank r holds `[r·Vp/G, (r+1)·Vp/G)`.
-    case vocab(dim: Int)
+    /// Vocabulary rows: padded with zero rows to Vp, the next multiple of lcm(`multiple`, G); rank r
+    /// holds `[r·Vp/G, (r+1)·Vp/G)`. `multiple` 1 is ShardKit's own padding (to a multiple of G);
+    /// 64 is vLLM's (`pad_vocab_size`), `make_vocab_size_divisible_by`·G Megatron's.
+    case vocab(dim: Int, multiple: Int = 1)
     /// A concatenation of parts along `dim` (output features), each split by its own rule; rank r holds
     /// the concatenation of its piece of every part, in part order.
     case fused(dim: Int, parts: [FusedPart])
@@ -26,7 +28,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         switch self {
         case .replicated: return nil
         case .column(let d), .row(let d), .heads(let d, _), .kvHeads(let d, _), .outProjection(let d, _),
-             .vocab(let d), .fused(let d, _): return d
+             .vocab(let d, _), .fused(let d, _): return d
         }
     }
 
@@ -45,6 +47,12 @@ public enum SplitRule: Sendable, Equatable, Hashable {
             }
         default: return false
         }
+    }
+
+    /// The same rule with vocabulary padding to multiples of `multiple` (other rules unchanged).
+    public func withVocabMultiple(_ multiple: Int) -> SplitRule {
+        if case .vocab(let d, _) = self { return .vocab(dim: d, multiple: multiple) }
+        return self
     }
 
     public var splitsInputFeatures: Bool {
@@ -75,7 +83,8 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     public var summary: String {
         switch self {
         case .replicated: return kindName
-        case .column(let d), .row(let d), .vocab(let d): return "\(kindName)(dim \(d))"
+        case .column(let d), .row(let d): return "\(kindName)(dim \(d))"
+        case .vocab(let d, let m): return "\(kindName)(dim \(d)\(m > 1 ? ", multiple \(m)" : ""))"
         case .heads(let d, let h), .kvHeads(let d, let h), .outProjection(let d, let h):
             return "\(kindName)(dim \(d), \(h) heads)"
         case .fused(let d, let parts): return "fused(dim \(d), parts \(parts.map(\.size)))"

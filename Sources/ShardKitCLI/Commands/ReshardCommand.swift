@@ -12,6 +12,7 @@ struct ReshardCommand: ParsableCommand {
                                  + "(with --finalize, the directory to finalize).")) var input: String
     @Option(name: .long, help: "New tensor-parallel degree (1 writes an ordinary HF checkpoint).") var tp: Int?
     @Option(name: .long, help: "Output directory.") var out: String?
+    @OptionGroup var vocab: VocabOptions
     @OptionGroup var writeOptions: WriteOptions
     @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.")
     var finalize = false
@@ -34,9 +35,11 @@ struct ReshardCommand: ParsableCommand {
             let manifest: Manifest
             if MetaCheckpoint.recognizes(input) {
                 manifest = try Reshard.run(meta: try MetaCheckpoint(directory: input), tp: tp, output: out,
-                                           options: options, progress: Terminal.progress(label: "reshard"))
+                                           vocabMultiple: try vocab.multiple(), options: options,
+                                           progress: Terminal.progress(label: "reshard"))
             } else {
-                manifest = try Reshard.run(input: try ShardSet(directory: input), tp: tp, output: out, options: options,
+                manifest = try Reshard.run(input: try ShardSet(directory: input), tp: tp, output: out,
+                                           vocabMultiple: try vocab.multiple(), options: options,
                                            progress: Terminal.progress(label: "reshard"))
             }
             Terminal.clearProgress()

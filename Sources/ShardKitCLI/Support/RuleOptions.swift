@@ -7,10 +7,32 @@ import Yams
 struct RuleOptions: ParsableArguments {
     @Option(name: .long, help: "Rules file (JSON or YAML) that overrides or replaces the preset (docs/rules.md).")
     var rules: String?
+    @OptionGroup var vocab: VocabOptions
 
     func load(for checkpoint: Checkpoint) throws -> RuleSet {
-        guard let rules else { return try ShardPlan.rules(for: checkpoint, rulesFile: nil) }
-        return try ShardPlan.rules(for: checkpoint, rulesFile: (try RulesLoader.load(path: rules), rules))
+        var set: RuleSet
+        if let rules {
+            set = try ShardPlan.rules(for: checkpoint, rulesFile: (try RulesLoader.load(path: rules), rules))
+        } else {
+            set = try ShardPlan.rules(for: checkpoint, rulesFile: nil)
+        }
+        set.vocabMultiple = try vocab.multiple()
+        return set
+    }
+}
+
+/// Vocabulary padding as a serving engine expects it.
+struct VocabOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Pad vocab-parallel tensors to a multiple of lcm(N, TP) rows, as an engine "
+        + "expects: vLLM 64; Megatron make_vocab_size_divisible_by × TP (128 × TP by default). Default 1: a "
+        + "multiple of TP.", valueName: "N"))
+    var vocabMultiple: Int = 1
+
+    func multiple() throws -> Int {
+        guard vocabMultiple >= 1, vocabMultiple <= 1 << 20 else {
+            throw ShardKitError(.invalidArgument, "--vocab-multiple must be 1 to \(1 << 20), got \(vocabMultiple)")
+        }
+        return vocabMultiple
     }
 }
 
