@@ -161,7 +161,7 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Gemma, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, Gemma, Mixtral, Phi-3
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -175,7 +175,7 @@ struct Model {
         }
         // Granite scales the embeddings, each residual branch, the attention scores and the logits by
         // constants of its config.
-        let granite = type == "granite"
+        let granite = type == "granite", olmo2 = type == "olmo2"
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
         if granite {
             let m = Float(config.double("embedding_multiplier") ?? 1)
@@ -194,7 +194,8 @@ struct Model {
         }
         for i in 0..<layers {
             let p = "model.layers.\(i)."
-            let x = try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
+            // OLMo 2 normalizes after each branch instead of before.
+            let x = olmo2 ? h : try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             if phi3 {
                 let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight",
@@ -210,6 +211,10 @@ struct Model {
                 k = try ctx.column(x, weight: p + "self_attn.k_proj.weight", bias: p + "self_attn.k_proj.bias")
                 v = try ctx.column(x, weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")
             }
+            if olmo2 {
+                q = try gatheredRMS(ctx, q, weight: p + "self_attn.q_norm.weight", size: qSize, what: p + "q")
+                k = try gatheredRMS(ctx, k, weight: p + "self_attn.k_norm.weight", size: kvSize, what: p + "k")
+            }
             if type == "qwen3" || type == "qwen3_moe" {
                 // Qwen3: RMSNorm over each head's features of q and k, before the rotary embedding.
                 let qn = try ctx.loadAll(p + "self_attn.q_norm.weight"), kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
@@ -220,9 +225,10 @@ struct Model {
             }
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
                                   scale: scale, layer: "layer \(i)")
-            try add(&h, scaled(try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")),
-                    p + "self_attn.o_proj")
-            let x2 = try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
+            var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
+            if olmo2 { o = try rmsAll(ctx, o, p + "post_attention_layernorm.weight") }
+            try add(&h, scaled(o), p + "self_attn.o_proj")
+            let x2 = olmo2 ? h : try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
@@ -248,7 +254,7 @@ struct Model {
                 }
                 m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
             }
-            try add(&h, scaled(m), p + "mlp")
+            try add(&h, scaled(olmo2 ? try rmsAll(ctx, m, p + "post_feedforward_layernorm.weight") : m), p + "mlp")
             try observe("layers.\(i)", h)
         }
         h = try rmsAll(ctx, h, "model.norm.weight", plusOne: gemma)
@@ -262,6 +268,20 @@ struct Model {
 
     /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,
     /// top-k, renormalised), runs its TP slice of each selected expert, then one all-reduce.
+    /// RMSNorm over a whole column-parallel projection (OLMo 2's q/k norms): each rank all-gathers the
+    /// projection, normalizes it with the replicated weight and keeps its own features.
+    func gatheredRMS(_ ctx: TPContext, _ x: [Act], weight: String, size: Int, what: String) throws -> [Act] {
+        let full = try ctx.allGather(x, size: size, what: what)
+        let w = try ctx.loadAll(weight)
+        return try (0..<ctx.G).map { r in
+            let normed = try Norm.rms(full[r], w[r], eps: eps, plusOne: false, rank: r)
+            guard let own = normed.select(x[r].labels) else {
+                throw Model.rankError(r, "\(what): its features are not in the gathered projection")
+            }
+            return own
+        }
+    }
+
     /// Qwen3-MoE's choice of sparse layers: not in mlp_only_layers, and every decoder_sparse_step-th.
     func qwen3SparseLayer(_ i: Int) -> Bool {
         let dense = config.json["mlp_only_layers"]?.arrayValue?.compactMap(\.intValue) ?? []

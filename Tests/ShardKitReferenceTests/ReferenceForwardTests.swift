@@ -6,7 +6,7 @@ import Testing
 /// The f32 fixtures must match Hugging Face within 1e-4 relative error; the bf16 fixture's reference was
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
-let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "mistral", "gemma", "phi3", "gpt2",
+let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert"]
 
 @Suite("Reference forward pass")
@@ -88,13 +88,14 @@ struct ReferenceForwardTests {
         #expect(generic.worstLayer == tensor)
     }
 
-    @Test("Qwen3's q/k norms split across ranks instead of whole on each fail verify")
-    func qwen3NormsSplitFail() throws {
-        let dir = fixturePath("qwen3")
+    @Test("q/k norms split across ranks instead of whole on each fail verify (Qwen3: per head; OLMo 2: whole projection)",
+          arguments: [("qwen3", "qwen3"), ("olmo2", "olmo2")])
+    func qkNormsSplitFail(fixture: String, preset: String) throws {
+        let dir = fixturePath(fixture)
         let ckpt = try Checkpoint(path: dir)
-        let json = #"{"extends": "qwen3", "rules": [{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}]}"#
+        let json = #"{"extends": "\#(preset)", "rules": [{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}]}"#
         let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
-        let out = temporaryPath("qwen3-norms-split")
+        let out = temporaryPath("\(fixture)-norms-split")
         defer { removeDirectory(out) }
         try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: out)
         var failed = false

@@ -59,6 +59,7 @@ public enum Architectures {
         Architecture("qwen3", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3_moe", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
+        Architecture("olmo2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
@@ -132,6 +133,14 @@ public enum Architectures {
         if type == "qwen3" || type == "qwen3_moe" {
             // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "olmo2" {
+            // OLMo 2 normalizes q and k over the whole projection (all heads), and each branch's output.
+            // The norms are replicated; the TP pass all-gathers q and k for them (as vLLM does).
+            list += [
+                e(p + "self_attn.{q_norm,k_norm}.weight", .replicated),
+                e(p + "post_feedforward_layernorm.weight", .replicated),
+            ]
         }
         if type == "qwen3_moe" {
             // Sparse layers: a replicated router and experts split like a dense MLP (every expert over
