@@ -269,7 +269,8 @@ private struct HDF5Reader {
             case 2:
                 // libhdf5 records the element size it shuffled with; ShardKit unshuffles with the dtype's.
                 guard nValues >= 1, Int(values[0]) == elementSize else {
-                    throw bad("dataset \(name): its shuffle filter's element size (\(nValues >= 1 ? Int(values[0]) : 0)) "
+                    let recorded = nValues >= 1 ? Int(values[0]) : 0
+                    throw bad("dataset \(name): its shuffle filter's element size (\(recorded)) "
                               + "is not its type's (\(elementSize))")
                 }
                 return .shuffle
@@ -430,8 +431,9 @@ private struct HDF5Reader {
         let (source, offset) = info.byteSource(in: file)
         let ours = try source.read(count: n * dtype.size, at: offset)
         guard ours == viaLibrary else {
-            throw badSet(info.isRaw ? "the bytes at its data offset \(offset) are not its values (unexpected file layout)"
-                                    : "its decoded first chunk differs from what libhdf5 reads")
+            throw badSet(info.isRaw
+                ? "the bytes at its data offset \(offset) are not its values (unexpected file layout)"
+                : "its decoded first chunk differs from what libhdf5 reads")
         }
     }
 }

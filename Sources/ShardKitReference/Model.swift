@@ -217,7 +217,8 @@ struct Model {
             }
             if type == "qwen3" || type == "qwen3_moe" {
                 // Qwen3: RMSNorm over each head's features of q and k, before the rotary embedding.
-                let qn = try ctx.loadAll(p + "self_attn.q_norm.weight"), kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
+                let qn = try ctx.loadAll(p + "self_attn.q_norm.weight")
+                let kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
                 for r in 0..<G {
                     q[r] = try Norm.rmsPerHead(q[r], qn[r], headDim: headDim, eps: eps, rank: r)
                     k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, rank: r)
@@ -328,11 +329,13 @@ struct Model {
                 if rows.isEmpty { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
-                let (g, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil, rank: r)
+                let gateW = try ctx.load(ep + names.gate + ".weight", rank: r)
+                let (g, pg) = try ctx.linear(sub, gateW, bias: nil, rank: r)
                 let (u, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil, rank: r)
                 if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
                 let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
-                let (y, py) = try ctx.linear(inner, try ctx.load(ep + names.down + ".weight", rank: r), bias: nil, rank: r)
+                let downW = try ctx.load(ep + names.down + ".weight", rank: r)
+                let (y, py) = try ctx.linear(inner, downW, bias: nil, rank: r)
                 guard y.labels == Array(0..<hidden) else {
                     throw Model.rankError(r, "\(ep)\(names.down).weight must produce all hidden features")
                 }

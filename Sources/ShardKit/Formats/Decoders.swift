@@ -263,7 +263,8 @@ final class ChunkedReader: ByteSource, @unchecked Sendable {
             }
         } else {
             guard c.byteCount == storage.chunkBytes else {
-                throw ShardKitError(.invalidCheckpoint, "\(what): an unfiltered chunk must hold \(storage.chunkBytes) bytes")
+                throw ShardKitError(.invalidCheckpoint,
+                                    "\(what): an unfiltered chunk must hold \(storage.chunkBytes) bytes")
             }
             try file.read(into: target, at: c.offset)
         }

@@ -38,7 +38,8 @@ public enum HFCache {
             commit = revision
         } else {
             let ref = revision ?? "main"
-            guard !ref.isEmpty, ref.split(separator: "/", omittingEmptySubsequences: false).allSatisfy(isSafeName) else {
+            let components = ref.split(separator: "/", omittingEmptySubsequences: false)
+            guard !ref.isEmpty, components.allSatisfy(isSafeName) else {
                 throw ShardKitError(.invalidArgument, "\(spec): revision \(ref) is not a branch, tag or commit name")
             }
             let refFile = Path.join(repoDirectory, "refs/\(ref)")

@@ -18,7 +18,9 @@ enum HFIndex {
     static func weightMap(_ path: String) throws -> [(String, String)] {
         let file = try ReadOnlyFile(path: path)
         let json: JSONValue
-        do { json = try JSONValue.parse(try file.readAll(limit: 1 << 30, what: "a safetensors index")) } catch let e as JSONParseError {
+        do {
+            json = try JSONValue.parse(try file.readAll(limit: 1 << 30, what: "a safetensors index"))
+        } catch let e as JSONParseError {
             throw bad(path, "not valid JSON: \(e)")
         }
         guard let map = json["weight_map"]?.objectValue else {

@@ -55,7 +55,9 @@ public struct MetaCheckpoint: Sendable {
             throw bad("params.json is not valid JSON: \(error)")
         }
         func int(_ key: String) throws -> Int {
-            guard let v = params[key]?.intValue, v > 0 else { throw bad("params.json: \(key) is missing or not a positive integer") }
+            guard let v = params[key]?.intValue, v > 0 else {
+                throw bad("params.json: \(key) is missing or not a positive integer")
+            }
             return v
         }
         let dim = try int("dim"), layers = try int("n_layers"), heads = try int("n_heads")
@@ -68,13 +70,15 @@ public struct MetaCheckpoint: Sendable {
         guard layers <= 100_000 else { throw bad("params.json: n_layers \(layers) is implausible") }
 
         // The files: consolidated.00.pth, .01, ... with no gap.
-        let names = try FileSystem.list(directory).filter { $0.hasPrefix("consolidated.") && $0.hasSuffix(".pth") }.sorted()
+        let names = try FileSystem.list(directory)
+            .filter { $0.hasPrefix("consolidated.") && $0.hasSuffix(".pth") }.sorted()
         let expected: [String] = (0..<names.count).map { (r: Int) -> String in
             let number = r < 10 ? "0\(r)" : "\(r)"
             return "consolidated.\(number).pth"
         }
         guard !names.isEmpty, names == expected else {
-            throw bad("expected consolidated.00.pth … consolidated.\(names.count - 1).pth, found \(names.joined(separator: ", "))")
+            throw bad("expected consolidated.00.pth … consolidated.\(names.count - 1).pth, "
+                      + "found \(names.joined(separator: ", "))")
         }
         let files = try names.map { try PyTorchFile(path: Path.join(directory, $0)) }
         let ranks = files.count

@@ -120,7 +120,8 @@ public struct ChunkedStorage: Sendable, Equatable {
         guard chunks.count == count else {
             throw bad("\(chunks.count) chunks stored, but the grid \(grid) has \(count)")
         }
-        guard let elementsTotal = checkedProduct(shape), let total = checkedProduct([elementsTotal], times: elementSize) else {
+        guard let elementsTotal = checkedProduct(shape),
+              let total = checkedProduct([elementsTotal], times: elementSize) else {
             throw bad("shape \(shape) overflows")
         }
         let band = count == 0 ? 0 : count / grid[0]

@@ -16,7 +16,8 @@ public struct TensorInfo: Sendable, Equatable {
 
     public var elementCount: Int { dtype.size == 0 ? 0 : byteCount / dtype.size }
 
-    public init(name: String, dtype: DType, shape: [Int], offset: Int, byteCount: Int, encoding: TensorEncoding = .raw) {
+    public init(name: String, dtype: DType, shape: [Int], offset: Int, byteCount: Int,
+                encoding: TensorEncoding = .raw) {
         self.name = name; self.dtype = dtype; self.shape = shape; self.offset = offset; self.byteCount = byteCount
         self.encoding = encoding
     }

@@ -35,8 +35,8 @@ public enum Reshard {
         let config = ModelConfig(json: meta.config, path: Path.join(meta.directory, "params.json"))
         var rules = try Architectures.rules(for: config)
         rules.vocabMultiple = vocabMultiple
-        let plan = try ShardPlan(tensors: meta.tensors, rules: try rules.assign(meta.tensors.map { ($0.name, $0.shape) }),
-                                 tp: tp)
+        let assigned = try rules.assign(meta.tensors.map { ($0.name, $0.shape) })
+        let plan = try ShardPlan(tensors: meta.tensors, rules: assigned, tp: tp)
         let handles = try meta.files.map { try ReadOnlyFile(path: $0.path) }
         let source = Manifest.Source(path: meta.directory, files: meta.files.map { Path.name($0.path) },
                                      modelType: "llama", rules: rules.name)

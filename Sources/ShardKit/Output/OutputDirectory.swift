@@ -133,7 +133,8 @@ final class OutputDirectory {
                 // Rank directories go last: until then the directory still shows it is ShardKit's.
                 let all = try OutputDirectory.entries(path)
                 let names = all.filter { $0 == Manifest.fileName }
-                    + all.filter { $0 != Manifest.fileName && !$0.hasPrefix("rank-") } + all.filter { $0.hasPrefix("rank-") }
+                    + all.filter { $0 != Manifest.fileName && !$0.hasPrefix("rank-") }
+                    + all.filter { $0.hasPrefix("rank-") }
                 for name in names {
                     FileSystem.removeTree(Path.join(path, name))
                     if name == Manifest.fileName { try FileSystem.syncDirectory(path) }

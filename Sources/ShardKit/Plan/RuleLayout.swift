@@ -47,7 +47,8 @@ extension SplitRule {
             return PieceLayout([try byHeads(size, heads: h, kv: true)])
         case .vocab(_, let multiple):
             guard let padded = SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: multiple) else {
-                throw refuse("vocab dimension \(size) (padding it to a multiple of lcm(\(multiple), \(ranks)) overflows)")
+                throw refuse("vocab dimension \(size) (padding it to a multiple of lcm(\(multiple), \(ranks)) "
+                             + "overflows)")
             }
             let per = padded / ranks
             return PieceLayout([(rank * per)..<((rank + 1) * per)])
@@ -83,7 +84,9 @@ extension SplitRule {
     /// The dimension's size once padded for `ranks` (only vocab rules pad).
     /// (A size whose padding would overflow gives `Int.max`; `layout` refuses it.)
     public func paddedSize(_ size: Int, ranks: Int) -> Int {
-        if case .vocab(_, let m) = self { return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m) ?? Int.max }
+        if case .vocab(_, let m) = self {
+            return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m) ?? Int.max
+        }
         return size
     }
 

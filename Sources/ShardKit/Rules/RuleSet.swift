@@ -66,7 +66,8 @@ public struct RuleSet: Sendable {
             used[i] = true
             // A later required entry that also matches is satisfied: the earlier one overrides it for
             // this tensor (a rules file's entry replacing a preset's), it was not left unused.
-            for j in (i + 1)..<entries.count where entries[j].required && !used[j] && entries[j].pattern.matches(t.name) {
+            for j in (i + 1)..<entries.count
+            where entries[j].required && !used[j] && entries[j].pattern.matches(t.name) {
                 used[j] = true
             }
             rules.append(try entries[i].rule.resolve(shape: t.shape, tensor: t.name).withVocabMultiple(vocabMultiple))
