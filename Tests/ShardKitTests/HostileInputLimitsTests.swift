@@ -126,3 +126,27 @@ struct HostileInputLimitsTests {
         #expect(DeflatedRecord.maxDecodedBytes(streamBytes: Int.max) == Int.max)
     }
 }
+
+@Suite("name patterns on hostile input")
+struct NamePatternLimitsTests {
+    @Test("wildcard runs against long names match in linear time; {a,b} groups cannot multiply without bound")
+    func patterns() throws {
+        let name = String(repeating: "a.", count: 1000) + "b"
+        let hostile = try NamePattern(String(repeating: "**.", count: 60) + "c")
+        let start = ContinuousClock.now
+        #expect(!hostile.matches(name))
+        #expect(try NamePattern(String(repeating: "*.", count: 1000) + "b").matches(name))
+        let manyDots = try NamePattern("**" + String(repeating: "*.", count: 50) + "b")
+        #expect(!manyDots.matches("x.y" + String(repeating: "z", count: 60) + "b"))
+        #expect(ContinuousClock.now - start < .seconds(5))
+        // The matcher's semantics: * is one or more non-dot bytes, ** anything.
+        #expect(try NamePattern("model.layers.*.mlp.{gate,up}_proj.weight").matches("model.layers.12.mlp.up_proj.weight"))
+        #expect(try !NamePattern("model.layers.*.weight").matches("model.layers..weight"))
+        #expect(try !NamePattern("model.*.weight").matches("model.a.b.weight"))
+        #expect(try NamePattern("model.**.weight").matches("model.a.b.weight"))
+        #expect(try NamePattern("**weight").matches("weight"))
+        expectShardKitError(caught { _ = try NamePattern(String(repeating: "{a,b}", count: 13)) }, .invalidRules,
+                            ["expands to more than 4096 alternatives"])
+        #expect(try NamePattern(String(repeating: "{a,b}", count: 12)).matches(String(repeating: "a", count: 12)))
+    }
+}

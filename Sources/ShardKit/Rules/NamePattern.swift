@@ -18,6 +18,11 @@ public struct NamePattern: Sendable, Hashable, CustomStringConvertible {
             if options.contains(where: { $0.contains("{") }) {
                 throw ShardKitError(.invalidRules, "pattern \"\(text)\": nested '{' is not supported")
             }
+            // `{a,b}{a,b}...` multiplies: bound the expansion before building it.
+            guard expanded.count * options.count <= NamePattern.maxAlternatives else {
+                throw ShardKitError(.invalidRules, "pattern \"\(String(text.prefix(200)))\": expands to more than "
+                                    + "\(NamePattern.maxAlternatives) alternatives")
+            }
             expanded = expanded.flatMap { base in options.map { base + prefix + $0 } }
             rest = rest[rest.index(after: close)...]
         }
@@ -47,33 +52,46 @@ public struct NamePattern: Sendable, Hashable, CustomStringConvertible {
         return tokens
     }
 
+    /// Most alternatives a pattern's `{...}` groups may expand to.
+    static let maxAlternatives = 4096
+
     public func matches(_ name: String) -> Bool {
         let bytes = Array(name.utf8)
-        return alternatives.contains { NamePattern.match($0[...], bytes[...]) }
+        return alternatives.contains { NamePattern.match($0, bytes) }
     }
 
-    static func match(_ tokens: ArraySlice<[Token]>.Element.SubSequence, _ s: ArraySlice<UInt8>) -> Bool {
-        guard let first = tokens.first else { return s.isEmpty }
-        let rest = tokens.dropFirst()
-        switch first {
-        case .literal(let lit):
-            guard s.count >= lit.count, s.prefix(lit.count).elementsEqual(lit) else { return false }
-            return match(rest, s.dropFirst(lit.count))
-        case .segment:
-            var i = s.startIndex
-            while i < s.endIndex && s[i] != UInt8(ascii: ".") {
-                i += 1
-                if match(rest, s[i...]) { return true }
+    /// Whether `tokens` match all of `s`, in O(tokens × bytes) time and O(bytes) memory: `reach[p]`
+    /// says the tokens so far can consume exactly `s[..<p]` (no backtracking, so patterns such as
+    /// `**.**.**.**` cannot take exponential time on a long name).
+    static func match(_ tokens: [Token], _ s: [UInt8]) -> Bool {
+        let n = s.count, dot = UInt8(ascii: ".")
+        var reach = [Bool](repeating: false, count: n + 1)
+        reach[0] = true
+        for token in tokens {
+            var next = [Bool](repeating: false, count: n + 1)
+            switch token {
+            case .literal(let lit):
+                for p in 0...n where reach[p] && p + lit.count <= n && s[p..<(p + lit.count)].elementsEqual(lit) {
+                    next[p + lit.count] = true
+                }
+            case .segment:
+                // One or more bytes, none a dot.
+                var active = false
+                for q in stride(from: 1, through: n, by: 1) {
+                    active = (active || reach[q - 1]) && s[q - 1] != dot
+                    next[q] = active
+                }
+            case .any:
+                var seen = false
+                for q in 0...n {
+                    seen = seen || reach[q]
+                    next[q] = seen
+                }
             }
-            return false
-        case .any:
-            var i = s.startIndex
-            while true {
-                if match(rest, s[i...]) { return true }
-                if i == s.endIndex { return false }
-                i += 1
-            }
+            reach = next
+            if !reach.contains(true) { return false }
         }
+        return reach[n]
     }
 
     public var description: String { text }
