@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "ShardKitReference", targets: ["ShardKitReference"]),
         .library(name: "ShardKitHDF5", targets: ["ShardKitHDF5"]),
         .executable(name: "shardkit", targets: ["ShardKitCLI"]),
+        .executable(name: "shardkit-fuzz", targets: ["ShardKitFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -28,11 +29,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]),
+        // Fuzzing (Fuzz/README.md): one target function per parser of untrusted bytes, and the
+        // libFuzzer / replay binary.
+        .target(name: "ShardKitFuzzTargets", dependencies: ["ShardKit", "ShardKitHDF5"]),
+        .executableTarget(name: "ShardKitFuzz", dependencies: ["ShardKitFuzzTargets"]),
         .executableTarget(name: "LoaderExample", dependencies: ["ShardKit"], path: "Examples/LoaderExample"),
         .target(name: "ShardKitTestSupport", dependencies: ["ShardKit"], path: "Tests/ShardKitTestSupport"),
         .testTarget(name: "ShardKitTests", dependencies: ["ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitHDF5Tests", dependencies: ["ShardKitHDF5", "ShardKit", "ShardKitTestSupport"]),
         .testTarget(name: "ShardKitReferenceTests", dependencies: ["ShardKitReference", "ShardKit", "ShardKitTestSupport"]),
+        .testTarget(name: "ShardKitFuzzTests", dependencies: ["ShardKitFuzzTargets"]),
         .testTarget(name: "ShardKitCLITests", dependencies: ["ShardKitCLI", "ShardKit", "LoaderExample", "ShardKitTestSupport"]),
     ]
 )
