@@ -4,7 +4,7 @@ $SCRATCH/llama-6L) into Meta's original layout: params.json + consolidated.NN.pt
 for --mp model-parallel files (q/k rows in Meta's rotary order, wq/wk/wv/w1/w3
 split on dim 0, wo/w2 on dim 1, tok_embeddings on dim 1, output on dim 0, norms
 whole in every file), the input for timing `shardkit reshard` of Meta checkpoints.
-Needs torch and safetensors (the fixtures venv):
+Needs torch, safetensors and transformers (the fixtures venv; fixtures/make_meta.py is imported):
 
     /work/venv-fixtures/bin/python Benchmarks/make-meta.py SRC OUT [--mp 2] [--force]
 
@@ -15,13 +15,9 @@ import argparse, json, os, shutil, sys
 import torch
 from safetensors.torch import load_file
 
-
-def permute(w, n, d1, d2):  # transformers' convert_llama_weights_to_hf.py: Meta -> HF
-    return w.view(n, d1 // n // 2, 2, d2).transpose(1, 2).reshape(d1, d2)
-
-
-def unpermute(w, n, d1, d2):  # HF -> Meta
-    return w.view(n, 2, d1 // n // 2, d2).transpose(1, 2).reshape(d1, d2)
+# The layout itself (names, split dimensions, q/k row order) is fixtures/make_meta.py's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+from make_meta import name_map, permute, unpermute  # noqa: E402
 
 
 def main():
@@ -38,19 +34,7 @@ def main():
         if f.endswith(".safetensors"): hf.update(load_file(os.path.join(a.src, f)))
     dim, nh, nkv, L = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"]
     hd = dim // nh
-    rows = [("tok_embeddings.weight", "model.embed_tokens.weight", 1)]
-    for i in range(L):
-        m, h = f"layers.{i}.", f"model.layers.{i}."
-        rows += [(m + "attention.wq.weight", h + "self_attn.q_proj.weight", 0),
-                 (m + "attention.wk.weight", h + "self_attn.k_proj.weight", 0),
-                 (m + "attention.wv.weight", h + "self_attn.v_proj.weight", 0),
-                 (m + "attention.wo.weight", h + "self_attn.o_proj.weight", 1),
-                 (m + "feed_forward.w1.weight", h + "mlp.gate_proj.weight", 0),
-                 (m + "feed_forward.w2.weight", h + "mlp.down_proj.weight", 1),
-                 (m + "feed_forward.w3.weight", h + "mlp.up_proj.weight", 0),
-                 (m + "attention_norm.weight", h + "input_layernorm.weight", None),
-                 (m + "ffn_norm.weight", h + "post_attention_layernorm.weight", None)]
-    rows += [("norm.weight", "model.norm.weight", None), ("output.weight", "lm_head.weight", 0)]
+    rows = name_map(L)
     full = {}
     for meta, name, _ in rows:
         w = hf[name]
