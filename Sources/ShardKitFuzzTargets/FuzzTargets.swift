@@ -94,22 +94,18 @@ public enum FuzzTargets {
         #if DEBUG || SHARDKIT_FUZZ_TESTABLE
         func bad(_ message: String) -> ShardKitError { ShardKitError(.invalidPyTorchFile, "fuzz: \(message)") }
         var storages: [String: PyTorchFile.Storage] = [:]
-        let interpreter = PickleReader.Interpreter(
-            globals: PyTorchFile.allowedGlobals,
-            dictAttributes: PyTorchFile.dictAttributes,
-            reduce: { callable, args in try PyTorchFile.reduce(callable, args, bad: bad) },
-            persistentLoad: { pid in
-                guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
-                      case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
-                      case .int(let numel) = t[4], numel >= 0 else { throw bad("persistent id") }
-                let dtype: DType? = module == "torch" ? PyTorchFile.storageTypes[typeName] : nil
-                if let known = storages[key] { return .object(known) }
-                guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1) else { throw bad("size") }
-                let s = PyTorchFile.Storage(key: key, dtype: dtype, count: numel, dataOffset: 0, byteCount: bytes,
-                                              encoding: .raw)
-                storages[key] = s
-                return .object(s)
-            })
+        let interpreter = PyTorchFile.interpreter(bad: bad, persistentLoad: { pid in
+            guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
+                  case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
+                  case .int(let numel) = t[4], numel >= 0 else { throw bad("persistent id") }
+            let dtype: DType? = module == "torch" ? PyTorchFile.storageTypes[typeName] : nil
+            if let known = storages[key] { return .object(known) }
+            guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1) else { throw bad("size") }
+            let s = PyTorchFile.Storage(key: key, dtype: dtype, count: numel, dataOffset: 0, byteCount: bytes,
+                                          encoding: .raw)
+            storages[key] = s
+            return .object(s)
+        })
         let reader = PickleReader(bytes: Array(data), what: "fuzz: data.pkl", interpreter: interpreter)
         do { _ = try reader.load { root in try PyTorchFile.stateDict(root, bad: bad) } } catch {}
         #endif

@@ -131,54 +131,60 @@ public struct PyTorchFile: Sendable {
 
         // Storages by key; the same key must always be described the same way.
         var storages: [String: Storage] = [:]
-        let interpreter = PickleReader.Interpreter(
-            globals: PyTorchFile.allowedGlobals,
-            dictAttributes: PyTorchFile.dictAttributes,
-            reduce: { callable, args in try PyTorchFile.reduce(callable, args, bad: bad) },
-            persistentLoad: { pid in
-                guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
-                      case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
-                      case .string = t[3], case .int(let numel) = t[4], numel >= 0 else {
-                    throw bad("data.pkl has a persistent id that is not ('storage', type, key, location, numel): "
-                              + pid.typeName)
+        let interpreter = PyTorchFile.interpreter(bad: bad, persistentLoad: { pid in
+            guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
+                  case .global(let module, let typeName) = t[1], case .string(let key) = t[2],
+                  case .string = t[3], case .int(let numel) = t[4], numel >= 0 else {
+                throw bad("data.pkl has a persistent id that is not ('storage', type, key, location, numel): "
+                          + pid.typeName)
+            }
+            let dtype: DType?
+            if module == "torch", let d = PyTorchFile.storageTypes[typeName] {
+                dtype = d
+            } else if PickleReader.Global(module: module, name: typeName) == PyTorchFile.untypedStorage {
+                dtype = nil
+            } else {
+                throw bad("storage type \(module).\(typeName) is not supported")
+            }
+            // torch names storages "0", "1", ...: a long key is not one (and would be hashed
+            // again at every reference).
+            guard key.utf8.count <= 32,
+                  key.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
+                throw bad("storage key \(key.prefix(40))... is not a short name")
+            }
+            if let known = storages[key] {
+                guard known.dtype == dtype, known.count == numel else {
+                    throw bad("storage \(key) is described two different ways")
                 }
-                let dtype: DType?
-                if module == "torch", let d = PyTorchFile.storageTypes[typeName] {
-                    dtype = d
-                } else if PickleReader.Global(module: module, name: typeName) == PyTorchFile.untypedStorage {
-                    dtype = nil
-                } else {
-                    throw bad("storage type \(module).\(typeName) is not supported")
-                }
-                // torch names storages "0", "1", ...: a long key is not one (and would be hashed
-                // again at every reference).
-                guard key.utf8.count <= 32,
-                      key.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
-                    throw bad("storage key \(key.prefix(40))... is not a short name")
-                }
-                if let known = storages[key] {
-                    guard known.dtype == dtype, known.count == numel else {
-                        throw bad("storage \(key) is described two different ways")
-                    }
-                    return .object(known)
-                }
-                guard let entry = zip.entry(named: prefix + "data/" + key) else {
-                    throw bad("data.pkl refers to storage \(key), but the archive has no record "
-                              + "\(prefix)data/\(key)")
-                }
-                let encoding = try encoding(entry)
-                guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1), bytes == entry.size else {
-                    throw bad("storage \(key) should hold \(numel) \(dtype?.rawValue ?? "byte") elements, "
-                              + "but its record has \(entry.size) bytes")
-                }
-                let s = Storage(key: key, dtype: dtype, count: numel, dataOffset: entry.dataOffset,
-                                byteCount: entry.size, encoding: encoding)
-                storages[key] = s
-                return .object(s)
-            })
+                return .object(known)
+            }
+            guard let entry = zip.entry(named: prefix + "data/" + key) else {
+                throw bad("data.pkl refers to storage \(key), but the archive has no record "
+                          + "\(prefix)data/\(key)")
+            }
+            let encoding = try encoding(entry)
+            guard let bytes = checkedProduct([numel], times: dtype?.size ?? 1), bytes == entry.size else {
+                throw bad("storage \(key) should hold \(numel) \(dtype?.rawValue ?? "byte") elements, "
+                          + "but its record has \(entry.size) bytes")
+            }
+            let s = Storage(key: key, dtype: dtype, count: numel, dataOffset: entry.dataOffset,
+                            byteCount: entry.size, encoding: encoding)
+            storages[key] = s
+            return .object(s)
+        })
         let reader = PickleReader(bytes: pickleBytes, what: "\(path): data.pkl", interpreter: interpreter)
         self.tensors = try reader.load { root in try PyTorchFile.stateDict(root, bad: bad) }
         self.path = path
+    }
+
+    /// The pickle interpreter of a state dict: exactly the allowed globals, BUILD attributes and calls;
+    /// `persistentLoad` turns a storage's persistent id into its `Storage`.
+    static func interpreter(bad: @escaping (String) -> ShardKitError,
+                            persistentLoad: @escaping (PickleReader.Value) throws -> PickleReader.Value)
+        -> PickleReader.Interpreter {
+        PickleReader.Interpreter(globals: allowedGlobals, dictAttributes: dictAttributes,
+                                 reduce: { callable, args in try reduce(callable, args, bad: bad) },
+                                 persistentLoad: persistentLoad)
     }
 
     /// The tensors of a `{name: tensor}` dict, in its order.
