@@ -161,7 +161,7 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, Gemma, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma, Mixtral, Phi-3
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -175,16 +175,25 @@ struct Model {
         }
         // Granite scales the embeddings, each residual branch, the attention scores and the logits by
         // constants of its config.
-        let granite = type == "granite", olmo2 = type == "olmo2"
+        let granite = type == "granite", olmo2 = type == "olmo2", stablelm = type == "stablelm"
+        if stablelm, config.bool("qk_layernorm") == true {
+            throw Model.configError(config, "StableLM with qk_layernorm (per-head LayerNorms) has no reference pass")
+        }
+        // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
+        let parallel = stablelm && config.bool("use_parallel_residual") == true
+        func norm(_ h: [Act], _ name: String) throws -> [Act] {
+            stablelm ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
+                     : try rmsAll(ctx, h, name, plusOne: gemma)
+        }
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
         if granite {
             let m = Float(config.double("embedding_multiplier") ?? 1)
             for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= m } }
         }
         try observe("embeddings", h)
-        // Only Phi-3 of this family rotates part of each head.
-        let rotary = config.rotary()
-        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 ? rotary.partialFactor : 1)
+        // Phi-3 and StableLM (default 0.25) rotate part of each head.
+        let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : 1)
+        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm ? rotary.partialFactor : 1)
         let act = try activation
         let scale = Float(granite ? config.double("attention_multiplier") ?? 1 : 1 / Double(headDim).squareRoot())
         let qSize = heads * headDim, kvSize = kvHeads * headDim
@@ -195,7 +204,7 @@ struct Model {
         for i in 0..<layers {
             let p = "model.layers.\(i)."
             // OLMo 2 normalizes after each branch instead of before.
-            let x = olmo2 ? h : try rmsAll(ctx, h, p + "input_layernorm.weight", plusOne: gemma)
+            let x = olmo2 ? h : try norm(h, p + "input_layernorm.weight")
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             if phi3 {
                 let qkv = try ctx.column(x, weight: p + "self_attn.qkv_proj.weight",
@@ -229,7 +238,8 @@ struct Model {
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
             if olmo2 { o = try rmsAll(ctx, o, p + "post_attention_layernorm.weight") }
             try add(&h, scaled(o), p + "self_attn.o_proj")
-            let x2 = olmo2 ? h : try rmsAll(ctx, h, p + "post_attention_layernorm.weight", plusOne: gemma)
+            // With a parallel residual the MLP reads the same normalized input as attention.
+            let x2 = olmo2 ? h : parallel ? x : try norm(h, p + "post_attention_layernorm.weight")
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
@@ -258,7 +268,7 @@ struct Model {
             try add(&h, scaled(olmo2 ? try rmsAll(ctx, m, p + "post_feedforward_layernorm.weight") : m), p + "mlp")
             try observe("layers.\(i)", h)
         }
-        h = try rmsAll(ctx, h, "model.norm.weight", plusOne: gemma)
+        h = try norm(h, "model.norm.weight")
         try observe("final_norm", h)
         var logits = try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
         if granite, let s = config.double("logits_scaling"), s != 1 {

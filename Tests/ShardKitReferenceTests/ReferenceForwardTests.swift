@@ -6,7 +6,7 @@ import Testing
 /// The f32 fixtures must match Hugging Face within 1e-4 relative error; the bf16 fixture's reference was
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
-let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "mistral", "gemma", "phi3", "gpt2",
+let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert"]
 
 @Suite("Reference forward pass")

@@ -60,6 +60,7 @@ public enum Architectures {
         Architecture("qwen3_moe", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("olmo2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("stablelm", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
@@ -133,6 +134,13 @@ public enum Architectures {
         if type == "qwen3" || type == "qwen3_moe" {
             // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "stablelm" {
+            // StableLM's norms are LayerNorms with biases.
+            list += [
+                e(p + "{input_layernorm,post_attention_layernorm}.bias", .replicated),
+                e("model.norm.bias", .replicated),
+            ]
         }
         if type == "olmo2" {
             // OLMo 2 normalizes q and k over the whole projection (all heads), and each branch's output.
