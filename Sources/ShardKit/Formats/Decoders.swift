@@ -76,6 +76,14 @@ final class Inflater {
         return buffer.count - Int(stream.pointee.avail_out)
     }
 
+    /// Once the expected bytes are out: true when the stream ends there (one more byte decodes to none).
+    func endsHere(what: String) throws -> Bool {
+        if finished { return true }
+        var probe: UInt8 = 0
+        let extra = try withUnsafeMutableBytes(of: &probe) { try inflate(into: $0, what: what) }
+        return extra == 0 && finished
+    }
+
     /// Compressed bytes left unread after the stream's end (none is allowed).
     var trailingBytes: Int { Int(stream.pointee.avail_in) + (range.upperBound - next) }
 }
@@ -132,14 +140,10 @@ final class InflatingReader: ByteSource, @unchecked Sendable {
 
     /// At the end of the stream: nothing more to decode, the length and checksum the archive states.
     private func checkEnd(_ inflater: Inflater) throws {
-        if !inflater.finished {
-            // All bytes are out; the stream must end here, not decode more.
-            var probe: UInt8 = 0
-            let extra = try withUnsafeMutableBytes(of: &probe) { try inflater.inflate(into: $0, what: what) }
-            guard extra == 0, inflater.finished else {
-                throw ShardKitError(.invalidCheckpoint, "\(what): decodes to more than the \(record.decodedBytes) "
-                                                        + "bytes the archive says")
-            }
+        // All bytes are out; the stream must end here, not decode more.
+        guard try inflater.endsHere(what: what) else {
+            throw ShardKitError(.invalidCheckpoint, "\(what): decodes to more than the \(record.decodedBytes) "
+                                                    + "bytes the archive says")
         }
         guard position == record.decodedBytes else {
             throw ShardKitError(.invalidCheckpoint, "\(what): decodes to \(position) bytes, but the archive "
@@ -255,11 +259,10 @@ final class ChunkedReader: ByteSource, @unchecked Sendable {
         if active.contains(.deflate) {
             let inflater = try Inflater(file: file, range: c.offset..<(c.offset + c.byteCount), raw: false)
             let n = try inflater.inflate(into: target, what: what)
-            var probe: UInt8 = 0
-            let extra = try withUnsafeMutableBytes(of: &probe) { try inflater.inflate(into: $0, what: what) }
-            guard n == storage.chunkBytes, extra == 0, inflater.finished else {
-                throw ShardKitError(.invalidCheckpoint, "\(what): decompresses to \(n + extra)\(extra > 0 ? "+" : "") "
-                                                        + "bytes, not the chunk's \(storage.chunkBytes)")
+            guard n == storage.chunkBytes, try inflater.endsHere(what: what) else {
+                let decoded = n == storage.chunkBytes ? "more than \(n)" : "\(n)"
+                throw ShardKitError(.invalidCheckpoint,
+                                    "\(what): decompresses to \(decoded) bytes, not the chunk's \(storage.chunkBytes)")
             }
         } else {
             guard c.byteCount == storage.chunkBytes else {
