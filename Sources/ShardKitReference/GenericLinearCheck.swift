@@ -49,7 +49,7 @@ public enum GenericLinearCheck {
     /// one comparison per tensor. `ctx` holds the ranks' weights.
     static func check(shards: ShardSet, names: [String], full fullW: WeightProvider, ctx: TPContext,
                       tolerance tol: Double) throws -> [LayerComparison] {
-        let ranks = ctx.weights
+        guard let ranks = ctx.weights as? RankWeights else { preconditionFailure("the TP context holds the ranks") }
         let position = Dictionary(uniqueKeysWithValues: shards.manifest.order.enumerated().map { ($1, $0) })
         var layers: [LayerComparison] = []
         for name in names {
@@ -66,7 +66,7 @@ public enum GenericLinearCheck {
             }
             var got: [Float] = [], want: [Float] = []
             if t.shape.count == 1 {
-                let pieces = try (0..<shards.tp).map { try ranks.load(name, rank: $0) }
+                let pieces = try ranks.loadCopy(name)
                 let acts = pieces.map { Act(rows: 1, labels: $0.labels(along: 0), data: $0.data) }
                 let gathered = try ctx.allGather(acts, size: t.shape[0], what: name)
                 got = gathered[0].data; want = w.data
@@ -82,8 +82,7 @@ public enum GenericLinearCheck {
                 let conv = outDim == 1
                 let (yFull, _) = try ctx.linear(x, w, bias: nil, conv1D: conv, rank: 0)
                 var outs: [Act] = [], partial: [Bool] = []
-                for r in 0..<shards.tp {
-                    let p = try ranks.load(name, rank: r)
+                for (r, p) in try ranks.loadCopy(name).enumerated() {
                     let (y, isPartial) = try ctx.linear(x, p, bias: nil, conv1D: conv, rank: r)
                     outs.append(y); partial.append(isPartial)
                 }

@@ -301,6 +301,10 @@ struct Model {
         return !dense.contains(i) && experts > 0 && step > 0 && (i + 1) % step == 0
     }
 
+    /// A sparse MoE block: a replicated router, top-k experts. Each rank computes the experts it holds
+    /// for the tokens routed to them: with EP 1 a slice of every expert (partial sums when split by
+    /// rows); with expert parallelism only its group's experts (the dispatch of an all-to-all). The
+    /// ranks' weighted outputs are then summed (the combine).
     func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation,
              experts names: (gate: String, up: String, down: String) = ("w1", "w3", "w2"),
              normalize: Bool = true) throws -> [Act] {
@@ -309,6 +313,10 @@ struct Model {
             throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
         }
         let T = x[0].rows
+        func expert(_ e: Int, _ part: String) -> String { p + "experts.\(e).\(part).weight" }
+        let expertParallel = (0..<ctx.G).contains { r in
+            (0..<E).contains { !ctx.weights.holds(expert($0, names.gate), rank: r) }
+        }
         var outs: [Act] = [], partials: [Bool] = []
         for r in 0..<ctx.G {
             let gate = try ctx.load(p + "gate.weight", rank: r)
@@ -336,7 +344,7 @@ struct Model {
                 for t in 0..<T {
                     if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) }
                 }
-                if rows.isEmpty { continue }
+                if rows.isEmpty || !ctx.weights.holds(expert(e, names.gate), rank: r) { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
                 let gateW = try ctx.load(ep + names.gate + ".weight", rank: r)
@@ -357,7 +365,7 @@ struct Model {
                     for j in 0..<hidden { acc.data[t * hidden + j] += y.data[k * hidden + j] * weights[k] }
                 }
             }
-            outs.append(acc); partials.append(rankPartial ?? true)
+            outs.append(acc); partials.append(expertParallel || (rankPartial ?? true))
         }
         return try ctx.combine(outs, partial: partials, what: p + "experts")
     }

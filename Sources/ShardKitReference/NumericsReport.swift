@@ -110,5 +110,23 @@ public struct NumericsReport: Codable, Sendable {
     public var productGFLOPS: Double
     /// Wall time of the whole check.
     public var seconds: Double
+    /// Pipeline stages and EP groups of the shard set (1 and 1 for plain TP).
+    public var pp: Int = 1
+    public var ep: Int = 1
+    /// Per pipeline stage (for a set with stages or EP): the stage's ranks and layers and the worst
+    /// full-vs-TP comparison among the states it computed (the last one is what it hands on).
+    public var stages: [StageComparison]? = nil
+}
+
+/// One pipeline stage's part of the TP pass.
+public struct StageComparison: Codable, Sendable, Equatable {
+    public var stage: Int
+    /// World ranks of the stage.
+    public var ranks: [Int]
+    /// Decoder layers it ran, `[start, end)`.
+    public var layers: [Int]
+    /// The states it computed, in order (embeddings, layers.N, final_norm, …).
+    public var checkpoints: [String]
+    public var worst: ComparisonStats
 }
 

@@ -96,12 +96,27 @@ public enum ReferenceForward {
         }
         let rankWeights = try RankWeights(shards)
         let tpContext = TPContext(weights: rankWeights, gemm: gemm)
+        // Pipeline stages run in sequence: after each state the pass observes, the next layer (or the
+        // final norm and head) runs on the ranks of the stage that holds it, which receive the hidden
+        // state (the stages' send / receive); each reads only its own ranks' pieces.
+        let layout = shards.layout
+        if layout.pp > 1, layout.stageLayers.last?.upperBound != model.layers {
+            throw ShardKitError(.verificationFailed, "the shard set's stages hold layers 0..<"
+                + "\(layout.stageLayers.last?.upperBound ?? 0), config.json says \(model.layers)")
+        }
+        var stageOf: [String: Int] = [:]
+        rankWeights.stage = 0
         let tpOut = try model.forward(tpContext, tokens: input, tokenTypes: types) { name, acts in
             guard let want = snapshots[name] else {
                 throw ShardKitError(.verificationFailed, "TP pass produced \(name), the full pass did not")
             }
             stats[name] = try compareRanks(acts, want, name: name, tolerance: tol)
+            stageOf[name] = rankWeights.stage
+            let next = name == "embeddings" ? 0
+                : name.hasPrefix("layers.") ? Int(name.dropFirst(7)).map { $0 + 1 } : nil
+            if let next { rankWeights.stage = next < model.layers ? layout.stage(ofLayer: next) ?? 0 : layout.pp - 1 }
         }
+        stageOf[model.outputName] = rankWeights.stage
         var layers = order.compactMap { n in stats[n].map { LayerComparison(name: n, stats: $0) } }
         let final = try compareRanks(tpOut, fullOut[0].data, name: model.outputName, tolerance: tol)
 
@@ -130,13 +145,22 @@ public enum ReferenceForward {
         if let refTP { all.append(LayerComparison(name: "reference (TP)", stats: refTP)) }
         let worst = all.max { $0.stats.maxRelError < $1.stats.maxRelError }
         let passed = all.allSatisfy { $0.stats.passed }
+        stats[model.outputName] = final
+        let stages: [StageComparison]? = layout.isTensorParallelOnly ? nil : (0..<layout.pp).map { s in
+            let names = (order + [model.outputName]).filter { stageOf[$0] == s && stats[$0] != nil }
+            let range = layout.stageLayers.isEmpty ? 0..<model.layers : layout.stageLayers[s]
+            return StageComparison(stage: s, ranks: Array((s * layout.tp)..<((s + 1) * layout.tp)),
+                                   layers: [range.lowerBound, range.upperBound], checkpoints: names,
+                                   worst: names.dropFirst().reduce(stats[names[0]]!) { $0.worst(stats[$1]!) })
+        }
         return NumericsReport(architecture: model.type, tp: shards.tp, tokens: input.count, layers: layers,
                               final: final, reference: refStats, referenceTP: refTP, worstLayer: worst?.name,
                               passed: passed, tolerance: tol, referenceTolerance: refTol,
                               gemmFlops: gemm.flops, gemmWorkers: gemm.workers,
                               gemmSeconds: gemm.secondsPerWorker,
                               gemmGFLOPS: gemm.gflops, productGFLOPS: gemm.productGFLOPS,
-                              seconds: start.duration(to: .now).seconds)
+                              seconds: start.duration(to: .now).seconds,
+                              pp: layout.pp, ep: layout.ep, stages: stages)
     }
 
     /// The default input: 16 deterministic ids covering 0, vocab − 1 and vocab − 2.

@@ -204,15 +204,4 @@ struct TPContext {
 }
 
 /// A compact description of a label list for error messages.
-func describe(_ labels: [Int]) -> String {
-    guard let first = labels.first else { return "none" }
-    var ranges: [String] = []
-    var start = first, prev = first
-    for l in labels.dropFirst() {
-        if l == prev + 1 { prev = l; continue }
-        ranges.append(start == prev ? "\(start)" : "\(start)..<\(prev + 1)")
-        start = l; prev = l
-    }
-    ranges.append(start == prev ? "\(start)" : "\(start)..<\(prev + 1)")
-    return ranges.count > 6 ? ranges.prefix(6).joined(separator: ", ") + ", …" : ranges.joined(separator: ", ")
-}
+func describe(_ labels: [Int]) -> String { describeRuns(labels, limit: 6) }

@@ -41,7 +41,8 @@ public struct VerifyRun {
             checks.append(check)
             summary = s
         }
-        return VerifyReport(shards: shards.directory, tp: shards.tp, checks: checks, numerics: summary,
+        return VerifyReport(shards: shards.directory, tp: shards.tp, pp: shards.layout.pp, ep: shards.layout.ep,
+                            checks: checks, numerics: summary,
                             passed: checks.allSatisfy { $0.status != .fail })
     }
 
@@ -97,6 +98,8 @@ public struct VerifyRun {
 public struct VerifyReport: Codable, Sendable {
     public var shards: String
     public var tp: Int
+    public var pp: Int
+    public var ep: Int
     public var checks: [Verify.Check]
     public var numerics: NumericsSummary?
     public var passed: Bool

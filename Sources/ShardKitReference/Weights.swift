@@ -75,6 +75,13 @@ protocol WeightProvider {
     /// The tensor's global (unpadded) shape, without loading it.
     func globalShape(_ name: String) -> [Int]?
     func load(_ name: String, rank: Int) throws -> Piece
+    /// Whether TP rank `rank` (of the current stage) holds a piece of `name` (false for an expert that
+    /// another EP group computes).
+    func holds(_ name: String, rank: Int) -> Bool
+}
+
+extension WeightProvider {
+    func holds(_ name: String, rank: Int) -> Bool { has(name) }
 }
 
 /// Full weights read straight from a checkpoint, one tensor at a time.
@@ -130,37 +137,61 @@ final class ReassembledWeights: WeightProvider {
     }
 }
 
-/// The G ranks of a shard set: each rank's own piece, its layout taken from the manifest's rule and
-/// intervals (never re-derived).
+/// The ranks of a shard set: each rank's own piece, its layout taken from the manifest's rule and
+/// intervals (never re-derived). A forward pass sees the G = tp ranks of the current pipeline `stage`:
+/// its TP rank r is world rank stage · tp + r, and a tensor that stage does not hold cannot be read.
 final class RankWeights: WeightProvider {
     let shardSet: ShardSet
-    /// Each rank's validated files, with a handle for positioned reads (no mapping: pages of mapped
-    /// files would stay in RSS as the pass walks the model).
+    /// Each world rank's validated files, with a handle for positioned reads (no mapping: pages of
+    /// mapped files would stay in RSS as the pass walks the model).
     let files: [[String: (SafetensorsFile, ReadOnlyFile)]]
     /// Names of the tensors loaded so far (what a forward pass actually read).
     private(set) var loaded = Set<String>()
+    /// The pipeline stage whose ranks the pass runs on.
+    var stage = 0
 
     init(_ set: ShardSet) throws {
         self.shardSet = set
         files = try set.openAllRanks()
     }
     var ranks: Int { shardSet.tp }
+    func holds(_ name: String, rank r: Int) -> Bool {
+        shardSet.manifest.tensors[name]?.piece(rank: stage * shardSet.tp + r) != nil
+    }
     func has(_ name: String) -> Bool { shardSet.manifest.tensors[name] != nil }
     func dtype(_ name: String) -> DType? { shardSet.manifest.tensors[name]?.dtype }
     func globalShape(_ name: String) -> [Int]? { shardSet.manifest.tensors[name]?.shape }
     private func bad(_ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "\(shardSet.directory): \(message)")
     }
+    /// TP rank `r` of the current stage's piece of `name`.
     func load(_ name: String, rank r: Int) throws -> Piece {
         guard let record = shardSet.manifest.tensors[name] else { throw bad("no tensor \(name)") }
-        let file = record.pieces[r].file
-        guard let (sf, handle) = files[r][file] else { throw bad("rank \(r) file \(file) is not open") }
+        let w = stage * shardSet.tp + r
+        guard let piece = record.piece(rank: w) else {
+            let holders = shardSet.manifest.holders(of: record).ranks
+            throw ShardKitError(.verificationFailed, "rank \(r) of stage \(stage) (world rank \(w)) needs \(name), "
+                + "which it does not hold (held by world ranks \(describeRuns(holders)), stages \(record.stages))")
+        }
+        return try load(name, piece: piece, record: record)
+    }
+
+    /// The pieces of one copy of `name` (the first stage's that holds it), in rank order.
+    func loadCopy(_ name: String) throws -> [Piece] {
+        guard let record = shardSet.manifest.tensors[name] else { throw bad("no tensor \(name)") }
+        let ways = shardSet.manifest.holders(of: record).ways
+        return try record.pieces.prefix(ways).map { try load(name, piece: $0, record: record) }
+    }
+
+    private func load(_ name: String, piece: Manifest.Piece, record: Manifest.Tensor) throws -> Piece {
+        let r = piece.rank
+        guard let (sf, handle) = files[r][piece.file] else { throw bad("rank \(r) file \(piece.file) is not open") }
         let info = try shardSet.pieceLocation(name, rank: r, in: sf)
         let bytes = try handle.read(count: info.byteCount, at: info.offset)
         loaded.insert(name)
         var index: [Int]? = nil
         if record.rule.dim != nil {
-            index = record.pieces[r].intervals.flatMap { Array($0[0]..<$0[1]) }
+            index = piece.intervals.flatMap { Array($0[0]..<$0[1]) }
         }
         let dim = record.rule.dim
         if let dim, let index, dim < info.shape.count, index.count != info.shape[dim] {

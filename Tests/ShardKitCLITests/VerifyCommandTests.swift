@@ -182,7 +182,7 @@ struct VocabMultipleTests {
     func rowsPerRank(_ dir: String, _ name: String) throws -> [Int] {
         let m = try ShardSet(directory: dir).manifest
         let t = try #require(m.tensors[name])
-        return (0..<m.tp).map { m.layout(of: t, rank: $0).length }
+        return t.pieces.map { m.layout(of: $0).length }
     }
 
     @Test("vLLM (64) and Megatron (128 × TP) layouts: the rows per rank each engine expects; verify passes; reshard and --tp 1 drop the padding")

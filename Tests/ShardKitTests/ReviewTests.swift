@@ -165,7 +165,7 @@ extension ReviewTests {
     func hugeTP() throws {
         try withTempDir { dir in
             let out = try editedManifest(dir) { $0["tp"] = Int.max }
-            expectShardKitError(caught { _ = try ShardSet(directory: out) }, .invalidManifest, ["ranks must list"])
+            expectShardKitError(caught { _ = try ShardSet(directory: out) }, .invalidManifest, ["more than the 65536 ranks"])
         }
     }
 

@@ -26,10 +26,13 @@ public struct TensorView: @unchecked Sendable {
     public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
 }
 
-/// One rank of a shard set, its files mapped: the zero-copy view a loader uses.
+/// One world rank of a shard set, its files mapped: the zero-copy view a loader uses.
 public final class RankView: @unchecked Sendable {
+    /// The world rank (stage · tp + TP rank).
     public let rank: Int
     public let shardSet: ShardSet
+    /// The tensors this rank holds, in manifest order.
+    public let names: [String]
     let mapped: [String: MappedFile]
     let located: [String: (file: String, info: TensorInfo)]
 
@@ -40,20 +43,45 @@ public final class RankView: @unchecked Sendable {
         var mapped: [String: MappedFile] = [:]
         for (rel, f) in files { mapped[rel] = try MappedFile(path: f.path) }
         var located: [String: (String, TensorInfo)] = [:]
+        var names: [String] = []
         for name in set.manifest.order {
-            let file = set.manifest.tensors[name]!.pieces[r].file
-            located[name] = (file, try set.pieceLocation(name, rank: r, files: files))
+            guard let piece = set.manifest.tensors[name]!.piece(rank: r) else { continue }
+            located[name] = (piece.file, try set.pieceLocation(name, rank: r, files: files))
+            names.append(name)
         }
         self.mapped = mapped
         self.located = located
+        self.names = names
     }
 
-    /// Tensor names in manifest order.
-    public var names: [String] { shardSet.manifest.order }
+    /// This rank's pipeline stage and its TP rank within the stage.
+    public var stage: Int { shardSet.layout.coordinates(of: rank).pp }
+    public var tpRank: Int { shardSet.layout.coordinates(of: rank).tp }
+
+    /// The decoder layers this rank's stage runs (nil when the manifest does not record them: a
+    /// version 1 manifest, where the one stage runs every layer).
+    public var layers: Range<Int>? {
+        let l = shardSet.layout
+        return l.stageLayers.isEmpty ? nil : l.stageLayers[stage]
+    }
+
+    /// The experts this rank computes, by MoE layer of its stage (EP > 1 only; with EP 1 every rank
+    /// holds a slice of every expert).
+    public var experts: [Int: [Int]] {
+        let l = shardSet.layout
+        guard l.ep > 1 else { return [:] }
+        let group = tpRank / l.groupSize
+        var result: [Int: [Int]] = [:]
+        for (layer, groups) in l.experts where layers?.contains(layer) ?? true { result[layer] = groups[group] }
+        return result
+    }
 
     /// This rank's piece of `name`, zero-copy.
     public func tensor(_ name: String) throws -> TensorView {
-        guard let (file, info) = located[name] else { throw shardSet.noTensor(name) }
+        guard let (file, info) = located[name] else {
+            _ = try shardSet.piece(name, rank: rank)   // says whether the tensor exists, and who holds it
+            throw shardSet.noTensor(name)
+        }
         return TensorView(name: name, dtype: info.dtype, shape: info.shape, file: mapped[file]!,
                           range: info.offset..<(info.offset + info.byteCount))
     }

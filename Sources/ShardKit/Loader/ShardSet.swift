@@ -19,15 +19,30 @@ public struct ShardSet: Sendable {
         self.manifest = try Manifest.read(directory: directory)
     }
 
+    /// The TP degree (ranks per pipeline stage).
     public var tp: Int { manifest.tp }
+    /// Number of world ranks (stages × TP).
+    public var worldSize: Int { manifest.worldSize }
+    /// Stages, TP, EP, each stage's layers and the expert placement.
+    public var layout: ParallelLayout { manifest.layout }
 
-    /// Opens rank `r`'s files (memory-mapped) and checks that each piece the manifest lists is there
-    /// with the right dtype and shape.
+    /// Opens world rank `r`'s files (memory-mapped) and checks that each piece the manifest lists
+    /// for it is there with the right dtype and shape.
     public func rank(_ r: Int) throws -> RankView { try RankView(set: self, rank: r) }
 
-    /// The validated safetensors files of rank `r`, keyed by relative path.
+    /// Opens TP rank `tp` of pipeline stage `stage`.
+    public func rank(stage: Int, tp r: Int) throws -> RankView {
+        guard stage >= 0 && stage < layout.pp, r >= 0 && r < tp else {
+            throw ShardKitError(.notFound, "stage \(stage), TP rank \(r) is outside \(layout.pp) stages × TP \(tp)")
+        }
+        return try rank(layout.worldRank(stage: stage, tp: r))
+    }
+
+    /// The validated safetensors files of world rank `r`, keyed by relative path.
     public func rankFiles(_ r: Int) throws -> [String: SafetensorsFile] {
-        guard r >= 0 && r < tp else { throw ShardKitError(.notFound, "rank \(r) out of range 0..<\(tp)") }
+        guard r >= 0 && r < worldSize else {
+            throw ShardKitError(.notFound, "rank \(r) out of range 0..<\(worldSize)")
+        }
         var result: [String: SafetensorsFile] = [:]
         for f in manifest.ranks[r].files {
             let path = try member(f)
@@ -65,15 +80,23 @@ public struct ShardSet: Sendable {
 
     /// Where rank `r`'s piece of `name` lives, checked against the manifest.
     public func pieceLocation(_ name: String, rank r: Int, files: [String: SafetensorsFile]) throws -> TensorInfo {
+        try pieceLocation(name, rank: r, in: files[try piece(name, rank: r).file])
+    }
+
+    /// World rank `r`'s piece of `name` in the manifest; throws when the rank holds none.
+    public func piece(_ name: String, rank r: Int) throws -> Manifest.Piece {
         guard let t = manifest.tensors[name] else { throw noTensor(name) }
-        return try pieceLocation(name, rank: r, in: files[t.pieces[r].file])
+        guard let piece = t.piece(rank: r) else {
+            throw ShardKitError(.notFound, "rank \(r) holds no piece of \(name) (held by ranks "
+                                + "\(describeRuns(t.pieces.map(\.rank))))")
+        }
+        return piece
     }
 
     /// Where rank `r`'s piece of `name` lives in `file` (the rank file the manifest names for it,
     /// nil when it could not be opened), checked against the manifest.
     public func pieceLocation(_ name: String, rank r: Int, in file: SafetensorsFile?) throws -> TensorInfo {
-        guard let t = manifest.tensors[name] else { throw noTensor(name) }
-        let piece = t.pieces[r]
+        let t = manifest.tensors[name]!, piece = try self.piece(name, rank: r)
         func bad(_ message: String) -> ShardKitError {
             ShardKitError(.invalidManifest, "\(Path.join(directory, piece.file)): \(message)")
         }
@@ -87,26 +110,27 @@ public struct ShardSet: Sendable {
         return info
     }
 
-    /// Copy sources for every rank's piece of `name` (for reshard, reassembly and verification).
-    /// `files[r]` are rank r's open files by relative path.
+    /// Copy sources for the pieces of one copy of `name` (for reshard, reassembly and verification):
+    /// the first stage's that holds it. `files[r]` are world rank r's open files by relative path.
     public func sources(for name: String, files: [[String: (SafetensorsFile, ReadOnlyFile)]],
                         checkCRC: Bool = true) throws -> [CopySource] {
         guard let t = manifest.tensors[name] else { throw noTensor(name) }
-        return try (0..<tp).map { r in
-            let piece = t.pieces[r]
+        let ways = manifest.holders(of: t).ways
+        return try t.pieces.prefix(ways).map { piece in
+            let r = piece.rank
             guard let (sf, handle) = files[r][piece.file] else {
                 throw ShardKitError(.invalidManifest, "rank \(r) file \(piece.file) not open")
             }
             let info = try pieceLocation(name, rank: r, in: sf)
-            return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: t, rank: r),
+            return CopySource(file: handle, offset: info.offset, layout: manifest.layout(of: piece),
                               expectedCRC: checkCRC ? CRC32C.parse(hex: piece.crc32c) : nil,
                               label: "rank \(r) file \(Path.join(directory, piece.file))")
         }
     }
 
-    /// Opens every rank's files for `sources(for:files:)`.
+    /// Opens every world rank's files for `sources(for:files:)`.
     public func openAllRanks() throws -> [[String: (SafetensorsFile, ReadOnlyFile)]] {
-        try (0..<tp).map { try openRank($0) }
+        try (0..<worldSize).map { try openRank($0) }
     }
 
     /// Rank `r`'s files, validated and opened for reading, by relative path.
@@ -123,6 +147,17 @@ public struct ShardSet: Sendable {
         try CopyEngine.copy(tensor: name, geometry: g, sources: try sources(for: name, files: files),
                             destinations: [CopyDestination(layout: PieceLayout([0..<g.size]), sink: sink)],
                             buffers: buffers)
+    }
+
+    /// The plan that cuts this set's tensors (their names, shapes and rules) for the layout `request`
+    /// asks for, with vocab rules padded for `vocabMultiple` (nil: as recorded). The set's config.json,
+    /// when it has one, says whether the LM head is tied to the embedding.
+    public func plan(for request: LayoutRequest, vocabMultiple: Int? = nil) throws -> ShardPlan {
+        let m = manifest
+        let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
+        let rules = m.order.map { vocabMultiple.map(m.tensors[$0]!.rule.withVocabMultiple) ?? m.tensors[$0]!.rule }
+        let config = m.extraFiles.contains("config.json") ? try ModelConfig(path: try member("config.json")) : nil
+        return try ShardPlan(tensors: list, rules: rules, request: request, config: config)
     }
 
     /// The error for a tensor the manifest does not list.

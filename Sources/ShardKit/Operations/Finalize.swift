@@ -28,37 +28,40 @@ extension Reshard {
             ShardKitError(.invalidManifest, "\(directory)/\(dir)/part.json: \(message)")
         }
         var merged = try readPart(first)
-        let tp = merged.tp
+        let world = merged.worldSize
         // A part is untrusted until merged and validated: check what the merge below indexes by.
-        guard tp >= 1, tp <= ShardPlan.maxTP, merged.ranks.count == tp,
+        guard merged.tp >= 1, merged.layout.pp >= 1, merged.tp <= ShardPlan.maxTP,
+              merged.layout.pp <= ShardPlan.maxTP, world <= ParallelLayout.maxWorldSize, merged.ranks.count == world,
               merged.order.count == merged.tensors.count, Set(merged.order) == Set(merged.tensors.keys) else {
-            throw badPart(first, "malformed (tp, ranks or order do not agree)")
+            throw badPart(first, "malformed (tp, pp, ranks or order do not agree)")
         }
         var parts: [Manifest] = []
-        for r in 0..<tp {
+        for r in 0..<world {
             guard FileSystem.exists(Path.join(directory, "rank-\(r)/part.json")) else {
                 throw ShardKitError(.invalidManifest,
-                                    "\(directory): rank \(r) of \(tp) is missing (no rank-\(r)/part.json)",
+                                    "\(directory): rank \(r) of \(world) is missing (no rank-\(r)/part.json)",
                                     remedy: .writeRank(r))
             }
             let p = try readPart("rank-\(r)")
-            guard p.tp == tp, p.order == merged.order, p.source == merged.source else {
+            guard p.layout == merged.layout, p.order == merged.order, p.source == merged.source else {
                 throw badPart("rank-\(r)", "belongs to a different run")
             }
             parts.append(p)
         }
+        // Each part holds the pieces of its own rank; the merged tensor takes them in rank order.
         for name in merged.order {
             var t = merged.tensors[name]!
-            t.pieces = try (0..<tp).map { r in
+            t.pieces = try (0..<world).flatMap { r -> [Manifest.Piece] in
                 guard let pt = parts[r].tensors[name], pt.dtype == t.dtype, pt.shape == t.shape, pt.rule == t.rule,
-                      pt.pieces.count == 1, pt.pieces[0].rank == r else {
+                      pt.stages == t.stages, pt.group == t.group, pt.pieces.count <= 1,
+                      pt.pieces.allSatisfy({ $0.rank == r }) else {
                     throw badPart("rank-\(r)", "tensor \(name) disagrees with the other parts")
                 }
-                return pt.pieces[0]
+                return pt.pieces
             }
             merged.tensors[name] = t
         }
-        for r in 0..<tp {
+        for r in 0..<world {
             for f in merged.ranks[r].files where !FileSystem.exists(Path.join(directory, f)) {
                 throw ShardKitError(.invalidManifest, "\(directory): rank \(r) file \(f) is missing")
             }
@@ -68,7 +71,7 @@ extension Reshard {
         }
         try merged.validate(path: Path.join(directory, Manifest.fileName))
         try ShardSetWriter.writeManifest(&merged, directory: directory)
-        for r in 0..<tp { FileSystem.removeTree(Path.join(directory, "rank-\(r)/part.json")) }
+        for r in 0..<world { FileSystem.removeTree(Path.join(directory, "rank-\(r)/part.json")) }
         return merged
     }
 }

@@ -1,17 +1,26 @@
 /// `shardkit reshard`: convert a shard set to another TP degree by copying the overlaps of old and
 /// new intervals straight from the old rank files; no whole tensor is rebuilt in memory.
 public enum Reshard {
-    /// Writes `input` re-cut for `tp` ranks into `output`: the same bytes `shard` would write from the
-    /// original checkpoint. Input pieces' checksums are checked as they are read.
+    /// Writes `input` re-cut for `tp` ranks into `output` (see `run(input:layout:…)`).
     @discardableResult
-    /// The input's vocabulary padding is dropped: vocab rules pad to multiples of lcm(`vocabMultiple`, `tp`).
     public static func run(input: ShardSet, tp: Int, output: String, vocabMultiple: Int = 1,
                            options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
+        try run(input: input, layout: LayoutRequest(tp: tp), output: output, vocabMultiple: vocabMultiple,
+                options: options, progress: progress)
+    }
+
+    /// Writes `input` re-cut for the layout `request` asks for (TP, pipeline stages, EP groups) into
+    /// `output`: the same bytes `shard` would write from the original checkpoint. Each tensor is read
+    /// once, from one copy of its pieces, and written to every rank that holds it; input pieces'
+    /// checksums are checked as they are read. The input's vocabulary padding is dropped: vocab rules
+    /// pad to multiples of lcm(`vocabMultiple`, `tp`).
+    @discardableResult
+    public static func run(input: ShardSet, layout request: LayoutRequest, output: String, vocabMultiple: Int = 1,
+                           options: ShardSetWriter.Options = .init(),
+                           progress: ProgressHandler? = nil) throws -> Manifest {
         let m = input.manifest
-        let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
-        let rules = m.order.map { m.tensors[$0]!.rule.withVocabMultiple(vocabMultiple) }
-        let plan = try ShardPlan(tensors: list, rules: rules, tp: tp)
+        let plan = try input.plan(for: request, vocabMultiple: vocabMultiple)
         let files = try input.openAllRanks()
         let extras = try m.extraFiles.map { (from: try input.member($0), name: $0) }
         for e in extras where !FileSystem.exists(e.from) {

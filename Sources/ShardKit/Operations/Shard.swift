@@ -9,7 +9,17 @@ public enum Shard {
     public static func run(checkpoint: Checkpoint, sourcePath: String, rules: RuleSet, tp: Int, output: String,
                            options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
-        let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, tp: tp)
+        try run(checkpoint: checkpoint, sourcePath: sourcePath, rules: rules, layout: LayoutRequest(tp: tp),
+                output: output, options: options, progress: progress)
+    }
+
+    /// Plans `checkpoint` over the layout `request` asks for (TP, pipeline stages, EP groups) and
+    /// writes one rank directory per world rank.
+    @discardableResult
+    public static func run(checkpoint: Checkpoint, sourcePath: String, rules: RuleSet, layout request: LayoutRequest,
+                           output: String, options: ShardSetWriter.Options = .init(),
+                           progress: ProgressHandler? = nil) throws -> Manifest {
+        let plan = try ShardPlan(checkpoint: checkpoint, rules: rules, request: request)
         let sources = try CheckpointSources(checkpoint)
         let source = Manifest.Source(path: sourcePath, files: checkpoint.files.map { Path.name($0.path) },
                                      modelType: checkpoint.config?.modelType, rules: rules.name)

@@ -23,7 +23,7 @@ public enum Verify {
         var failures: [String] = []
         let m = set.manifest
         var files: [[String: (SafetensorsFile, ReadOnlyFile)]] = []
-        for r in 0..<m.tp {
+        for r in 0..<m.worldSize {
             var open: [String: (SafetensorsFile, ReadOnlyFile)] = [:]
             for f in m.ranks[r].files {
                 do {
@@ -48,12 +48,12 @@ public enum Verify {
         var pieces = 0
         for name in m.order {
             let t = m.tensors[name]!
-            for r in 0..<m.tp {
-                let piece = t.pieces[r]
+            for piece in t.pieces {
+                let r = piece.rank
                 guard let (sf, handle) = files[r][piece.file] else { continue }
                 do {
                     let info = try set.pieceLocation(name, rank: r, in: sf)
-                    let layout = m.layout(of: t, rank: r)
+                    let layout = m.layout(of: piece)
                     let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
                     let source = CopySource(file: handle, offset: info.offset, layout: layout,
                                             expectedCRC: CRC32C.parse(hex: piece.crc32c),
@@ -72,7 +72,8 @@ public enum Verify {
         }
         let fileCount = m.ranks.reduce(0) { $0 + $1.files.count }
         return Check(name: "integrity", status: failures.isEmpty ? .pass : .fail,
-                     detail: "\(pieces) of \(m.order.count * m.tp) pieces in \(fileCount) files checked (crc32c)",
+                     detail: "\(pieces) of \(m.tensors.values.reduce(0) { $0 + $1.pieces.count }) pieces in "
+                        + "\(fileCount) files checked (crc32c)",
                      failures: failures)
     }
 
@@ -102,7 +103,7 @@ public enum Verify {
         let buffers = CopyBuffers(budget: 16 << 20)
         var handles: [Int: ReadOnlyFile] = [:]
         var rankFiles: [[String: (SafetensorsFile, ReadOnlyFile)]] = []
-        for r in 0..<m.tp {
+        for r in 0..<m.worldSize {
             do { rankFiles.append(try set.openRank(r)) } catch {
                 failures.append("\(error)")
                 rankFiles.append([:])
@@ -127,24 +128,25 @@ public enum Verify {
                 if handles[fi] == nil { handles[fi] = try ReadOnlyFile(path: source.files[fi].path) }
                 let g = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: t.rule.dim, tensor: name)
                 var sinks: [(Int, ComparingSink)] = []
-                for r in 0..<m.tp {
-                    let open = rankFiles[r][t.pieces[r].file]
-                    let piece = try set.pieceLocation(name, rank: r, in: open?.0)
+                // Every copy of every piece (a tied embedding's on two stages) is compared.
+                for p in t.pieces {
+                    let open = rankFiles[p.rank][p.file]
+                    let piece = try set.pieceLocation(name, rank: p.rank, in: open?.0)
                     guard let file = open?.1 else {
-                        throw ShardKitError(.invalidManifest, "rank \(r) file \(t.pieces[r].file) not open")
+                        throw ShardKitError(.invalidManifest, "rank \(p.rank) file \(p.file) not open")
                     }
-                    sinks.append((r, ComparingSink(file: file, offset: piece.offset, scratch: scratch)))
+                    sinks.append((p.rank, ComparingSink(file: file, offset: piece.offset, scratch: scratch)))
                 }
                 try CopyEngine.copy(tensor: name, geometry: g,
                                     sources: [CopySource.whole(info, geometry: g, file: handles[fi]!)],
-                                    destinations: sinks.map {
-                                        CopyDestination(layout: m.layout(of: t, rank: $0.0), sink: $0.1)
+                                    destinations: zip(t.pieces, sinks).map {
+                                        CopyDestination(layout: m.layout(of: $0), sink: $1.1)
                                     },
                                     buffers: buffers)
                 for (r, s) in sinks {
                     if let at = s.firstMismatch {
                         failures.append("tensor \(name): rank \(r) piece differs from the source at byte \(at) "
-                                        + "of the piece (\(t.pieces[r].file))")
+                                        + "of the piece (\(t.piece(rank: r)?.file ?? "?"))")
                     }
                 }
                 compared += 1

@@ -27,8 +27,15 @@ public struct Manifest: Sendable, Equatable {
     }
 
     public struct Rank: Sendable, Equatable {
+        /// The world rank (stage · tp + TP rank).
         public var rank: Int
+        /// Its pipeline stage and TP rank within the stage.
+        public var pp: Int
+        public var tp: Int
         public var files: [String]
+        public init(rank: Int, pp: Int, tp: Int, files: [String]) {
+            self.rank = rank; self.pp = pp; self.tp = tp; self.files = files
+        }
     }
 
     public struct Piece: Sendable, Equatable {
@@ -50,12 +57,35 @@ public struct Manifest: Sendable, Equatable {
         public var rule: SplitRule
         /// Present when the split dimension is padded (vocab rules): its padded size.
         public var paddedSize: Int?
+        /// The pipeline stages holding the tensor (two for an embedding tied to the LM head).
+        public var stages: [Int] = [0]
+        /// The expert-parallel group holding it (an expert's tensor with EP > 1).
+        public var group: Int? = nil
+        /// One piece per holding world rank, in rank order.
         public var pieces: [Piece]
+
+        /// World rank `w`'s piece, nil when `w` holds none.
+        public func piece(rank w: Int) -> Piece? {
+            var lo = 0, hi = pieces.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if pieces[mid].rank < w { lo = mid + 1 } else { hi = mid }
+            }
+            return lo < pieces.count && pieces[lo].rank == w ? pieces[lo] : nil
+        }
     }
 
     public var format: String = Manifest.formatName
-    public var version: Int = 1
-    public var tp: Int
+    /// 1 for plain tensor parallelism (readable by every ShardKit), 2 with pipeline stages or EP.
+    public var version: Int
+    /// Stages, TP degree, EP groups, each stage's layers and the expert placement.
+    public var layout: ParallelLayout
+    public var tp: Int {
+        get { layout.tp }
+        set { layout.tp = newValue }
+    }
+    /// Number of world ranks (stages × TP).
+    public var worldSize: Int { layout.worldSize }
     public var checksum: String = "crc32c"
     public var tool: Tool
     public var source: Source
@@ -67,10 +97,11 @@ public struct Manifest: Sendable, Equatable {
     public var order: [String]
 
 
-    public init(tp: Int, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String], tensors: [String: Tensor],
-                order: [String]) {
-        self.tp = tp; self.tool = tool; self.source = source; self.ranks = ranks
+    public init(layout: ParallelLayout, tool: Tool, source: Source, ranks: [Rank], extraFiles: [String],
+                tensors: [String: Tensor], order: [String]) {
+        self.layout = layout; self.tool = tool; self.source = source; self.ranks = ranks
         self.extraFiles = extraFiles; self.tensors = tensors; self.order = order
+        self.version = layout.isTensorParallelOnly ? 1 : 2
     }
 
     /// Largest manifest (or part file) read: ~4 KB per tensor for a million tensors, with room to spare.
@@ -113,12 +144,28 @@ public struct Manifest: Sendable, Equatable {
         guard format == Manifest.formatName else {
             throw bad("format is \"\(format)\", expected \"\(Manifest.formatName)\"")
         }
-        guard version == 1 else { throw bad("version \(version) is not supported (this ShardKit reads version 1)") }
+        guard version == 1 || version == 2 else {
+            throw bad("version \(version) is not supported (this ShardKit reads versions 1 and 2)")
+        }
         guard checksum == "crc32c" else { throw bad("checksum \"\(checksum)\" is not supported") }
         guard tp >= 1 else { throw bad("tp must be at least 1") }
+        if version == 1 && !layout.isTensorParallelOnly {
+            throw bad("version 1 describes tensor parallelism only (pp \(layout.pp), ep \(layout.ep))")
+        }
+        do { try layout.validate(layers: nil) } catch let e as ShardKitError { throw bad(e.message) }
+        let world = layout.worldSize
         // Counts first: a huge "tp" must be refused, not materialized as 0..<tp.
-        guard ranks.count == tp, ranks.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
-            throw bad("ranks must list 0..<\(tp) in order")
+        guard ranks.count == world, ranks.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
+            throw bad("ranks must list 0..<\(world) in order")
+        }
+        for r in ranks where (r.pp, r.tp) != layout.coordinates(of: r.rank) {
+            throw bad("rank \(r.rank): coordinates pp \(r.pp), tp \(r.tp); expected \(layout.coordinates(of: r.rank))")
+        }
+        for (layer, groups) in layout.experts {
+            do {
+                try ParallelLayout.checkPlacement(groups, experts: groups.reduce(0) { $0 + $1.count }, layer: layer,
+                                                  ep: layout.ep)
+            } catch let e as ShardKitError { throw bad("experts: \(e.message)") }
         }
         var rankFiles: [Set<String>] = []
         for r in ranks {
@@ -142,31 +189,35 @@ public struct Manifest: Sendable, Equatable {
         }
         // Readers add up piece sizes (progress, totals): the sum over every piece must fit in an Int.
         var allPieceBytes = 0
-        var layoutsOf = RuleLayouts(ranks: tp)
+        var layoutsOf = [Int: RuleLayouts]()
         for name in order {
             let t = tensors[name]!
             func badTensor(_ m: String) -> ShardKitError { bad("tensor \(name): \(m)") }
             guard t.shape.allSatisfy({ $0 >= 0 }), checkedProduct(t.shape, times: t.dtype.size) != nil else {
                 throw badTensor("invalid shape \(t.shape)")
             }
-            guard t.pieces.count == tp, t.pieces.enumerated().allSatisfy({ $0.offset == $0.element.rank }) else {
-                throw badTensor("pieces must be ranks 0..<\(tp) in order")
+            try checkPlacement(of: t, name: name, badTensor)
+            let (holders, ways) = layout.holders(stages: t.stages, group: t.group)
+            guard t.pieces.count == holders.count, zip(t.pieces, holders).allSatisfy({ $0.rank == $1 }) else {
+                throw badTensor("pieces must be ranks \(describeRuns(holders)) in order")
             }
             let size = t.rule.dim.map { $0 < t.shape.count ? t.shape[$0] : -1 } ?? (t.shape.first ?? 1)
             guard size >= 0 else { throw badTensor("rule dim \(t.rule.dim!) outside shape \(t.shape)") }
-            let padded = t.rule.paddedSize(size, ranks: tp)
+            let padded = t.rule.paddedSize(size, ranks: ways)
             guard t.paddedSize == (padded != size ? padded : nil) else {
                 throw badTensor("padded_size \(t.paddedSize.map(String.init) ?? "null") "
                                 + "disagrees with the rule (\(padded))")
             }
-            for p in t.pieces {
+            let expectedLayouts: [PieceLayout]
+            do {
+                expectedLayouts = try layoutsOf[ways, default: RuleLayouts(ranks: ways)](
+                    t.rule, size: t.shape.isEmpty ? 1 : size, tensor: name)
+            } catch let e as ShardKitError { throw bad(e.message) }
+            for (k, p) in t.pieces.enumerated() {
                 guard rankFiles[p.rank].contains(p.file) else {
                     throw badTensor("rank \(p.rank) piece names file \(p.file), not one of the rank's files")
                 }
-                let expected: PieceLayout
-                do {
-                    expected = try layoutsOf(t.rule, size: t.shape.isEmpty ? 1 : size, tensor: name)[p.rank]
-                } catch let e as ShardKitError { throw bad(e.message) }
+                let expected = expectedLayouts[k % ways]
                 guard p.intervals == expected.segments.map({ [$0.lowerBound, $0.upperBound] }) else {
                     throw badTensor("rank \(p.rank) intervals \(p.intervals) are not what rule \(t.rule.kindName) "
                                     + "gives (\(expected.segments.map { [$0.lowerBound, $0.upperBound] }))")
@@ -186,15 +237,45 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
+    /// A tensor's stages and EP group against the layout and against what its name says (a layer's
+    /// tensor lies in that layer's stage; an expert's, with EP > 1, in that expert's group).
+    private func checkPlacement(of t: Tensor, name: String, _ badTensor: (String) -> ShardKitError) throws {
+        guard !t.stages.isEmpty, zip(t.stages, t.stages.dropFirst()).allSatisfy({ $0 < $1 }),
+              t.stages.allSatisfy({ $0 >= 0 && $0 < layout.pp }) else {
+            throw badTensor("stages \(t.stages) must be ascending stages of 0..<\(layout.pp)")
+        }
+        if let g = t.group, layout.ep == 1 || g < 0 || g >= layout.ep {
+            throw badTensor("ep_group \(g) with EP \(layout.ep)")
+        }
+        if layout.isTensorParallelOnly { return }
+        let role = TensorRole.of(name)
+        if let layer = role.layer {
+            if !layout.stageLayers.isEmpty, t.stages != [layout.stage(ofLayer: layer) ?? -1] {
+                throw badTensor("a tensor of layer \(layer) in stages \(t.stages); the stage table puts the layer in "
+                                + "\(layout.stage(ofLayer: layer).map(String.init) ?? "no stage")")
+            }
+            if layout.ep > 1, let e = role.expert, t.group != layout.group(ofExpert: e, layer: layer) {
+                throw badTensor("expert \(e) of layer \(layer) in EP group \(t.group.map(String.init) ?? "none"), "
+                    + "the placement says \(layout.group(ofExpert: e, layer: layer).map(String.init) ?? "none")")
+            }
+        }
+        if t.group != nil && role.expert == nil { throw badTensor("ep_group on a tensor that is not an expert's") }
+    }
+
     static func isSafeRelativePath(_ p: String) -> Bool {
         !p.isEmpty && !p.hasPrefix("/") && !p.split(separator: "/", omittingEmptySubsequences: false).contains {
             $0 == ".." || $0 == "." || $0.isEmpty
         }
     }
 
-    /// The piece layout rank `rank` holds of `tensor`, from its intervals.
-    public func layout(of tensor: Tensor, rank: Int) -> PieceLayout {
-        PieceLayout(tensor.pieces[rank].intervals.map { $0[0]..<$0[1] })
+    /// The piece layout of `piece`, from its intervals.
+    public func layout(of piece: Piece) -> PieceLayout {
+        PieceLayout(piece.intervals.map { $0[0]..<$0[1] })
+    }
+
+    /// The world ranks holding `tensor` and how many of them one copy is split over.
+    public func holders(of tensor: Tensor) -> (ranks: [Int], ways: Int) {
+        layout.holders(stages: tensor.stages, group: tensor.group)
     }
 }
 

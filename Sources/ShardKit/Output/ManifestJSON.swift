@@ -15,15 +15,29 @@ extension Manifest {
     public func encode(_ emit: ([UInt8]) throws -> Void) throws {
         var w = JSONWriter()
         w.beginObject()
+        let v2 = version >= 2
         w.key("checksum"); w.string(checksum)
+        if v2 {
+            w.key("ep"); w.int(layout.ep)
+            w.key("experts"); w.beginObject()
+            for layer in layout.experts.keys.map(String.init).sorted() {
+                w.key(layer); w.beginArray()
+                for g in layout.experts[Int(layer)!]! { w.ints(g, asItem: true) }
+                w.endArray()
+            }
+            w.endObject()
+        }
         w.key("extra_files"); w.beginArray(); for f in extraFiles { w.string(f, asItem: true) }; w.endArray()
         w.key("format"); w.string(format)
         w.key("order"); w.beginArray(); for n in order { w.string(n, asItem: true) }; w.endArray()
+        if v2 { w.key("pp"); w.int(layout.pp) }
         w.key("ranks"); w.beginArray()
         for r in ranks {
             w.beginObject(asItem: true)
             w.key("files"); w.beginArray(); for f in r.files { w.string(f, asItem: true) }; w.endArray()
+            if v2 { w.key("pp"); w.int(r.pp) }
             w.key("rank"); w.int(r.rank)
+            if v2 { w.key("tp"); w.int(r.tp) }
             w.endObject()
         }
         w.endArray()
@@ -33,12 +47,23 @@ extension Manifest {
         w.key("path"); w.string(source.path)
         w.key("rules"); w.string(source.rules)
         w.endObject()
+        if v2 {
+            w.key("stages"); w.beginArray()
+            for (s, r) in layout.stageLayers.enumerated() {
+                w.beginObject(asItem: true, inline: true)
+                w.key("layers"); w.ints([r.lowerBound, r.upperBound])
+                w.key("stage"); w.int(s)
+                w.endObject()
+            }
+            w.endArray()
+        }
         w.key("tensors"); w.beginObject()
         for name in tensors.keys.sorted() {
             let t = tensors[name]!
             if w.bytes.count >= 1 << 20 { try w.drain(emit) }
             w.key(name); w.beginObject(inline: true)
             w.key("dtype"); w.string(t.dtype.rawValue)
+            if let g = t.group { w.key("ep_group"); w.int(g) }
             if let p = t.paddedSize { w.key("padded_size"); w.int(p) }
             w.key("pieces"); w.beginArray()
             for p in t.pieces {
@@ -53,6 +78,7 @@ extension Manifest {
             w.endArray()
             w.key("rule"); t.rule.write(to: &w)
             w.key("shape"); w.ints(t.shape)
+            if v2 { w.key("stages"); w.ints(t.stages) }
             w.endObject()
         }
         w.endObject()
@@ -71,7 +97,7 @@ extension Manifest {
     /// `validate(path:)` checks the values against each other.
     public init(json bytes: [UInt8], path: String) throws {
         func bad(_ e: Error) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(e)", underlying: e) }
-        var m = Manifest(tp: 0, tool: Tool(name: "", version: "", operation: ""),
+        var m = Manifest(layout: ParallelLayout(tp: 0), tool: Tool(name: "", version: "", operation: ""),
                          source: Source(path: "", files: [], modelType: nil, rules: ""),
                          ranks: [], extraFiles: [], tensors: [:], order: [])
         do {
@@ -92,6 +118,33 @@ extension Manifest {
             case "format": format = try r.string()
             case "version": version = try r.int()
             case "tp": tp = try r.int()
+            case "pp": layout.pp = try r.int()
+            case "ep": layout.ep = try r.int()
+            case "stages":
+                try r.array { r, _ in
+                    var layers: [Int] = [], stage = -1
+                    try r.fields(required: ["stage", "layers"]) { r, key in
+                        switch key {
+                        case "stage": stage = try r.int()
+                        case "layers": layers = try r.ints()
+                        default: return false
+                        }
+                        return true
+                    }
+                    guard stage == layout.stageLayers.count, layers.count == 2, layers[0] <= layers[1] else {
+                        throw r.error("a stage is {\"stage\": s, \"layers\": [start, end]}, stages in order")
+                    }
+                    layout.stageLayers.append(layers[0]..<layers[1])
+                }
+            case "experts":
+                try r.object { r, key in
+                    guard let layer = Int(key), layer >= 0, String(layer) == key else {
+                        throw r.error("expert placement key \"\(key)\" is not a layer index")
+                    }
+                    var groups: [[Int]] = []
+                    try r.array { r, _ in groups.append(try r.ints()) }
+                    layout.experts[layer] = groups
+                }
             case "checksum": checksum = try r.string()
             case "tool": tool = try Tool.read(&r)
             case "source": source = try Source.read(&r)
@@ -109,6 +162,16 @@ extension Manifest {
         }
         try JSONReader.require(["format", "version", "tp", "checksum", "tool", "source", "ranks", "extra_files",
                                 "tensors", "order"], in: seen, r)
+        let v2Keys = ["pp", "ep", "stages", "experts"]
+        if version >= 2 {
+            try JSONReader.require(v2Keys, in: seen, r)
+        } else if let extra = v2Keys.first(where: seen.contains) {
+            throw r.error("\"\(extra)\" belongs to version 2 manifests")
+        } else {
+            // Version 1: plain TP; ranks are their own TP coordinates, tensors live in the one stage.
+            for i in ranks.indices { ranks[i].pp = 0; ranks[i].tp = ranks[i].rank }
+            for name in order where tensors[name]?.stages.isEmpty == true { tensors[name]!.stages = [0] }
+        }
     }
 }
 
@@ -171,10 +234,12 @@ extension Manifest.Source {
 
 extension Manifest.Rank {
     static func read(_ r: inout JSONReader) throws -> Self {
-        var k = Self(rank: 0, files: [])
+        var k = Self(rank: 0, pp: -1, tp: -1, files: [])
         try r.fields(required: ["rank", "files"]) { r, key in
             switch key {
             case "rank": k.rank = try r.int()
+            case "pp": k.pp = try r.int()
+            case "tp": k.tp = try r.int()
             case "files": try r.array { r, _ in k.files.append(try r.string()) }
             default: return false
             }
@@ -186,7 +251,7 @@ extension Manifest.Rank {
 
 extension Manifest.Tensor {
     static func read(_ r: inout JSONReader, _ shared: inout Interner) throws -> Self {
-        var t = Self(dtype: .u8, shape: [], rule: .replicated, paddedSize: nil, pieces: [])
+        var t = Self(dtype: .u8, shape: [], rule: .replicated, paddedSize: nil, stages: [], pieces: [])
         try r.fields(required: ["dtype", "shape", "rule", "pieces"]) { r, key in
             switch key {
             case "dtype":
@@ -196,6 +261,8 @@ extension Manifest.Tensor {
             case "shape": t.shape = shared.ints(try r.ints())
             case "rule": t.rule = try SplitRule.read(&r)
             case "padded_size": t.paddedSize = try r.null() ? nil : try r.int()
+            case "stages": t.stages = shared.ints(try r.ints())
+            case "ep_group": t.group = try r.int()
             case "pieces": try r.array { r, _ in t.pieces.append(try Manifest.Piece.read(&r, &shared)) }
             default: return false
             }

@@ -3,8 +3,9 @@ import Foundation
 /// Writes a shard set for a `ShardPlan`: rank files (each `name.tmp`, fsynced, renamed), carried-along
 /// files, then `manifest.json` last. On any error everything it created is removed.
 ///
-/// Layout: for tp > 1, `rank-R/model.safetensors` (or `rank-R/model-0000i-of-0000N.safetensors` with
-/// an index when `maxFileSize` cuts it); for tp = 1, an ordinary Hugging Face checkpoint at the top.
+/// Layout: with more than one world rank, `rank-W/model.safetensors` (or
+/// `rank-W/model-0000i-of-0000N.safetensors` with an index when `maxFileSize` cuts it) for each world
+/// rank W = stage · tp + TP rank; with one, an ordinary Hugging Face checkpoint at the top.
 public struct ShardSetWriter {
     public struct Options: Sendable {
         public var force = false
@@ -12,7 +13,7 @@ public struct ShardSetWriter {
         public var maxFileSize = 5_000_000_000
         /// Copy-engine memory budget.
         public var bufferBudget = 64 << 20
-        /// Output ranks to write (nil: all). A partial run writes no manifest (see `finalize`).
+        /// Output world ranks to write (nil: all). A partial run writes no manifest (see `finalize`).
         public var ranks: [Int]? = nil
         /// Tensors copied at once, each worker with its own share of the buffer budget.
         public var workers = 2
@@ -39,15 +40,16 @@ public struct ShardSetWriter {
         self.directory = directory
         var options = options
         // Asking for every rank is a whole run.
-        if let r = options.ranks, Set(r) == Set(0..<plan.tp) { options.ranks = nil }
+        if let r = options.ranks, Set(r) == Set(0..<plan.worldSize) { options.ranks = nil }
         self.options = options
     }
 
-    /// The rank files of rank `r`, tensors assigned in plan order, a new file when `maxFileSize` would be passed.
+    /// The rank files of world rank `r`, the tensors it holds assigned in plan order, a new file when
+    /// `maxFileSize` would be passed.
     func filePlans(rank r: Int) throws -> [FilePlan] {
         var groups: [[Int]] = [[]]
         var size = 0
-        for (i, t) in plan.tensors.enumerated() {
+        for (i, t) in plan.tensors.enumerated() where t.layout(rank: r) != nil {
             let b = t.pieceBytes(rank: r)
             if !groups[groups.count - 1].isEmpty && size + b > options.maxFileSize {
                 groups.append([])
@@ -56,9 +58,15 @@ public struct ShardSetWriter {
             groups[groups.count - 1].append(i)
             size += b
         }
-        let prefix = plan.tp == 1 ? "" : "rank-\(r)/"
+        let prefix = plan.worldSize == 1 ? "" : "rank-\(r)/"
         var metadata = ["format": "pt"]
-        if plan.tp > 1 { metadata["shardkit_rank"] = String(r); metadata["shardkit_tp"] = String(plan.tp) }
+        if plan.worldSize > 1 { metadata["shardkit_rank"] = String(r); metadata["shardkit_tp"] = String(plan.tp) }
+        if !plan.layout.isTensorParallelOnly {
+            let (stage, tpRank) = plan.layout.coordinates(of: r)
+            metadata["shardkit_pp"] = String(plan.layout.pp)
+            metadata["shardkit_pp_rank"] = String(stage)
+            metadata["shardkit_tp_rank"] = String(tpRank)
+        }
         return try groups.enumerated().map { (k, indices) in
             let name = groups.count == 1 ? "model.safetensors"
                 : "model-\(ShardSetWriter.pad5(k + 1))-of-\(ShardSetWriter.pad5(groups.count)).safetensors"
@@ -85,11 +93,11 @@ public struct ShardSetWriter {
                       extraFiles: [(from: String, name: String)], generatedFiles: [(name: String, bytes: [UInt8])] = [],
                       sources: @escaping @Sendable (ShardPlan.Tensor) throws -> [CopySource],
                       progress: ProgressHandler? = nil) throws -> Manifest {
-        let ranks = options.ranks ?? Array(0..<plan.tp)
-        for r in ranks where r < 0 || r >= plan.tp {
-            throw ShardKitError(.notFound, "rank \(r) is out of range 0..<\(plan.tp)")
+        let ranks = options.ranks ?? Array(0..<plan.worldSize)
+        for r in ranks where r < 0 || r >= plan.worldSize {
+            throw ShardKitError(.notFound, "rank \(r) is out of range 0..<\(plan.worldSize)")
         }
-        let files = try (0..<plan.tp).map { try filePlans(rank: $0) }
+        let files = try (0..<plan.worldSize).map { try filePlans(rank: $0) }
         let output = try OutputDirectory(path: directory, inputs: inputs, force: options.force, ranks: options.ranks)
         do {
             let run = Run(writer: self, output: output, ranks: ranks, files: files)
@@ -120,7 +128,8 @@ public struct ShardSetWriter {
         let files: [[FilePlan]]
         var plan: ShardPlan { writer.plan }
         var options: Options { writer.options }
-        /// Which file and offset each (tensor, rank) piece goes to: `location[rank][tensor]`.
+        /// Which file and offset each (tensor, rank) piece goes to: `location[rank][tensor]` (unset
+        /// for a tensor the rank does not hold).
         let location: [[(file: Int, offset: Int)]]
 
         init(writer: ShardSetWriter, output: OutputDirectory, ranks: [Int], files: [[FilePlan]]) {
@@ -128,8 +137,8 @@ public struct ShardSetWriter {
             self.output = output
             self.ranks = ranks
             self.files = files
-            var location = [[(file: Int, offset: Int)]](repeating: [], count: writer.plan.tp)
-            for r in 0..<writer.plan.tp {
+            var location = [[(file: Int, offset: Int)]](repeating: [], count: writer.plan.worldSize)
+            for r in 0..<writer.plan.worldSize {
                 location[r] = [(Int, Int)](repeating: (0, 0), count: writer.plan.tensors.count)
                 for (k, f) in files[r].enumerated() {
                     for (j, ti) in f.tensorIndices.enumerated() { location[r][ti] = (k, f.layout.entries[j].offset) }
@@ -140,8 +149,8 @@ public struct ShardSetWriter {
 
         /// Phase 1: every rank file is created (header first) before the copy starts.
         func createRankFiles() throws -> [[OutputFile]] {
-            if plan.tp > 1 { for r in ranks { _ = try output.makeFreshDirectory("rank-\(r)") } }
-            var outputs = [[OutputFile]](repeating: [], count: plan.tp)
+            if plan.worldSize > 1 { for r in ranks { _ = try output.makeFreshDirectory("rank-\(r)") } }
+            var outputs = [[OutputFile]](repeating: [], count: plan.worldSize)
             for r in ranks {
                 for f in files[r] {
                     let path = Path.join(output.path, f.relativePath)
@@ -159,7 +168,7 @@ public struct ShardSetWriter {
         func copyTensors(into outputs: [[OutputFile]], sources: @escaping (ShardPlan.Tensor) throws -> [CopySource],
                          progress: ProgressHandler?) throws -> [[UInt32]] {
             let tensorCount = plan.tensors.count
-            var checksums = [[UInt32]](repeating: [], count: plan.tp)
+            var checksums = [[UInt32]](repeating: [], count: plan.worldSize)
             for r in ranks { checksums[r] = [UInt32](repeating: 0, count: tensorCount) }
             let sinkBuffer = max(64 << 10, min(1 << 20, options.bufferBudget / 64))
             let tracker = ProgressTracker(total: ranks.reduce(0) { $0 + plan.bytesPerRank[$1] }, handler: progress)
@@ -167,16 +176,17 @@ public struct ShardSetWriter {
             try WorkerPool.forEach(count: tensorCount, workers: options.workers,
                                    makeState: { CopyBuffers(budget: budget / $0) }) { ti, buffers in
                 let t = plan.tensors[ti]
-                let sinks = ranks.map { r in
+                let held = ranks.filter { t.layout(rank: $0) != nil }
+                let sinks = held.map { r in
                     FileSink(file: outputs[r][location[r][ti].file], offset: location[r][ti].offset,
                              count: t.pieceBytes(rank: r), bufferSize: sinkBuffer)
                 }
                 try CopyEngine.copy(tensor: t.name, geometry: t.geometry, sources: try sources(t),
-                                    destinations: zip(ranks, sinks).map {
-                                        CopyDestination(layout: t.layouts[$0], sink: $1)
+                                    destinations: zip(held, sinks).map {
+                                        CopyDestination(layout: t.layout(rank: $0)!, sink: $1)
                                     },
                                     buffers: buffers) { tracker.add($0) }
-                let crcs = try zip(ranks, sinks).map { (r, s) -> UInt32 in
+                let crcs = try zip(held, sinks).map { (r, s) -> UInt32 in
                     try s.flush()
                     guard s.isComplete else {
                         throw ShardKitError(.io, "\(s.file.temporaryPath): piece of \(t.name) for rank \(r) "
@@ -184,7 +194,7 @@ public struct ShardSetWriter {
                     }
                     return s.crc.value
                 }
-                return { for (i, r) in ranks.enumerated() { checksums[r][ti] = crcs[i] } }
+                return { for (i, r) in held.enumerated() { checksums[r][ti] = crcs[i] } }
             }
             return checksums
         }
@@ -205,7 +215,7 @@ public struct ShardSetWriter {
                 for f in files[r] {
                     for e in f.layout.entries { map.append((e.name, Path.name(f.relativePath))) }
                 }
-                let dir = plan.tp == 1 ? output.path : Path.join(output.path, "rank-\(r)")
+                let dir = plan.worldSize == 1 ? output.path : Path.join(output.path, "rank-\(r)")
                 let path = Path.join(dir, HFIndex.safetensorsName)
                 output.track(path)
                 try FileSystem.writeSmallFile(HFIndex.serialized(weightMap: map, totalSize: plan.bytesPerRank[r]),
@@ -239,19 +249,24 @@ public struct ShardSetWriter {
             var shared = Interner()
             let written = Set(ranks)
             for (ti, t) in plan.tensors.enumerated() {
-                let pieces = (0..<plan.tp).map { r in
+                let pieces = t.holders.enumerated().map { k, r in
                     Manifest.Piece(rank: r, file: files[r][location[r][ti].file].relativePath,
                                    shape: shared.ints(t.pieceShape(rank: r)),
-                                   intervals: shared.intervals(t.layouts[r].segments.map {
+                                   intervals: shared.intervals(t.layouts[k % t.layouts.count].segments.map {
                                        [$0.lowerBound, $0.upperBound]
                                    }),
                                    crc32c: written.contains(r) ? CRC32C(value: checksums[r][ti]).hex : "")
                 }
                 tensors[t.name] = Manifest.Tensor(dtype: t.dtype, shape: t.shape, rule: t.rule,
-                                                  paddedSize: t.paddedSize, pieces: pieces)
+                                                  paddedSize: t.paddedSize, stages: shared.ints(t.stages),
+                                                  group: t.group, pieces: pieces)
             }
-            return Manifest(tp: plan.tp, tool: tool, source: source,
-                            ranks: (0..<plan.tp).map { Manifest.Rank(rank: $0, files: files[$0].map(\.relativePath)) },
+            let layout = plan.layout
+            return Manifest(layout: layout, tool: tool, source: source,
+                            ranks: (0..<plan.worldSize).map {
+                                let (stage, r) = layout.coordinates(of: $0)
+                                return Manifest.Rank(rank: $0, pp: stage, tp: r, files: files[$0].map(\.relativePath))
+                            },
                             extraFiles: extraFiles, tensors: tensors, order: plan.tensors.map(\.name))
         }
 
@@ -259,7 +274,11 @@ public struct ShardSetWriter {
         func writeParts(of manifest: Manifest, ranks subset: [Int]) throws {
             for r in subset {
                 var part = manifest
-                part.tensors = manifest.tensors.mapValues { var t = $0; t.pieces = [t.pieces[r]]; return t }
+                part.tensors = manifest.tensors.mapValues {
+                    var t = $0
+                    t.pieces = t.pieces.filter { $0.rank == r }
+                    return t
+                }
                 let path = Path.join(output.path, "rank-\(r)/part.json")
                 output.track(path)
                 try FileSystem.writeSmallFile(try part.encoded(), to: path, durable: options.durable)
@@ -272,8 +291,8 @@ public struct ShardSetWriter {
     static func writeManifest(_ manifest: inout Manifest, directory: String, durable: Bool = true) throws {
         // The rank files' renames must be durable before the manifest that vouches for them.
         if durable {
-            if manifest.tp > 1 {
-                for r in 0..<manifest.tp { try FileSystem.syncDirectory(Path.join(directory, "rank-\(r)")) }
+            if manifest.worldSize > 1 {
+                for r in 0..<manifest.worldSize { try FileSystem.syncDirectory(Path.join(directory, "rank-\(r)")) }
             }
             try FileSystem.syncDirectory(directory)
         }

@@ -1,80 +1,154 @@
-/// The plan of a shard set: every tensor's rule, and the global intervals each rank holds. Computing
-/// it checks every split before anything is written.
+/// The plan of a shard set: every tensor's rule, the world ranks that hold it, and the global
+/// intervals each of them holds. Computing it checks every split before anything is written.
 public struct ShardPlan: Sendable {
     public struct Tensor: Sendable {
         public var name: String
         public var dtype: DType
         public var shape: [Int]
         public var rule: SplitRule
+        public var role: TensorRole
+        /// The pipeline stages holding the tensor (two for an embedding tied to the head).
+        public var stages: [Int]
+        /// The expert-parallel group holding the tensor (an expert's, with EP > 1).
+        public var group: Int?
         public var geometry: TensorGeometry
-        /// One layout per rank.
+        /// The world ranks holding a piece, ascending: holder `k` holds `layouts[k % layouts.count]`
+        /// (a tensor held by two stages, a tied embedding, is one copy per stage).
+        public var holders: [Int]
+        /// One layout per rank of one copy (the ranks one copy is split over: TP, or an EP group's).
         public var layouts: [PieceLayout]
         /// The padded size of the split dimension, when padding is needed.
         public var paddedSize: Int?
 
-        /// The shape of rank `r`'s piece.
-        public func pieceShape(rank r: Int) -> [Int] {
+        /// The layout of world rank `w`'s piece, nil when `w` holds none.
+        public func layout(rank w: Int) -> PieceLayout? {
+            ShardPlan.position(of: w, in: holders).map { layouts[$0 % layouts.count] }
+        }
+
+        /// The shape of world rank `w`'s piece (the global shape when `w` holds none).
+        public func pieceShape(rank w: Int) -> [Int] {
             var s = shape
-            if let d = rule.dim { s[d] = layouts[r].length }
+            if let d = rule.dim, let l = layout(rank: w) { s[d] = l.length }
             return s
         }
 
-        public func pieceBytes(rank r: Int) -> Int { geometry.byteCount(of: layouts[r]) }
+        /// Bytes of world rank `w`'s piece, 0 when it holds none.
+        public func pieceBytes(rank w: Int) -> Int { layout(rank: w).map { geometry.byteCount(of: $0) } ?? 0 }
     }
 
     /// The largest TP degree a plan accepts.
-    public static let maxTP = 1 << 16
+    public static let maxTP = ParallelLayout.maxWorldSize
 
-    public let tp: Int
+    public let layout: ParallelLayout
+    public var tp: Int { layout.tp }
+    /// Number of world ranks (stages × TP).
+    public var worldSize: Int { layout.worldSize }
     public let tensors: [Tensor]
-    /// Total bytes of each rank's pieces.
+    /// Total bytes of each world rank's pieces.
     public let bytesPerRank: [Int]
     private let index: [String: Int]
 
     /// Plans `tensors` (in the order they will be written) with `rules` (one per tensor) for `tp` ranks.
     public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], tp: Int) throws {
+        try self.init(tensors: tensors, rules: rules, layout: .tensorParallel(tp), roles: nil)
+    }
+
+    /// Plans `tensors` with `rules` over `layout`, each tensor placed by its role (nil: plain TP, every
+    /// tensor on every rank).
+    public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], layout: ParallelLayout,
+                roles: [TensorRole]?) throws {
+        let tp = layout.tp
         guard tp >= 1 else { throw ShardKitError(.impossibleSplit, "TP degree must be at least 1, got \(tp)") }
         // Every tensor gets one layout per rank: an absurd degree would exhaust memory, not fail.
         guard tp <= ShardPlan.maxTP else {
             throw ShardKitError(.impossibleSplit,
                                 "TP degree \(tp) is larger than the \(ShardPlan.maxTP) ShardKit supports")
         }
-        precondition(tensors.count == rules.count)
-        self.tp = tp
+        try layout.validate(layers: nil)
+        precondition(tensors.count == rules.count && (roles == nil || roles!.count == tensors.count))
+        self.layout = layout
         var planned: [Tensor] = []
         planned.reserveCapacity(tensors.count)
         // Running bytes per rank: rank files and progress add pieces up, so the sums must fit too.
-        var rankTotals = [Int](repeating: 0, count: tp)
-        var layoutsOf = RuleLayouts(ranks: tp)
-        for (t, rule) in zip(tensors, rules) {
+        var rankTotals = [Int](repeating: 0, count: layout.worldSize)
+        var layoutsOf = [Int: RuleLayouts]()
+        var holdersOf = [TensorRole: (ranks: [Int], ways: Int, stages: [Int], group: Int?)]()
+        let everyRank = (ranks: Array(0..<tp), ways: tp, stages: [0], group: Int?.none)
+        for (i, (t, rule)) in zip(tensors, rules).enumerated() {
+            let role = roles?[i] ?? .first
+            var placed = everyRank
+            if roles != nil && !layout.isTensorParallelOnly {
+                // Per-layer keys only matter for experts and stages; one entry per distinct role.
+                if let known = holdersOf[role] { placed = known } else {
+                    let (stages, group) = try layout.placement(of: role, tensor: t.name)
+                    let (ranks, ways) = layout.holders(stages: stages, group: group)
+                    placed = (ranks, ways, stages, group)
+                    holdersOf[role] = placed
+                }
+            }
             let geometry = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: rule.dim, tensor: t.name)
-            let layouts = try layoutsOf(rule, size: geometry.size, tensor: t.name)
-            let padded = rule.paddedSize(geometry.size, ranks: tp)
-            for (r, l) in layouts.enumerated() {
+            let layouts = try layoutsOf[placed.ways, default: RuleLayouts(ranks: placed.ways)](
+                rule, size: geometry.size, tensor: t.name)
+            let padded = rule.paddedSize(geometry.size, ranks: placed.ways)
+            for (k, w) in placed.ranks.enumerated() {
+                let l = layouts[k % placed.ways]
                 guard let bytes = checkedProduct([geometry.outer, l.length, geometry.inner]),
-                      case (let sum, false) = rankTotals[r].addingReportingOverflow(bytes) else {
+                      case (let sum, false) = rankTotals[w].addingReportingOverflow(bytes) else {
                     throw ShardKitError(.impossibleSplit, "tensor \(t.name): piece size overflows")
                 }
-                rankTotals[r] = sum
+                rankTotals[w] = sum
             }
-            planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, geometry: geometry,
-                                  layouts: layouts, paddedSize: padded != geometry.size ? padded : nil))
+            planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, role: role,
+                                  stages: placed.stages, group: placed.group,
+                                  geometry: geometry, holders: placed.ranks, layouts: layouts,
+                                  paddedSize: padded != geometry.size ? padded : nil))
         }
         self.tensors = planned
         self.bytesPerRank = rankTotals
         self.index = Dictionary(planned.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
-    /// Plans a checkpoint with a rule set. Where the user's rules replace a preset's head split, the
-    /// user's split must keep every head whole on its ranks (`checkHeads`).
+    /// Plans a checkpoint with a rule set for plain TP.
     public init(checkpoint: Checkpoint, rules: RuleSet, tp: Int) throws {
+        try self.init(checkpoint: checkpoint, rules: rules, request: LayoutRequest(tp: tp))
+    }
+
+    /// Plans a checkpoint with a rule set over the layout `request` asks for. Where the user's rules
+    /// replace a preset's head split, the user's split must keep every head whole on its ranks
+    /// (`checkHeads`).
+    public init(checkpoint: Checkpoint, rules: RuleSet, request: LayoutRequest) throws {
         let list = checkpoint.tensors.map { (name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) }
         let named = list.map { ($0.name, $0.shape) }
         let chosen = try rules.assign(named)
-        try self.init(tensors: list, rules: chosen, tp: tp)
+        try self.init(tensors: list, rules: chosen, request: request, config: checkpoint.config)
         for (t, reference) in zip(tensors, rules.headSplits(named, chosen: chosen)) {
             if let reference { try ShardPlan.checkHeads(t, reference: reference, origin: rules.name) }
         }
+    }
+
+    /// Plans `tensors` with `rules` over the layout `request` asks for (`config` says whether the head
+    /// is tied to the embedding).
+    public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], request: LayoutRequest,
+                config: ModelConfig?) throws {
+        if request.pp == 1 && request.ep == 1 && request.stageSizes == nil {
+            try self.init(tensors: tensors, rules: rules, tp: request.tp)
+            return
+        }
+        let (layout, roles) = try request.resolve(names: tensors.map(\.name), rules: rules, config: config)
+        try self.init(tensors: tensors, rules: rules, layout: layout, roles: roles)
+    }
+
+    /// "0..<4, 8..<12": a list of ranks for messages and reports.
+    public static func describeRanks(_ ranks: [Int]) -> String { describeRuns(ranks) }
+
+    /// The index of `w` in the ascending list `holders`, nil when absent.
+    static func position(of w: Int, in holders: [Int]) -> Int? {
+        var lo = 0, hi = holders.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if holders[mid] < w { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < holders.count && holders[lo] == w ? lo : nil
     }
 
     /// Refuses a split of `t` that cuts one of the heads `reference` (the preset's rule for it) knows:

@@ -10,8 +10,9 @@ struct ShardCommand: ParsableCommand {
                                  + "or model.h5) or one weights file (.safetensors, a torch.save .bin/.pt, or .h5); "
                                  + "see docs/formats.md."))
     var source: String
-    @Option(name: .long, help: "Tensor-parallel degree.") var tp: Int
+    @Option(name: .long, help: "Tensor-parallel degree (ranks per pipeline stage).") var tp: Int
     @Option(name: .long, help: "Output directory.") var out: String
+    @OptionGroup var layoutOptions: LayoutOptions
     @OptionGroup var inputOptions: InputOptions
     @OptionGroup var ruleOptions: RuleOptions
     @OptionGroup var writeOptions: WriteOptions
@@ -23,7 +24,8 @@ struct ShardCommand: ParsableCommand {
             let rules = try ruleOptions.load(for: checkpoint)
             let options = try writeOptions.writerOptions()
             let t0 = Terminal.now()
-            let manifest = try Shard.run(checkpoint: checkpoint, sourcePath: source, rules: rules, tp: tp, output: out,
+            let manifest = try Shard.run(checkpoint: checkpoint, sourcePath: source, rules: rules,
+                                         layout: try layoutOptions.request(tp: tp), output: out,
                                          options: options, progress: Terminal.progress(label: "shard"))
             Terminal.clearProgress()
             try WriteSummary(output: out, manifest: manifest, written: options.ranks, seconds: Terminal.now() - t0)

@@ -46,7 +46,8 @@ struct VerifyCommand: ParsableCommand {
         if json {
             try Terminal.printJSON(report)
         } else {
-            print("verify \(shards) (tp \(report.tp))")
+            print("verify \(shards) (tp \(report.tp)\(report.pp > 1 ? ", pp \(report.pp)" : "")"
+                  + "\(report.ep > 1 ? ", ep \(report.ep)" : ""))")
             for c in report.checks {
                 let status = c.status.rawValue.uppercased().padding(toLength: 7, withPad: " ", startingAt: 0)
                 print("  \(status) \(c.name): \(c.detail)")

@@ -15,6 +15,11 @@ extension NumericsSummary {
         line("TP vs full (final)", r.final)
         if let s = r.reference { line("full vs reference", s) }
         if let s = r.referenceTP { line("TP vs reference", s) }
+        for st in r.stages ?? [] {
+            let label = "stage \(st.stage) (ranks \(ShardPlan.describeRanks(st.ranks)), "
+                + "layers \(st.layers[0])..<\(st.layers[1]))"
+            line(label, st.worst)
+        }
         let failing = r.layers.filter { !$0.stats.passed }
         for l in failing.prefix(10) { line(l.name, l.stats) }
         if let w = r.worstLayer, let s = r.layers.first(where: { $0.name == w })?.stats {

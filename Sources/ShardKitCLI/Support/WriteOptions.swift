@@ -6,6 +6,8 @@ import ShardKit
 struct WriteSummary: Codable {
     var output: String
     var tp: Int
+    var pp: Int
+    var ep: Int
     var tensors: Int
     /// The ranks this run wrote (all of them unless `--ranks` was given).
     var ranksWritten: [Int]
@@ -18,9 +20,11 @@ struct WriteSummary: Codable {
     init(output: String, manifest: Manifest, written: [Int]?, seconds: Double) {
         self.output = output
         tp = manifest.tp
+        pp = manifest.layout.pp
+        ep = manifest.layout.ep
         tensors = manifest.order.count
-        ranksWritten = written ?? Array(0..<manifest.tp)
-        var perRankBytes = [Int](repeating: 0, count: manifest.tp)
+        ranksWritten = written ?? Array(0..<manifest.worldSize)
+        var perRankBytes = [Int](repeating: 0, count: manifest.worldSize)
         for t in manifest.tensors.values {
             for p in t.pieces { perRankBytes[p.rank] += p.shape.reduce(t.dtype.size, *) }
         }
@@ -35,8 +39,8 @@ struct WriteSummary: Codable {
 
     func print(json: Bool) throws {
         if json { try Terminal.printJSON(self); return }
-        Swift.print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp), \(tensors) tensors, "
-                    + "\(files.count) rank files")
+        Swift.print("\(partial ? "wrote part of" : "wrote") \(output): tp \(tp)\(pp > 1 ? ", pp \(pp)" : "")"
+                    + "\(ep > 1 ? ", ep \(ep)" : ""), \(tensors) tensors, \(files.count) rank files")
         for r in ranksWritten { Swift.print("  rank \(r): \(Terminal.bytes(bytesPerRank[r]))") }
         Swift.print(String(format: "  %.2fs, %@/s", seconds, Terminal.bytes(Int(bytesPerSecond))))
         if partial {
@@ -49,7 +53,8 @@ struct WriteSummary: Codable {
 struct WriteOptions: ParsableArguments {
     @Flag(name: .long, help: "Replace an existing output directory (only one ShardKit wrote).") var force = false
     @Option(name: .long, help: "Largest rank file in bytes (suffixes K, M, G allowed).") var maxFileSize: String?
-    @Option(name: .long, help: "Write only these ranks (e.g. 0,1 or 2-3); finish with `reshard --finalize`.")
+    @Option(name: .long, help: ArgumentHelp("Write only these world ranks (e.g. 0,1 or 2-3; world rank = stage × TP "
+        + "+ TP rank); finish with `reshard --finalize`."))
     var ranks: String?
     @Option(name: .long, help: "Tensors copied at once (default 2).") var workers: Int?
     @Flag(name: .long, help: ArgumentHelp("Skip fsync: faster, but a power loss soon after can leave a manifest "
