@@ -130,7 +130,7 @@ public struct ShardPlan: Sendable {
     /// is tied to the embedding).
     public init(tensors: [(name: String, dtype: DType, shape: [Int])], rules: [SplitRule], request: LayoutRequest,
                 config: ModelConfig?) throws {
-        if request.pp == 1 && request.ep == 1 && request.stageSizes == nil {
+        if request.pp == 1 && request.ep == 1 && request.stageSizes == nil && request.placement == nil {
             try self.init(tensors: tensors, rules: rules, tp: request.tp)
             return
         }
