@@ -4,8 +4,9 @@
 Usage: scripts/check-manifest-schema.py [--schema FILE] MANIFEST_OR_DIR [...]
 
 A directory argument means DIR/manifest.json. Besides the schema, checks the cross-field
-rules JSON Schema cannot express (ranks 0..tp-1, one piece per rank in order, "order" lists
-every tensor once, each piece's file is one of its rank's files). It does not recompute
+rules JSON Schema cannot express (world ranks 0..pp*tp-1 with their coordinates, one piece
+per holding rank in order, "order" lists every tensor once, each piece's file is one of its
+rank's files). It does not recompute
 intervals from rules or read the rank files: `shardkit verify` does that.
 
 Exit status: 0 if every manifest passes, 1 if any fails, 2 on usage errors.
@@ -27,14 +28,27 @@ DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", 
 def cross_field_errors(m):
     errors = []
     tp = m["tp"]
-    if [r["rank"] for r in m["ranks"]] != list(range(tp)):
-        errors.append(f"ranks must list 0..{tp - 1} in order")
+    pp, ep = m.get("pp", 1), m.get("ep", 1)
+    world = pp * tp
+    if [r["rank"] for r in m["ranks"]] != list(range(world)):
+        errors.append(f"ranks must list 0..{world - 1} in order")
+    for r in m["ranks"]:
+        if "pp" in r and (r["pp"], r["tp"]) != divmod(r["rank"], tp):
+            errors.append(f"rank {r['rank']}: coordinates pp {r['pp']}, tp {r['tp']}")
+    if tp % ep:
+        errors.append(f"ep {ep} does not divide tp {tp}")
     rank_files = {r["rank"]: set(r["files"]) for r in m["ranks"]}
     if sorted(m["order"]) != sorted(m["tensors"]):
         errors.append('"order" must list every tensor once')
     for name, t in m["tensors"].items():
-        if [p["rank"] for p in t["pieces"]] != list(range(tp)):
-            errors.append(f"tensor {name}: pieces must be ranks 0..{tp - 1} in order")
+        group = t.get("ep_group")
+        ways = tp // ep if group is not None else tp
+        holders = []
+        for s in t.get("stages", [0]):
+            first = s * tp + (group or 0) * (tp // ep)
+            holders += list(range(first, first + ways))
+        if [p["rank"] for p in t["pieces"]] != holders:
+            errors.append(f"tensor {name}: pieces must be ranks {holders}")
             continue
         for p in t["pieces"]:
             if p["file"] not in rank_files.get(p["rank"], ()):

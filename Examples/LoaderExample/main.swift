@@ -22,10 +22,15 @@ do {
             print("\(name): \(t.dtype.rawValue) \(t.shape) \(rule.kindName)")
         }
     }
-    print("rank \(rank) of \(shards.tp): \(view.names.count) tensors, \(bytes) bytes")
+    print("rank \(rank) of \(shards.worldSize): \(view.names.count) tensors, \(bytes) bytes")
+    if shards.layout.pp > 1 || shards.layout.ep > 1 {   // pipeline stages / expert parallelism
+        let experts = view.experts.keys.sorted().map { "layer \($0): \(view.experts[$0]!)" }
+        print("stage \(view.stage), TP rank \(view.tpRank): layers \(view.layers!), experts \(experts)")
+    }
 
     // 2. Straight from the unsharded checkpoint, with the same plan (like safetensors' get_slice).
-    let slicer = try RankSlicer(checkpoint: try Checkpoint(path: args[2]), tp: shards.tp)
+    let request = LayoutRequest(reproducing: shards.layout)   // TP, stages and expert placement
+    let slicer = try RankSlicer(checkpoint: try Checkpoint(path: args[2]), layout: request)
     var same = 0
     for name in view.names {
         let piece = try slicer.piece(name, rank: rank)

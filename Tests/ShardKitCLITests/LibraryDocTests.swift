@@ -27,6 +27,23 @@ import Testing
             #expect(r.output.contains("21 of 21 tensors identical to the shard files"))
             #expect(r.output.contains("rank \(rank) of 4: 21 tensors"))
         }
+        // Pipeline stages and expert parallelism: world ranks, each rank's layers and experts.
+        let moe = Self.root.appendingPathComponent("fixtures/mixtral-4l").path
+        let layered = out + "-pp"
+        defer { try? FileManager.default.removeItem(atPath: layered) }
+        #expect(try run(shardkit, ["shard", moe, "--tp", "2", "--pp", "2", "--ep", "2", "--out", layered]).status == 0)
+        for rank in 0..<4 {
+            let r = try run(example, [layered, moe, String(rank)])
+            #expect(r.status == 0, "\(r.output)")
+            // Stage 0: the embedding and 2 layers of 13 tensors; stage 1: 2 layers, final norm, LM head.
+            let count = rank < 2 ? 27 : 28
+            #expect(r.output.contains("rank \(rank) of 4: \(count) tensors"))
+            #expect(r.output.contains("\(count) of \(count) tensors identical to the shard files"))
+            let experts = rank % 2 == 0 ? "[0, 1]" : "[2, 3]"
+            let layers = rank < 2 ? "layers 0..<2, experts [\"layer 0: \(experts)\", \"layer 1: \(experts)\"]"
+                : "layers 2..<4, experts [\"layer 2: \(experts)\", \"layer 3: \(experts)\"]"
+            #expect(r.output.contains("stage \(rank / 2), TP rank \(rank % 2): \(layers)"), "\(r.output)")
+        }
     }
 
     func run(_ path: String, _ args: [String]) throws -> (status: Int32, output: String) {

@@ -6,16 +6,19 @@ import ShardKitTestSupport
 /// `--pp`, `--pp-layers`, `--ep`, `--expert-placement` and world ranks, through the command line.
 @Suite("pipeline and expert parallelism (CLI)")
 struct ParallelCLITests {
-    /// Four processes at once, each writing its own world ranks of a (2, 2, 1) layout, then
-    /// `--finalize`: the same files and manifest as one whole run.
-    @Test("four processes write one world rank each at the same time, then --finalize")
+    /// Four processes at once, each writing its own world rank of a (2, 2, 1) layout, run by the
+    /// Slurm job-array script of docs/deploy as four array tasks would, then `--finalize`: the same
+    /// files and manifest as one whole run.
+    @Test("four processes (the Slurm array script) write one world rank each at the same time, then --finalize")
     func fourProcessesThenFinalize() throws {
         try withTempDir { dir in
             let src = Fixtures.path("mixtral-4l")
+            let script = Fixtures.repoRoot + "/docs/deploy/shard-slurm.sh"
             let r = try CLI.bash("""
                 set -e
+                export PATH="$(dirname "$SHARDKIT"):$PATH" TP=2 PP=2
                 for w in 0 1 2 3; do
-                  "$SHARDKIT" shard '\(src)' --tp 2 --pp 2 --ranks $w --out '\(dir)/parts' > '\(dir)/log-'$w 2>&1 &
+                  SLURM_ARRAY_TASK_ID=$w bash '\(script)' '\(src)' '\(dir)/parts' > '\(dir)/log-'$w 2>&1 &
                 done
                 fail=0
                 for job in $(jobs -p); do wait $job || fail=1; done

@@ -64,6 +64,14 @@ public struct LayoutRequest: Sendable {
         self.tp = tp; self.pp = pp; self.stageSizes = stageSizes; self.ep = ep; self.placement = placement
     }
 
+    /// The request that reproduces `layout` (its stage sizes and expert placement), e.g. to read a
+    /// shard set's ranks straight from the unsharded checkpoint with `RankSlicer`.
+    public init(reproducing layout: ParallelLayout) {
+        self.init(tp: layout.tp, pp: layout.pp,
+                  stageSizes: layout.pp > 1 ? layout.stageLayers.map(\.count) : nil, ep: layout.ep,
+                  placement: layout.ep > 1 ? ExpertPlacement(fallback: nil, layers: layout.experts) : nil)
+    }
+
     /// The layout and the role of each of `names` (whose split rules are `rules`). `config` (config.json)
     /// says whether the LM head is tied to the embedding; its layer count must agree with the names'.
     public func resolve(names: [String], rules: [SplitRule],
