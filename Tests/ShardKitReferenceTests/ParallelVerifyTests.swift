@@ -48,6 +48,21 @@ struct ParallelVerifyTests {
         #expect(try GenericLinearCheck.verify(shards: set, full: ckpt, options: NumericsOptions()).passed)
     }
 
+    /// Every preset's fixture (the forward-pass fixtures) at two stages of TP 2: names place every
+    /// tensor, whatever the architecture.
+    @Test("every forward-pass fixture verifies at (T, P, E) = (2, 2, 1)", arguments: fixtureNames)
+    func everyPresetAtTwoStages(fixture: String) throws {
+        let dir = fixturePath(fixture)
+        let ckpt = try Checkpoint(path: dir)
+        let out = temporaryPath("\(fixture)-221")
+        defer { removeDirectory(out) }
+        try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: try ShardPlan.rules(for: ckpt, rulesFile: nil),
+                      layout: LayoutRequest(tp: 2, pp: 2), output: out)
+        let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
+                                                 reference: dir + "/reference.safetensors", options: NumericsOptions())
+        #expect(report.passed && report.stages?.count == 2)
+    }
+
     /// Stages and EP change who computes, not what: both layouts match the reference.
     @Test("stages and EP match the reference as closely as plain TP")
     func sameLogitsAsTP() throws {
