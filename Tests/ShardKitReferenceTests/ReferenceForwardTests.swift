@@ -7,7 +7,12 @@ import Testing
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
-                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert"]
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "gemma2", "gemma3-text", "deepseek-v3",
+                    "deepseek-v3-qdirect"]
+
+/// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
+/// DeepSeek's 8 MLA heads.
+let fixturesAtEight = ["qwen2-moe", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -37,6 +42,11 @@ struct ReferenceForwardTests {
         }
         #expect(report.layers.allSatisfy { $0.stats.passed })
         #expect(report.tp == tp && report.tokens == 7)
+    }
+
+    @Test("full pass and TP pass at G = 8 match the reference", arguments: fixturesAtEight)
+    func fixtureMatchesAtEight(fixture: String) throws {
+        try fixtureMatches(fixture: fixture, tp: 8)
     }
 
     /// Every intermediate state of the full pass matches HF's output_hidden_states (hidden_states.0 is
@@ -88,25 +98,57 @@ struct ReferenceForwardTests {
         #expect(generic.worstLayer == tensor)
     }
 
-    @Test("q/k norms split across ranks instead of whole on each fail verify (Qwen3: per head; OLMo 2: whole projection)",
-          arguments: [("qwen3", "qwen3"), ("olmo2", "olmo2")])
+    @Test("q/k norms split across ranks instead of whole on each fail verify (Qwen3, Gemma 3: per head; OLMo 2: whole projection)",
+          arguments: [("qwen3", "qwen3"), ("olmo2", "olmo2"), ("gemma3-text", "gemma3_text")])
     func qkNormsSplitFail(fixture: String, preset: String) throws {
+        #expect(try wrongSplitFails(fixture, preset, #"{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}"#,
+                                    mentioning: "q_norm"))
+    }
+
+    /// Shards `fixture` with `preset` plus one overriding rules-file `entry` and verifies at G = 2: true when
+    /// the report fails, or verify throws a verification failure that mentions `mentioning`.
+    func wrongSplitFails(_ fixture: String, _ preset: String, _ entry: String, mentioning: String) throws -> Bool {
         let dir = fixturePath(fixture)
         let ckpt = try Checkpoint(path: dir)
-        let json = #"{"extends": "\#(preset)", "rules": [{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}]}"#
+        let json = #"{"extends": "\#(preset)", "rules": [\#(entry)]}"#
         let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
-        let out = temporaryPath("\(fixture)-norms-split")
+        let out = temporaryPath("\(fixture)-wrong-split")
         defer { removeDirectory(out) }
         try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: out)
-        var failed = false
         do {
             let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
                                                      reference: dir + "/reference.safetensors", options: NumericsOptions())
-            failed = !report.passed
+            #expect(report.reference?.passed == true)    // the full pass is still right
+            return !report.passed
         } catch let e as ShardKitError {
-            failed = e.code == .verificationFailed && e.message.contains("q_norm")
+            return e.code == .verificationFailed && e.message.contains(mentioning)
         }
-        #expect(failed)
+    }
+
+    /// The tensors each architecture needs whole, or split its own way, split otherwise.
+    @Test("special tensors split the wrong way fail verify", arguments: [
+        // Qwen2-MoE's shared-expert gate is one row every rank needs whole.
+        ("qwen2-moe", "qwen2_moe", #"{"pattern": "model.layers.*.mlp.shared_expert_gate.weight", "rule": "row", "dim": 1}"#,
+         "shared_expert_gate"),
+        // Gemma 2's post-branch norms are replicated like the others.
+        ("gemma2", "gemma2", #"{"pattern": "model.layers.*.post_feedforward_layernorm.weight", "rule": "column"}"#,
+         "post_feedforward_layernorm"),
+        // DeepSeek-V3: kv_b_proj read as [k of all heads; v of all heads] instead of head by head.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.kv_b_proj.weight", "rule": "fused", "parts": [{"rule": "heads", "heads": 8}, {"rule": "heads", "heads": 8}]}"#,
+         "kv_b_proj"),
+        // The latents are computed whole on every rank.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.kv_a_proj_with_mqa.weight", "rule": "column"}"#,
+         "kv_a_proj_with_mqa"),
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.q_a_proj.weight", "rule": "column"}"#,
+         "q_a_proj"),
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.{q_a_layernorm,kv_a_layernorm}.weight", "rule": "column"}"#,
+         "layernorm"),
+        // Every rank routes with the whole correction bias.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.mlp.gate.e_score_correction_bias", "rule": "column"}"#,
+         "e_score_correction_bias"),
+    ])
+    func specialTensorsSplitWrongFail(fixture: String, preset: String, entry: String, mentioning: String) throws {
+        #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
     }
 
     @Test("a perturbed reference fails the reference check")
