@@ -457,6 +457,10 @@ struct Model {
             }
             var acc = Act(rows: T, width: hidden)
             var rankPartial: Bool? = nil
+            // transformers 5's layout: all experts in two tensors, gate and up rows fused (see experts()).
+            let fused = ctx.weights.has(p + "experts.gate_up_proj")
+            let gateUp = fused ? try ctx.load(p + "experts.gate_up_proj", rank: r) : nil
+            let downs = fused ? try ctx.load(p + "experts.down_proj", rank: r) : nil
             for e in 0..<E {
                 var rows: [Int] = [], weights: [Float] = []
                 for t in 0..<T {
@@ -465,15 +469,27 @@ struct Model {
                 if rows.isEmpty { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
-                let gateW = try ctx.load(ep + names.gate + ".weight", rank: r)
-                let (g, pg) = try ctx.linear(sub, gateW, bias: nil, rank: r)
-                let (u, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil, rank: r)
-                if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
+                let g: Act, u: Act
+                if let gateUp {
+                    let w = try gateUp.expert(e)
+                    let (y, partial) = try ctx.linear(sub, w, bias: nil, rank: r)
+                    if partial { throw Model.rankError(r, "\(gateUp.name) must be column-parallel") }
+                    let half = w.globalShape[0] / 2
+                    let parts = try splitParts(y, parts: 2) { l in l < half ? (0, l) : (1, l - half) }
+                    (g, u) = (parts[0], parts[1])
+                } else {
+                    let (yg, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil,
+                                                  rank: r)
+                    let (yu, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil,
+                                                  rank: r)
+                    if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
+                    (g, u) = (yg, yu)
+                }
                 let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
-                let downW = try ctx.load(ep + names.down + ".weight", rank: r)
+                let downW = try downs?.expert(e) ?? ctx.load(ep + names.down + ".weight", rank: r)
                 let (y, py) = try ctx.linear(inner, downW, bias: nil, rank: r)
                 guard y.labels == Array(0..<hidden) else {
-                    throw Model.rankError(r, "\(ep)\(names.down).weight must produce all hidden features")
+                    throw Model.rankError(r, "\(downW.name) must produce all hidden features")
                 }
                 if let rp = rankPartial, rp != py {
                     throw Model.rankError(r, "experts of \(p) are split inconsistently")

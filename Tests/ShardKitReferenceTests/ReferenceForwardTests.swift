@@ -7,12 +7,12 @@ import Testing
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
-                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "gemma2", "gemma3-text", "deepseek-v3",
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
                     "deepseek-v3-qdirect"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads.
-let fixturesAtEight = ["qwen2-moe", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
+let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -130,6 +130,9 @@ struct ReferenceForwardTests {
         // Qwen2-MoE's shared-expert gate is one row every rank needs whole.
         ("qwen2-moe", "qwen2_moe", #"{"pattern": "model.layers.*.mlp.shared_expert_gate.weight", "rule": "row", "dim": 1}"#,
          "shared_expert_gate"),
+        // transformers 5's fused gate_up_proj [E, 2I, H] split contiguously instead of as two parts.
+        ("qwen2-moe-fused", "qwen2_moe", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "column", "dim": 1}"#,
+         "gate features"),
         // Gemma 2's post-branch norms are replicated like the others.
         ("gemma2", "gemma2", #"{"pattern": "model.layers.*.post_feedforward_layernorm.weight", "rule": "column"}"#,
          "post_feedforward_layernorm"),

@@ -197,12 +197,17 @@ public enum Architectures {
         return list
     }
 
-    /// Routed experts under `prefix` (`model.layers.*.mlp.`), in the layout save_pretrained writes:
-    /// one gate/up/down projection per expert, split like a dense MLP.
-    static func experts(_ c: Architecture.Context, _ prefix: String, optional: Bool = false) -> [RuleSet.Entry] {
+    /// Routed experts under `prefix` (`model.layers.*.mlp.`), split like a dense MLP, in either layout:
+    /// one gate/up/down projection per expert (what save_pretrained writes, and published checkpoints
+    /// hold), or transformers 5's in-memory tensors (save_pretrained with save_original_format=False):
+    /// `experts.gate_up_proj` `[E, 2I, hidden]` (gate rows then up rows) and `experts.down_proj`
+    /// `[E, hidden, I]`. Both are optional: a checkpoint holds one of them.
+    static func experts(_ c: Architecture.Context, _ prefix: String) -> [RuleSet.Entry] {
         [
-            c.entry(prefix + "experts.*.{gate_proj,up_proj}.weight", .column(0), optional: optional),
-            c.entry(prefix + "experts.*.down_proj.weight", .row(1), optional: optional),
+            c.entry(prefix + "experts.*.{gate_proj,up_proj}.weight", .column(0), optional: true),
+            c.entry(prefix + "experts.*.down_proj.weight", .row(1), optional: true),
+            c.entry(prefix + "experts.gate_up_proj", .fused(1, [.init(.even), .init(.even)]), optional: true),
+            c.entry(prefix + "experts.down_proj", .row(2), optional: true),
         ]
     }
 
@@ -241,7 +246,7 @@ public enum Architectures {
             e(p + "mlp.shared_experts.down_proj.weight", .row(1), optional: !shared),
             e(p + "{enorm,hnorm,eh_proj,shared_head.norm}.weight", .replicated, optional: true),
             e(p + "{embed_tokens,shared_head.head}.weight", .vocab(0), optional: true),
-        ] + experts(c, p + "mlp.", optional: !sparse)
+        ] + experts(c, p + "mlp.")
         if lora {
             list += [
                 e(a + "{q_a_proj,q_a_layernorm}.weight", .replicated),
