@@ -1,8 +1,8 @@
 /// The forward pass the reference target (ShardKitReference) runs for an architecture: one
 /// implementation per family, each following transformers' `modeling_*.py`.
 public enum ForwardPass: String, Sendable, CaseIterable {
-    /// Llama and its relatives (Mistral, Qwen2, Gemma, Mixtral, Phi-3): RMSNorm, rotary, GQA, SwiGLU
-    /// or MoE; the per-type details are in the pass.
+    /// Llama and its relatives (Mistral, Qwen2/3 and their MoEs, Gemma 1-3, Mixtral, Phi-3, …): RMSNorm,
+    /// rotary, GQA, SwiGLU or MoE; the per-type details are in the pass.
     case llamaFamily
     case gpt2
     case gptNeoX
@@ -68,9 +68,9 @@ public enum Architectures {
         Architecture("gemma2", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("gemma3_text", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh",
                      rules: llamaFamily),
-        Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
                      rules: gptNeoX),
