@@ -18,9 +18,18 @@ extension Model {
                       interleaved: config.bool("rope_interleave") ?? true)
         guard mla.rope % 2 == 0 else { throw Model.configError(config, "qk_rope_head_dim \(mla.rope) is odd") }
         let rotary = config.rotary()
-        let rope = try Rope(dims: mla.rope, theta: rotary.theta, positions: Array(0..<T),
-                            scaling: config.json["rope_scaling"] ?? config.ropeParameters(), config: config)
-        let scale = Float(1 / Double(mla.qk).squareRoot())
+        let legacy = config.json["rope_scaling"].flatMap { $0.objectValue != nil ? $0 : nil }
+        let scaling = legacy ?? config.ropeParameters()
+        let rope = try Rope(dims: mla.rope, theta: rotary.theta, positions: Array(0..<T), scaling: scaling,
+                            config: config)
+        // With a scaled rope and mscale_all_dim, the softmax scale grows by (0.1 · mscale_all_dim · ln factor + 1)².
+        var scale = Float(1 / Double(mla.qk).squareRoot())
+        let ropeType = scaling?["rope_type"]?.stringValue ?? scaling?["type"]?.stringValue ?? "default"
+        if ropeType != "default", let all = scaling?["mscale_all_dim"]?.doubleValue, all != 0,
+           let factor = scaling?["factor"]?.doubleValue, factor > 1 {
+            let m = Float(0.1 * all * log(factor) + 1)
+            scale *= m * m
+        }
         let act = try activation
         let denseLayers = config.int("first_k_dense_replace") ?? 3
         let embedName = "model.embed_tokens.weight"

@@ -152,6 +152,10 @@ struct Rope {
             case "linear":
                 let f = Float(scaling["factor"]?.doubleValue ?? 1)
                 inv = inv.map { $0 / f }
+            case "yarn":
+                let yarn = try Rope.yarn(dims: dims, theta: theta, scaling: scaling, config: config)
+                inv = yarn.inv
+                attentionFactor = yarn.attentionFactor
             case "llama3":
                 let factor = scaling["factor"]?.doubleValue ?? 8
                 let low = scaling["low_freq_factor"]?.doubleValue ?? 1
@@ -172,6 +176,43 @@ struct Rope {
         }
         cos = positions.map { p in inv.map { Float(Foundation.cos(Double(Float(p) * $0))) * attentionFactor } }
         sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
+    }
+
+    /// YaRN (transformers' `_compute_yarn_parameters`): each frequency blends the original one and
+    /// the one divided by `factor`, by a linear ramp between the dimensions that turn `beta_fast` and
+    /// `beta_slow` times over `original_max_position_embeddings`; cos and sin are scaled by
+    /// `attention_factor` (default from `factor`, `mscale`, `mscale_all_dim`).
+    static func yarn(dims: Int, theta: Double, scaling: JSONValue, config: ModelConfig?) throws
+        -> (inv: [Float], attentionFactor: Float) {
+        let maxPosition = config?.int("max_position_embeddings")
+        let original = config?.int("original_max_position_embeddings")
+            ?? scaling["original_max_position_embeddings"]?.intValue ?? maxPosition
+        guard let original, original > 0 else {
+            throw ShardKitError(.verificationFailed, "yarn rope scaling needs original_max_position_embeddings")
+        }
+        let factor = scaling["factor"]?.doubleValue ?? Double(maxPosition ?? original) / Double(original)
+        func mscale(_ m: Double) -> Double { factor <= 1 ? 1 : 0.1 * m * log(factor) + 1 }
+        var attention = scaling["attention_factor"]?.doubleValue ?? mscale(1)
+        if scaling["attention_factor"]?.doubleValue == nil, let m = scaling["mscale"]?.doubleValue,
+           let all = scaling["mscale_all_dim"]?.doubleValue, m != 0, all != 0 {
+            attention = mscale(m) / mscale(all)
+        }
+        let betaFast = scaling["beta_fast"]?.doubleValue.flatMap { $0 != 0 ? $0 : nil } ?? 32
+        let betaSlow = scaling["beta_slow"]?.doubleValue.flatMap { $0 != 0 ? $0 : nil } ?? 1
+        func correction(_ rotations: Double) -> Double {
+            Double(dims) * log(Double(original) / (rotations * 2 * Double.pi)) / (2 * log(theta))
+        }
+        var low = correction(betaFast), high = correction(betaSlow)
+        if scaling["truncate"]?.boolValue ?? true { low = low.rounded(.down); high = high.rounded(.up) }
+        low = max(low, 0); high = min(high, Double(dims - 1))
+        if low == high { high += 0.001 }
+        let inv = (0..<(dims / 2)).map { i -> Float in
+            let position = Float(pow(theta, Double(2 * i) / Double(dims)))
+            let ramp = min(max((Float(i) - Float(low)) / Float(high - low), 0), 1)
+            let extrapolation = 1 - ramp
+            return 1 / (Float(factor) * position) * (1 - extrapolation) + 1 / position * extrapolation
+        }
+        return (inv, Float(attention))
     }
 
     /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
