@@ -154,6 +154,41 @@ struct ReferenceForwardTests {
         #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
     }
 
+    /// The config keys the new passes must honour: with one changed, the pass no longer matches the
+    /// reference that transformers computed with the original (and Gemma 3's attention ignores
+    /// attn_logit_softcapping, as transformers does).
+    @Test("config features change the pass as in transformers", arguments: [
+        ("gemma2", #""final_logit_softcapping": 5.0"#, #""final_logit_softcapping": null"#, false),
+        ("gemma2", #""attn_logit_softcapping": 2.0"#, #""attn_logit_softcapping": null"#, false),
+        ("gemma2", #""query_pre_attn_scalar": 24"#, #""query_pre_attn_scalar": 16"#, false),
+        ("gemma2", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
+        ("gemma3-text", #""rope_theta": 10000.0"#, #""rope_theta": 1000000.0"#, false),
+        ("gemma3-text", #""factor": 4.0"#, #""factor": 1.0"#, false),
+        ("gemma3-text", #""attn_logit_softcapping": null"#, #""attn_logit_softcapping": 2.0"#, true),
+        ("qwen2-moe", #""norm_topk_prob": false"#, #""norm_topk_prob": true"#, false),
+        ("deepseek-v3", #""rope_interleave": true"#, #""rope_interleave": false"#, false),
+        ("deepseek-v3", #""routed_scaling_factor": 2.5"#, #""routed_scaling_factor": 1.0"#, false),
+        ("deepseek-v3", #""mscale_all_dim": 0.707"#, #""mscale_all_dim": 0.0"#, false),
+        ("deepseek-v3", #""topk_group": 2"#, #""topk_group": 4"#, false),
+    ])
+    func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
+        let dir = temporaryPath("\(fixture)-config")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath(fixture), toPath: dir)
+        let text = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
+        #expect(text.components(separatedBy: key).count == 2)
+        try text.replacingOccurrences(of: key, with: changed).write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        let ckpt = try Checkpoint(path: dir)
+        let out = dir + "-tp2"
+        defer { removeDirectory(out) }
+        try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: try ShardPlan.rules(for: ckpt, rulesFile: nil), tp: 2, output: out,
+                      options: ShardSetWriter.Options())
+        let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt, reference: dir + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(report.reference?.passed == stillMatches)
+        #expect(report.final.passed)    // the TP pass still agrees with the full one
+    }
+
     @Test("a perturbed reference fails the reference check")
     func perturbedReferenceFails() throws {
         let (set, ckpt, dir) = try shardFixture("llama-gqa", tp: 2)
