@@ -30,7 +30,6 @@ enum Activation {
 }
 
 enum Norm {
-    /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
     /// RMSNorm of each `headDim`-wide block of a row (one head's features), with one replicated
     /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w).
     static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, plusOne: Bool = false,
@@ -54,6 +53,7 @@ enum Norm {
         return out
     }
 
+    /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
     static func rms(_ x: Act, _ w: Piece, eps: Double, plusOne: Bool, rank: Int) throws -> Act {
         try checkReplicated(w, width: x.cols, rank: rank)
         var out = x

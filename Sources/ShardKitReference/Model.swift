@@ -166,7 +166,8 @@ struct Model {
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
-    /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window.
+    /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window;
+    /// Gemma 2 and 3 on their local layers.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
