@@ -162,7 +162,8 @@ struct ReferenceForwardTests {
         ("gemma2", #""attn_logit_softcapping": 2.0"#, #""attn_logit_softcapping": null"#, false),
         ("gemma2", #""query_pre_attn_scalar": 24"#, #""query_pre_attn_scalar": 16"#, false),
         ("gemma2", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
-        ("gemma3-text", #""rope_theta": 10000.0"#, #""rope_theta": 1000000.0"#, false),
+        ("gemma3-text", #""rope_theta": 20000.0"#, #""rope_theta": 10000.0"#, false),
+        ("gemma3-text", #""rope_theta": 500000.0"#, #""rope_theta": 1000000.0"#, false),
         ("gemma3-text", #""factor": 4.0"#, #""factor": 1.0"#, false),
         ("gemma3-text", #""attn_logit_softcapping": null"#, #""attn_logit_softcapping": 2.0"#, true),
         ("qwen2-moe", #""norm_topk_prob": false"#, #""norm_topk_prob": true"#, false),
@@ -178,15 +179,48 @@ struct ReferenceForwardTests {
         let text = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
         #expect(text.components(separatedBy: key).count == 2)
         try text.replacingOccurrences(of: key, with: changed).write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
-        let ckpt = try Checkpoint(path: dir)
-        let out = dir + "-tp2"
+        let (set, ckpt, out) = try shardTemporary(dir, tp: 2)
         defer { removeDirectory(out) }
-        try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: try ShardPlan.rules(for: ckpt, rulesFile: nil), tp: 2, output: out,
-                      options: ShardSetWriter.Options())
-        let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt, reference: dir + "/reference.safetensors",
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: dir + "/reference.safetensors",
                                                  options: NumericsOptions())
         #expect(report.reference?.passed == stillMatches)
         #expect(report.final.passed)    // the TP pass still agrees with the full one
+    }
+
+    /// The same models described in transformers 4's config dialect (as published Gemma 2/3 and DeepSeek-V3
+    /// configs are: no layer_types, top-level rope_theta, Gemma 3's rope_local_base_freq,
+    /// sliding_window_pattern and rope_scaling for its global layers, DeepSeek's rope_scaling "type"),
+    /// which transformers 5.24 reads into the same model: the pass must match the same reference.
+    @Test("transformers 4 config dialect gives the same pass", arguments: ["gemma2", "gemma3-text", "deepseek-v3"])
+    func legacyConfigDialect(fixture: String) throws {
+        let dir = temporaryPath("\(fixture)-legacy")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath(fixture), toPath: dir)
+        let url = URL(fileURLWithPath: dir + "/config.json")
+        var c = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        var rope = try #require(c.removeValue(forKey: "rope_parameters") as? [String: Any])
+        c["layer_types"] = nil
+        switch fixture {
+        case "gemma3-text":
+            c["_sliding_window_pattern"] = nil
+            c["sliding_window_pattern"] = 2
+            c["rope_local_base_freq"] = (rope["sliding_attention"] as? [String: Any])?["rope_theta"]
+            var global = try #require(rope["full_attention"] as? [String: Any])
+            c["rope_theta"] = global.removeValue(forKey: "rope_theta")
+            c["rope_scaling"] = global
+        case "deepseek-v3":
+            c["rope_theta"] = rope.removeValue(forKey: "rope_theta")
+            rope["type"] = rope.removeValue(forKey: "rope_type")
+            c["rope_scaling"] = rope
+        default:
+            c["rope_theta"] = rope["rope_theta"]
+        }
+        try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
+        let (set, ckpt, out) = try shardTemporary(dir, tp: 2)
+        defer { removeDirectory(out) }
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: dir + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(report.passed && report.reference?.passed == true)
     }
 
     @Test("a perturbed reference fails the reference check")
