@@ -30,10 +30,10 @@ enum Activation {
 }
 
 enum Norm {
-    /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
     /// RMSNorm of each `headDim`-wide block of a row (one head's features), with one replicated
-    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms).
-    static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, rank: Int) throws -> Act {
+    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w).
+    static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, plusOne: Bool = false,
+                           rank: Int) throws -> Act {
         try checkReplicated(w, width: hd, rank: rank)
         guard hd > 0, x.cols % hd == 0 else {
             throw ShardKitError(.verificationFailed, "rank \(rank): \(x.cols) features are not whole heads of \(hd)")
@@ -45,12 +45,15 @@ enum Norm {
                 var ss = 0.0
                 for j in 0..<hd { let v = Double(x.data[base + j]); ss += v * v }
                 let inv = Float(1 / (ss / Double(hd) + eps).squareRoot())
-                for j in 0..<hd { out.data[base + j] = (x.data[base + j] * inv) * w.data[j] }
+                for j in 0..<hd {
+                    out.data[base + j] = (x.data[base + j] * inv) * (plusOne ? 1 + w.data[j] : w.data[j])
+                }
             }
         }
         return out
     }
 
+    /// RMSNorm over each row: x / sqrt(mean(x²) + eps) · w (Gemma: · (1 + w)).
     static func rms(_ x: Act, _ w: Piece, eps: Double, plusOne: Bool, rank: Int) throws -> Act {
         try checkReplicated(w, width: x.cols, rank: rank)
         var out = x
@@ -149,6 +152,10 @@ struct Rope {
             case "linear":
                 let f = Float(scaling["factor"]?.doubleValue ?? 1)
                 inv = inv.map { $0 / f }
+            case "yarn":
+                let yarn = try Rope.yarn(dims: dims, theta: theta, scaling: scaling, config: config)
+                inv = yarn.inv
+                attentionFactor = yarn.attentionFactor
             case "llama3":
                 let factor = scaling["factor"]?.doubleValue ?? 8
                 let low = scaling["low_freq_factor"]?.doubleValue ?? 1
@@ -171,14 +178,53 @@ struct Rope {
         sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
     }
 
-    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place.
-    func apply(_ v: inout [Float], offset: Int, token t: Int) {
+    /// YaRN (transformers' `_compute_yarn_parameters`): each frequency blends the original one and
+    /// the one divided by `factor`, by a linear ramp between the dimensions that turn `beta_fast` and
+    /// `beta_slow` times over `original_max_position_embeddings`; cos and sin are scaled by
+    /// `attention_factor` (default from `factor`, `mscale`, `mscale_all_dim`).
+    static func yarn(dims: Int, theta: Double, scaling: JSONValue, config: ModelConfig?) throws
+        -> (inv: [Float], attentionFactor: Float) {
+        let maxPosition = config?.int("max_position_embeddings")
+        let original = config?.int("original_max_position_embeddings")
+            ?? scaling["original_max_position_embeddings"]?.intValue ?? maxPosition
+        guard let original, original > 0 else {
+            throw ShardKitError(.verificationFailed, "yarn rope scaling needs original_max_position_embeddings")
+        }
+        let factor = scaling["factor"]?.doubleValue ?? Double(maxPosition ?? original) / Double(original)
+        func mscale(_ m: Double) -> Double { factor <= 1 ? 1 : 0.1 * m * log(factor) + 1 }
+        var attention = scaling["attention_factor"]?.doubleValue ?? mscale(1)
+        if scaling["attention_factor"]?.doubleValue == nil, let m = scaling["mscale"]?.doubleValue,
+           let all = scaling["mscale_all_dim"]?.doubleValue, m != 0, all != 0 {
+            attention = mscale(m) / mscale(all)
+        }
+        let betaFast = scaling["beta_fast"]?.doubleValue.flatMap { $0 != 0 ? $0 : nil } ?? 32
+        let betaSlow = scaling["beta_slow"]?.doubleValue.flatMap { $0 != 0 ? $0 : nil } ?? 1
+        func correction(_ rotations: Double) -> Double {
+            Double(dims) * log(Double(original) / (rotations * 2 * Double.pi)) / (2 * log(theta))
+        }
+        var low = correction(betaFast), high = correction(betaSlow)
+        if scaling["truncate"]?.boolValue ?? true { low = low.rounded(.down); high = high.rounded(.up) }
+        low = max(low, 0); high = min(high, Double(dims - 1))
+        if low == high { high += 0.001 }
+        let inv = (0..<(dims / 2)).map { i -> Float in
+            let position = Float(pow(theta, Double(2 * i) / Double(dims)))
+            let ramp = min(max((Float(i) - Float(low)) / Float(high - low), 0), 1)
+            let extrapolation = 1 - ramp
+            return 1 / (Float(factor) * position) * (1 - extrapolation) + 1 / position * extrapolation
+        }
+        return (inv, Float(attention))
+    }
+
+    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
+    /// pairs are adjacent entries (DeepSeek's rope_interleave) instead of the two halves.
+    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool = false) {
         let half = dims / 2
         for i in 0..<half {
-            let x1 = v[offset + i], x2 = v[offset + i + half]
+            let (a, b) = interleaved ? (offset + 2 * i, offset + 2 * i + 1) : (offset + i, offset + i + half)
+            let x1 = v[a], x2 = v[b]
             let c = cos[t][i], s = sin[t][i]
-            v[offset + i] = x1 * c - x2 * s
-            v[offset + i + half] = x2 * c + x1 * s
+            v[a] = x1 * c - x2 * s
+            v[b] = x2 * c + x1 * s
         }
     }
 }
@@ -187,20 +233,24 @@ enum Attention {
     /// Scaled dot-product attention of one rank: its Q heads (labels `head·hd + d`) against the K/V heads
     /// it holds (labels `kvHead·hd + d`). Q head h uses KV head ⌊h·KV/H⌋; a rank that lacks it cannot
     /// compute (throws). Output labels are the Q labels of the rank's heads, in head order.
-    /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i).
-    static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, rope: Rope?, causal: Bool,
-                    window: Int? = nil, scale: Float, rank: Int, layer: String) throws -> Act {
+    /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i). `softcap`: scores
+    /// become cap · tanh(score / cap) (Gemma 2). `valueDim`: the width of a value head when it differs
+    /// from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
+    static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, valueDim: Int? = nil,
+                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, scale: Float, rank: Int,
+                    layer: String) throws -> Act {
+        let vd = valueDim ?? hd
         let T = q.rows
         guard heads % kvHeads == 0 else {
             throw ShardKitError(.verificationFailed, "\(heads) heads are not a multiple of \(kvHeads) KV heads")
         }
         let group = heads / kvHeads
         let qHeads = Array(Set(q.labels.map { $0 / hd })).sorted()
-        func gather(_ a: Act, head h: Int, what: String) throws -> [Float] {
-            let wanted = (0..<hd).map { h * hd + $0 }
+        func gather(_ a: Act, head h: Int, what: String, width: Int = hd) throws -> [Float] {
+            let wanted = (0..<width).map { h * width + $0 }
             guard let s = a.select(wanted) else {
                 throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): needs \(what) head \(h) "
-                    + "(all \(hd) dims), but holds \(what) features \(describe(a.labels))")
+                    + "(all \(width) dims), but holds \(what) features \(describe(a.labels))")
             }
             return s.data
         }
@@ -212,13 +262,13 @@ enum Attention {
             let kvh = h / group
             if kvCache[kvh] == nil {
                 var kh = try gather(k, head: kvh, what: "key")
-                let vh = try gather(v, head: kvh, what: "value")
+                let vh = try gather(v, head: kvh, what: "value", width: vd)
                 if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t) } }
                 kvCache[kvh] = (kh, vh)
             }
             let (kh, vh) = kvCache[kvh]!
             if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
-            var out = [Float](repeating: 0, count: T * hd)
+            var out = [Float](repeating: 0, count: T * vd)
             var scores = [Float](repeating: 0, count: T)
             for i in 0..<T {
                 let last = causal ? i : T - 1
@@ -228,22 +278,23 @@ enum Attention {
                     var s: Float = 0
                     for d in 0..<hd { s += qh[i * hd + d] * kh[j * hd + d] }
                     scores[j] = s * scale
+                    if let softcap { scores[j] = softcap * Float(tanh(Double(scores[j] / softcap))) }
                     m = max(m, scores[j])
                 }
                 var sum: Float = 0
                 for j in first...last { scores[j] = Float(exp(Double(scores[j] - m))); sum += scores[j] }
                 for j in first...last {
                     let p = scores[j] / sum
-                    for d in 0..<hd { out[i * hd + d] += p * vh[j * hd + d] }
+                    for d in 0..<vd { out[i * vd + d] += p * vh[j * vd + d] }
                 }
             }
             heads_.append(out)
-            outLabels += (0..<hd).map { h * hd + $0 }
+            outLabels += (0..<vd).map { h * vd + $0 }
         }
         let n = outLabels.count
         var data = [Float](repeating: 0, count: T * n)
         for (hi, o) in heads_.enumerated() {
-            for i in 0..<T { for d in 0..<hd { data[i * n + hi * hd + d] = o[i * hd + d] } }
+            for i in 0..<T { for d in 0..<vd { data[i * n + hi * vd + d] = o[i * vd + d] } }
         }
         return Act(rows: T, labels: outLabels, data: data)
     }

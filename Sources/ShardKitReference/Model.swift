@@ -50,12 +50,12 @@ struct Model {
     }
 
     /// A verification failure in config.json: "<path>: message".
-    private static func configError(_ config: ModelConfig, _ message: String) -> ShardKitError {
+    static func configError(_ config: ModelConfig, _ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "\(config.path): \(message)")
     }
 
     /// A verification failure on one rank: "rank r: message".
-    private static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
+    static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "rank \(rank): \(message)")
     }
 
@@ -71,26 +71,35 @@ struct Model {
         case .gptNeoX: return try gptNeoX(ctx, tokens, observe)
         case .bert: return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
         case .llamaFamily: return try llamaFamily(ctx, tokens, observe)
+        case .deepseekV3: return try deepseekV3(ctx, tokens, observe)
         }
     }
 
     var activation: Activation {
         get throws {
-            // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there).
-            let name = config.string("hidden_act", "activation_function") ?? architecture.defaultActivation
+            // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there);
+            // Gemma 2 and 3 read hidden_activation only.
+            let configured = gemmaNext ? config.string("hidden_activation")
+                : config.string("hidden_act", "activation_function")
+            let name = configured ?? architecture.defaultActivation
             return try Activation(name: name)
         }
     }
 
+    /// Gemma 2 and Gemma 3 (text): Gemma's layer with norms after each branch too.
+    var gemmaNext: Bool { type == "gemma2" || type == "gemma3_text" }
+
     /// The rotary embedding for `positions`, with the settings `config.rotary` reads (`factor`: the
-    /// rotating fraction of each head).
-    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double) throws -> Rope {
+    /// rotating fraction of each head; `scaling`: the rope scaling object, by default `rope_scaling`,
+    /// else `rope_parameters`).
+    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double, scaling: JSONValue? = nil)
+        throws -> Rope {
         guard factor > 0, factor <= 1 else {
             throw Model.configError(config, "partial rotary factor \(factor) is not in (0, 1]")
         }
         var dims = factor == 1 ? headDim : Int(Double(headDim) * factor)
         dims -= dims % 2
-        let scaling = config.json["rope_scaling"] ?? config.json["rope_parameters"]
+        let scaling = scaling ?? config.json["rope_scaling"] ?? config.json["rope_parameters"]
         return try Rope(dims: dims, theta: settings.theta, positions: positions,
                         scaling: scaling, config: config)
     }
@@ -136,22 +145,36 @@ struct Model {
     }
 
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   scale: Float, layer: String) throws -> [Act] {
+                   softcap: Float? = nil, scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, scale: scale, rank: $0, layer: layer)
+                              rope: rope, causal: causal, window: window, softcap: softcap, scale: scale, rank: $0,
+                              layer: layer)
         }
+    }
+
+    /// Gemma 2 / 3: whether decoder layer `i` is a local (sliding-window) layer: `layer_types`, else
+    /// Gemma 2's alternation (even layers local) or Gemma 3's `sliding_window_pattern` (default 6:
+    /// every sixth layer global).
+    func gemmaLocal(layer i: Int) -> Bool {
+        if let types = config.json["layer_types"]?.arrayValue, i < types.count {
+            return types[i].stringValue == "sliding_attention"
+        }
+        let pattern = type == "gemma2" ? 2 : config.int("sliding_window_pattern") ?? 6
+        return (i + 1) % pattern != 0
     }
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
-    /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window.
+    /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window;
+    /// Gemma 2 and 3 on their local layers.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
         case "mistral", "mixtral", "phi3": return w
-        case "qwen2", "qwen3":
-            // Qwen2Config and Qwen3Config drop sliding_window unless use_sliding_window (default false).
+        case "gemma2", "gemma3_text": return gemmaLocal(layer: i) ? w : nil
+        case "qwen2", "qwen3", "qwen2_moe":
+            // Their configs drop sliding_window unless use_sliding_window (default false).
             guard config.bool("use_sliding_window") == true else { return nil }
             if let types = config.json["layer_types"]?.arrayValue, i < types.count {
                 return types[i].stringValue == "sliding_attention" ? w : nil
@@ -161,11 +184,11 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
-        let gemma = type == "gemma", phi3 = type == "phi3"
+        let gemma = type == "gemma" || gemmaNext, phi3 = type == "phi3", gemma3 = type == "gemma3_text"
         let embedName = "model.embed_tokens.weight"
         var h = try ctx.embed(tokens, table: embedName)
         if gemma {
@@ -194,8 +217,23 @@ struct Model {
         // Phi-3 and StableLM (default 0.25) rotate part of each head.
         let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : 1)
         let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm ? rotary.partialFactor : 1)
+        // Gemma 3's local layers have their own rope base (older configs: rope_local_base_freq) and no
+        // scaling; its global layers the model's (rope_theta, default 1e6, and rope_scaling).
+        var localRope = rope, globalRope = rope
+        if gemma3 {
+            let local = config.rotary(thetaKeys: ["rope_local_base_freq"], layerType: "sliding_attention")
+            localRope = try self.rope(Array(0..<T), local, factor: 1,
+                                      scaling: config.ropeParameters(layerType: "sliding_attention") ?? .null)
+            let legacy = config.json["rope_scaling"].flatMap { $0.objectValue != nil ? $0 : nil }
+            globalRope = try self.rope(Array(0..<T), config.rotary(defaultTheta: 1e6, layerType: "full_attention"),
+                                       factor: 1, scaling: legacy ?? config.ropeParameters(layerType: "full_attention"))
+        }
         let act = try activation
-        let scale = Float(granite ? config.double("attention_multiplier") ?? 1 : 1 / Double(headDim).squareRoot())
+        // Gemma 2/3 scale scores by query_pre_attn_scalar^-½ (default 256) instead of head_dim^-½; Gemma 2
+        // soft-caps them (attn_logit_softcapping; Gemma 3's attention ignores the key).
+        let preAttention = gemmaNext ? config.double("query_pre_attn_scalar") ?? 256 : Double(headDim)
+        let scale = Float(granite ? config.double("attention_multiplier") ?? 1 : 1 / preAttention.squareRoot())
+        let softcap = type == "gemma2" ? config.double("attn_logit_softcapping").map { Float($0) } : nil
         let qSize = heads * headDim, kvSize = kvHeads * headDim
         func scaled(_ a: [Act]) -> [Act] {
             guard residualScale != 1 else { return a }
@@ -203,7 +241,7 @@ struct Model {
         }
         for i in 0..<layers {
             let p = "model.layers.\(i)."
-            // OLMo 2 normalizes after each branch instead of before.
+            // OLMo 2 normalizes after each branch instead of before; Gemma 2/3 before and after.
             let x = olmo2 ? h : try norm(h, p + "input_layernorm.weight")
             var q: [Act] = [], k: [Act] = [], v: [Act] = []
             if phi3 {
@@ -224,48 +262,48 @@ struct Model {
                 q = try gatheredRMS(ctx, q, weight: p + "self_attn.q_norm.weight", size: qSize, what: p + "q")
                 k = try gatheredRMS(ctx, k, weight: p + "self_attn.k_norm.weight", size: kvSize, what: p + "k")
             }
-            if type == "qwen3" || type == "qwen3_moe" {
-                // Qwen3: RMSNorm over each head's features of q and k, before the rotary embedding.
+            if type == "qwen3" || type == "qwen3_moe" || gemma3 {
+                // Qwen3, Gemma 3: RMSNorm over each head's features of q and k, before the rotary embedding.
                 let qn = try ctx.loadAll(p + "self_attn.q_norm.weight")
                 let kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
                 for r in 0..<G {
-                    q[r] = try Norm.rmsPerHead(q[r], qn[r], headDim: headDim, eps: eps, rank: r)
-                    k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, rank: r)
+                    q[r] = try Norm.rmsPerHead(q[r], qn[r], headDim: headDim, eps: eps, plusOne: gemma3, rank: r)
+                    k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, plusOne: gemma3, rank: r)
                 }
             }
-            let a = try attention(q, k, v, kvHeads: kvHeads, rope: rope, causal: true, window: slidingWindow(layer: i),
-                                  scale: scale, layer: "layer \(i)")
+            let window = slidingWindow(layer: i)
+            let layerRope = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            let a = try attention(q, k, v, kvHeads: kvHeads, rope: layerRope, causal: true, window: window,
+                                  softcap: softcap, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
-            if olmo2 { o = try rmsAll(ctx, o, p + "post_attention_layernorm.weight") }
+            if olmo2 || gemmaNext { o = try norm(o, p + "post_attention_layernorm.weight") }
             try add(&h, scaled(o), p + "self_attn.o_proj")
             // With a parallel residual the MLP reads the same normalized input as attention.
-            let x2 = olmo2 ? h : parallel ? x : try norm(h, p + "post_attention_layernorm.weight")
+            let x2 = olmo2 ? h : parallel ? x
+                : try norm(h, p + (gemmaNext ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight"))
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
-            } else if type == "qwen3_moe", qwen3SparseLayer(i) {
-                // Qwen3-MoE renormalises the top-k weights only with norm_topk_prob.
-                m = try moe(ctx, x2, prefix: p + "mlp.", act: act, experts: ("gate_proj", "up_proj", "down_proj"),
-                            normalize: config.bool("norm_topk_prob") ?? false)
-            } else {
+            } else if type == "qwen3_moe" || type == "qwen2_moe", qwen3SparseLayer(i) {
+                // Qwen2/3-MoE renormalise the top-k weights only with norm_topk_prob.
+                let routed = try moe(ctx, x2, prefix: p + "mlp.", act: act,
+                                     experts: ("gate_proj", "up_proj", "down_proj"),
+                                     routing: .softmax(normalize: config.bool("norm_topk_prob") ?? false))
+                m = type == "qwen2_moe" ? try qwen2SharedExpert(ctx, x2, routed, prefix: p + "mlp.", act: act) : routed
+            } else if phi3 {
                 var inner: [Act] = []
-                if phi3 {
-                    let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
-                    let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
-                    for (r, a) in gu.enumerated() {
-                        let parts = try splitParts(a, parts: 2) { l in l < full / 2 ? (0, l) : (1, l - full / 2) }
-                        inner.append(try gatedProduct(gate: parts[0], up: parts[1], act: act, rank: r, what: p + "mlp"))
-                    }
-                } else {
-                    let gate = try ctx.column(x2, weight: p + "mlp.gate_proj.weight", bias: p + "mlp.gate_proj.bias")
-                    let up = try ctx.column(x2, weight: p + "mlp.up_proj.weight", bias: p + "mlp.up_proj.bias")
-                    for r in 0..<G {
-                        inner.append(try gatedProduct(gate: gate[r], up: up[r], act: act, rank: r, what: p + "mlp"))
-                    }
+                let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
+                let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
+                for (r, a) in gu.enumerated() {
+                    let parts = try splitParts(a, parts: 2) { l in l < full / 2 ? (0, l) : (1, l - full / 2) }
+                    inner.append(try gatedProduct(gate: parts[0], up: parts[1], act: act, rank: r, what: p + "mlp"))
                 }
                 m = try ctx.row(inner, weight: p + "mlp.down_proj.weight", bias: p + "mlp.down_proj.bias")
+            } else {
+                m = try gatedMLP(ctx, x2, prefix: p + "mlp.", act: act)
             }
-            try add(&h, scaled(olmo2 ? try rmsAll(ctx, m, p + "post_feedforward_layernorm.weight") : m), p + "mlp")
+            let post = olmo2 || gemmaNext ? try norm(m, p + "post_feedforward_layernorm.weight") : m
+            try add(&h, scaled(post), p + "mlp")
             try observe("layers.\(i)", h)
         }
         h = try norm(h, "model.norm.weight")
@@ -274,11 +312,50 @@ struct Model {
         if granite, let s = config.double("logits_scaling"), s != 1 {
             for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] /= Float(s) } }
         }
+        // Gemma 2/3: logits become cap · tanh(logits / cap) with final_logit_softcapping.
+        if gemmaNext, let cap = config.double("final_logit_softcapping").map({ Float($0) }) {
+            for r in 0..<logits.count {
+                for j in 0..<logits[r].data.count { logits[r].data[j] = cap * tanh(logits[r].data[j] / cap) }
+            }
+        }
         return logits
     }
 
-    /// Mixtral's sparse MoE block: every rank routes identically with its replicated router (softmax,
-    /// top-k, renormalised), runs its TP slice of each selected expert, then one all-reduce.
+    /// A gated MLP under `prefix` (`gate_proj`, `up_proj` column-parallel, `down_proj` row-parallel,
+    /// optional biases): act(gate · x) ⊙ (up · x), then down.
+    func gatedMLP(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation) throws -> [Act] {
+        let gate = try ctx.column(x, weight: p + "gate_proj.weight", bias: p + "gate_proj.bias")
+        let up = try ctx.column(x, weight: p + "up_proj.weight", bias: p + "up_proj.bias")
+        let inner = try (0..<ctx.G).map {
+            try gatedProduct(gate: gate[$0], up: up[$0], act: act, rank: $0, what: String(p.dropLast()))
+        }
+        return try ctx.row(inner, weight: p + "down_proj.weight", bias: p + "down_proj.bias")
+    }
+
+    /// Qwen2-MoE: `routed` plus the shared expert's output scaled per token by sigmoid(shared_expert_gate · x),
+    /// the gate being one replicated row.
+    func qwen2SharedExpert(_ ctx: TPContext, _ x: [Act], _ routed: [Act], prefix p: String, act: Activation)
+        throws -> [Act] {
+        var out = routed
+        let shared = try gatedMLP(ctx, x, prefix: p + "shared_expert.", act: act)
+        let gateName = p + "shared_expert_gate.weight"
+        for r in 0..<ctx.G {
+            let (g, partial) = try ctx.linear(x[r], try ctx.load(gateName, rank: r), bias: nil, rank: r)
+            guard !partial, g.labels == [0] else {
+                throw Model.rankError(r, "\(gateName) must be replicated (one row × hidden)")
+            }
+            guard out[r].labels == shared[r].labels else {
+                throw Model.rankError(r, "\(p)shared_expert produces features other than the routed experts'")
+            }
+            let n = out[r].cols
+            for t in 0..<x[r].rows {
+                let s = 1 / (1 + Float(exp(Double(-g.data[t]))))
+                for j in 0..<n { out[r].data[t * n + j] += s * shared[r].data[t * n + j] }
+            }
+        }
+        return out
+    }
+
     /// RMSNorm over a whole column-parallel projection (OLMo 2's q/k norms): each rank all-gathers the
     /// projection, normalizes it with the replicated weight and keeps its own features.
     func gatheredRMS(_ ctx: TPContext, _ x: [Act], weight: String, size: Int, what: String) throws -> [Act] {
@@ -301,20 +378,72 @@ struct Model {
         return !dense.contains(i) && experts > 0 && step > 0 && (i + 1) % step == 0
     }
 
-    /// A sparse MoE block: a replicated router, top-k experts. Each rank computes the experts it holds
-    /// for the tokens routed to them: with EP 1 a slice of every expert (partial sums when split by
-    /// rows); with expert parallelism only its group's experts (the dispatch of an all-to-all). The
-    /// ranks' weighted outputs are then summed (the combine).
+    /// How a router's logits choose each token's experts and their weights.
+    enum Routing {
+        /// Softmax, top-k, renormalised with `normalize` (Mixtral, Qwen2/3-MoE).
+        case softmax(normalize: Bool)
+        /// DeepSeek-V3: sigmoid scores; the choice adds the correction bias (tensor `bias`, replicated)
+        /// and keeps the top-k among the `topGroups` best of `groups` groups (a group scores the sum of
+        /// its two best); the weights are the chosen unbiased scores, renormalised with `normalize`,
+        /// times `scale`.
+        case grouped(bias: String, groups: Int, topGroups: Int, normalize: Bool, scale: Float)
+    }
+
+    /// The top `k` indices of `values`, largest first (ties: lower index first).
+    static func top(_ values: [Float], _ k: Int) -> [Int] {
+        Array(values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }.prefix(k))
+    }
+
+    /// One token's experts and weights from its router logits `row` (`bias`: the grouped routing's
+    /// correction bias).
+    static func route(_ row: [Float], k K: Int, routing: Routing, bias: [Float]) -> [(expert: Int, weight: Float)] {
+        switch routing {
+        case .softmax(let normalize):
+            let m = row.max()!
+            let e = row.map { Float(exp(Double($0 - m))) }
+            let s = e.reduce(0, +)
+            let probs = e.map { $0 / s }
+            let chosen = top(probs, K)
+            let norm = normalize ? chosen.reduce(Float(0)) { $0 + probs[$1] } : 1
+            return chosen.map { ($0, probs[$0] / norm) }
+        case .grouped(_, let groups, let topGroups, let normalize, let scale):
+            let scores = row.map { 1 / (1 + Float(exp(Double(-$0)))) }
+            var choice = zip(scores, bias).map { $0 + $1 }
+            let size = row.count / groups
+            let groupScores = (0..<groups).map { g in
+                top(Array(choice[(g * size)..<((g + 1) * size)]), 2).reduce(Float(0)) { $0 + choice[g * size + $1] }
+            }
+            let kept = Set(top(groupScores, topGroups))
+            for e in choice.indices where !kept.contains(e / size) { choice[e] = -.infinity }
+            let chosen = top(choice, K)
+            let norm = normalize ? chosen.reduce(Float(0)) { $0 + scores[$1] } + 1e-20 : 1
+            return chosen.map { ($0, scores[$0] / norm * scale) }
+        }
+    }
+
+    /// A sparse MoE block: every rank routes identically with its replicated router (`routing`) and
+    /// computes the experts it holds for the tokens routed to them: with EP 1 its TP slice of every
+    /// expert (partial sums when split by rows); with expert parallelism only its group's experts (the
+    /// dispatch of an all-to-all). The ranks' weighted outputs are then summed (the combine).
     func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation,
              experts names: (gate: String, up: String, down: String) = ("w1", "w3", "w2"),
-             normalize: Bool = true) throws -> [Act] {
-        guard let E = config.int("num_local_experts", "num_experts"), let K = config.int("num_experts_per_tok"),
-              E > 0, K > 0, K <= E else {
+             routing: Routing = .softmax(normalize: true)) throws -> [Act] {
+        guard let E = config.int("num_local_experts", "num_experts", "n_routed_experts"),
+              let K = config.int("num_experts_per_tok"), E > 0, K > 0, K <= E else {
             throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
         }
+        if case .grouped(_, let groups, let topGroups, _, _) = routing {
+            guard groups > 0, E % groups == 0, E / groups >= 2, topGroups > 0, topGroups <= groups,
+                  K <= topGroups * (E / groups) else {
+                throw Model.configError(config, "\(E) experts in n_group \(groups) groups (topk_group \(topGroups)) "
+                    + "cannot give \(K) experts per token")
+            }
+        }
         let T = x[0].rows
+        // transformers 5's layout: all experts in two tensors, gate and up rows fused (see experts()).
+        let fused = ctx.weights.has(p + "experts.gate_up_proj")
         func expert(_ e: Int, _ part: String) -> String { p + "experts.\(e).\(part).weight" }
-        let expertParallel = (0..<ctx.G).contains { r in
+        let expertParallel = !fused && (0..<ctx.G).contains { r in
             (0..<E).contains { !ctx.weights.holds(expert($0, names.gate), rank: r) }
         }
         var outs: [Act] = [], partials: [Bool] = []
@@ -324,38 +453,50 @@ struct Model {
             guard !partial, logits.labels == Array(0..<E) else {
                 throw Model.rankError(r, "router \(p)gate.weight must be replicated (\(E) experts × hidden)")
             }
-            var chosen = [[(expert: Int, weight: Float)]](repeating: [], count: T)
-            for t in 0..<T {
-                let row = Array(logits.data[(t * E)..<((t + 1) * E)])
-                let m = row.max()!
-                let e = row.map { Float(exp(Double($0 - m))) }
-                let s = e.reduce(0, +)
-                let probs = e.map { $0 / s }
-                let top = probs.enumerated()
-                    .sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }
-                    .prefix(K)
-                let norm = normalize ? top.reduce(Float(0)) { $0 + $1.element } : 1
-                chosen[t] = top.map { ($0.offset, $0.element / norm) }
+            var bias: [Float] = []
+            if case .grouped(let name, _, _, _, _) = routing {
+                let b = try ctx.load(name, rank: r)
+                guard b.shape == [E], b.globalShape == [E] else {
+                    throw Model.rankError(r, "\(name) must be replicated (\(E) values), the rank holds \(b.shape)")
+                }
+                bias = b.data
+            }
+            let chosen = (0..<T).map {
+                Model.route(Array(logits.data[($0 * E)..<(($0 + 1) * E)]), k: K, routing: routing, bias: bias)
             }
             var acc = Act(rows: T, width: hidden)
             var rankPartial: Bool? = nil
+            let gateUp = fused ? try ctx.load(p + "experts.gate_up_proj", rank: r) : nil
+            let downs = fused ? try ctx.load(p + "experts.down_proj", rank: r) : nil
             for e in 0..<E {
                 var rows: [Int] = [], weights: [Float] = []
                 for t in 0..<T {
                     if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) }
                 }
-                if rows.isEmpty || !ctx.weights.holds(expert(e, names.gate), rank: r) { continue }
+                if rows.isEmpty || (!fused && !ctx.weights.holds(expert(e, names.gate), rank: r)) { continue }
                 let sub = x[r].rowsSubset(rows)
                 let ep = p + "experts.\(e)."
-                let gateW = try ctx.load(ep + names.gate + ".weight", rank: r)
-                let (g, pg) = try ctx.linear(sub, gateW, bias: nil, rank: r)
-                let (u, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil, rank: r)
-                if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
+                let g: Act, u: Act
+                if let gateUp {
+                    let w = try gateUp.expert(e)
+                    let (y, partial) = try ctx.linear(sub, w, bias: nil, rank: r)
+                    if partial { throw Model.rankError(r, "\(gateUp.name) must be column-parallel") }
+                    let half = w.globalShape[0] / 2
+                    let parts = try splitParts(y, parts: 2) { l in l < half ? (0, l) : (1, l - half) }
+                    (g, u) = (parts[0], parts[1])
+                } else {
+                    let (yg, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil,
+                                                  rank: r)
+                    let (yu, pu) = try ctx.linear(sub, try ctx.load(ep + names.up + ".weight", rank: r), bias: nil,
+                                                  rank: r)
+                    if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
+                    (g, u) = (yg, yu)
+                }
                 let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
-                let downW = try ctx.load(ep + names.down + ".weight", rank: r)
+                let downW = try downs?.expert(e) ?? ctx.load(ep + names.down + ".weight", rank: r)
                 let (y, py) = try ctx.linear(inner, downW, bias: nil, rank: r)
                 guard y.labels == Array(0..<hidden) else {
-                    throw Model.rankError(r, "\(ep)\(names.down).weight must produce all hidden features")
+                    throw Model.rankError(r, "\(downW.name) must produce all hidden features")
                 }
                 if let rp = rankPartial, rp != py {
                     throw Model.rankError(r, "experts of \(p) are split inconsistently")

@@ -11,7 +11,7 @@ struct ParallelVerifyTests {
         ("mixtral-4l", 2, 2, 1), ("mixtral-4l", 1, 3, 1), ("mixtral-4l", 2, 1, 2), ("mixtral-4l", 4, 1, 2),
         ("mixtral-4l", 2, 2, 2), ("mixtral-4l", 4, 1, 4), ("mixtral-4l", 4, 2, 2),
         ("llama-tied-3l", 2, 2, 1), ("llama-tied-3l", 1, 3, 1), ("llama-tied-3l", 4, 3, 1), ("gpt2", 2, 2, 1),
-        ("bert", 2, 2, 1), ("qwen3-moe", 2, 2, 2),
+        ("bert", 2, 2, 1), ("qwen3-moe", 2, 2, 2), ("qwen2-moe", 4, 1, 4), ("deepseek-v3", 2, 2, 2),
     ]
 
     @Test("verify --reference passes for (T, P, E) layouts", arguments: layouts)

@@ -7,7 +7,12 @@ import Testing
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
-                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert"]
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
+                    "deepseek-v3-qdirect"]
+
+/// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
+/// DeepSeek's 8 MLA heads.
+let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -37,6 +42,11 @@ struct ReferenceForwardTests {
         }
         #expect(report.layers.allSatisfy { $0.stats.passed })
         #expect(report.tp == tp && report.tokens == 7)
+    }
+
+    @Test("full pass and TP pass at G = 8 match the reference", arguments: fixturesAtEight)
+    func fixtureMatchesAtEight(fixture: String) throws {
+        try fixtureMatches(fixture: fixture, tp: 8)
     }
 
     /// Every intermediate state of the full pass matches HF's output_hidden_states (hidden_states.0 is
@@ -88,25 +98,129 @@ struct ReferenceForwardTests {
         #expect(generic.worstLayer == tensor)
     }
 
-    @Test("q/k norms split across ranks instead of whole on each fail verify (Qwen3: per head; OLMo 2: whole projection)",
-          arguments: [("qwen3", "qwen3"), ("olmo2", "olmo2")])
+    @Test("q/k norms split across ranks instead of whole on each fail verify (Qwen3, Gemma 3: per head; OLMo 2: whole projection)",
+          arguments: [("qwen3", "qwen3"), ("olmo2", "olmo2"), ("gemma3-text", "gemma3_text")])
     func qkNormsSplitFail(fixture: String, preset: String) throws {
+        #expect(try wrongSplitFails(fixture, preset, #"{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}"#,
+                                    mentioning: "q_norm"))
+    }
+
+    /// Shards `fixture` with `preset` plus one overriding rules-file `entry` and verifies at G = 2: true when
+    /// the report fails, or verify throws a verification failure that mentions `mentioning`.
+    func wrongSplitFails(_ fixture: String, _ preset: String, _ entry: String, mentioning: String) throws -> Bool {
         let dir = fixturePath(fixture)
         let ckpt = try Checkpoint(path: dir)
-        let json = #"{"extends": "\#(preset)", "rules": [{"pattern": "model.layers.*.self_attn.{q_norm,k_norm}.weight", "rule": "column"}]}"#
+        let json = #"{"extends": "\#(preset)", "rules": [\#(entry)]}"#
         let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
-        let out = temporaryPath("\(fixture)-norms-split")
+        let out = temporaryPath("\(fixture)-wrong-split")
         defer { removeDirectory(out) }
         try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: out)
-        var failed = false
         do {
             let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
                                                      reference: dir + "/reference.safetensors", options: NumericsOptions())
-            failed = !report.passed
+            #expect(report.reference?.passed == true)    // the full pass is still right
+            return !report.passed
         } catch let e as ShardKitError {
-            failed = e.code == .verificationFailed && e.message.contains("q_norm")
+            return e.code == .verificationFailed && e.message.contains(mentioning)
         }
-        #expect(failed)
+    }
+
+    /// The tensors each architecture needs whole, or split its own way, split otherwise.
+    @Test("special tensors split the wrong way fail verify", arguments: [
+        // Qwen2-MoE's shared-expert gate is one row every rank needs whole.
+        ("qwen2-moe", "qwen2_moe", #"{"pattern": "model.layers.*.mlp.shared_expert_gate.weight", "rule": "row", "dim": 1}"#,
+         "shared_expert_gate"),
+        // transformers 5's fused gate_up_proj [E, 2I, H] split contiguously instead of as two parts.
+        ("qwen2-moe-fused", "qwen2_moe", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "column", "dim": 1}"#,
+         "gate features"),
+        // Gemma 2's post-branch norms are replicated like the others.
+        ("gemma2", "gemma2", #"{"pattern": "model.layers.*.post_feedforward_layernorm.weight", "rule": "column"}"#,
+         "post_feedforward_layernorm"),
+        // DeepSeek-V3: kv_b_proj read as [k of all heads; v of all heads] instead of head by head.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.kv_b_proj.weight", "rule": "fused", "parts": [{"rule": "heads", "heads": 8}, {"rule": "heads", "heads": 8}]}"#,
+         "kv_b_proj"),
+        // The latents are computed whole on every rank.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.kv_a_proj_with_mqa.weight", "rule": "column"}"#,
+         "kv_a_proj_with_mqa"),
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.q_a_proj.weight", "rule": "column"}"#,
+         "q_a_proj"),
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.self_attn.{q_a_layernorm,kv_a_layernorm}.weight", "rule": "column"}"#,
+         "layernorm"),
+        // Every rank routes with the whole correction bias.
+        ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.mlp.gate.e_score_correction_bias", "rule": "column"}"#,
+         "e_score_correction_bias"),
+    ])
+    func specialTensorsSplitWrongFail(fixture: String, preset: String, entry: String, mentioning: String) throws {
+        #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
+    }
+
+    /// The config keys the new passes must honour: with one changed, the pass no longer matches the
+    /// reference that transformers computed with the original (and Gemma 3's attention ignores
+    /// attn_logit_softcapping, as transformers does).
+    @Test("config features change the pass as in transformers", arguments: [
+        ("gemma2", #""final_logit_softcapping": 5.0"#, #""final_logit_softcapping": null"#, false),
+        ("gemma2", #""attn_logit_softcapping": 2.0"#, #""attn_logit_softcapping": null"#, false),
+        ("gemma2", #""query_pre_attn_scalar": 24"#, #""query_pre_attn_scalar": 16"#, false),
+        ("gemma2", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
+        ("gemma3-text", #""rope_theta": 20000.0"#, #""rope_theta": 10000.0"#, false),
+        ("gemma3-text", #""rope_theta": 500000.0"#, #""rope_theta": 1000000.0"#, false),
+        ("gemma3-text", #""factor": 4.0"#, #""factor": 1.0"#, false),
+        ("gemma3-text", #""attn_logit_softcapping": null"#, #""attn_logit_softcapping": 2.0"#, true),
+        ("qwen2-moe", #""norm_topk_prob": false"#, #""norm_topk_prob": true"#, false),
+        ("deepseek-v3", #""rope_interleave": true"#, #""rope_interleave": false"#, false),
+        ("deepseek-v3", #""routed_scaling_factor": 2.5"#, #""routed_scaling_factor": 1.0"#, false),
+        ("deepseek-v3", #""mscale_all_dim": 0.707"#, #""mscale_all_dim": 0.0"#, false),
+        ("deepseek-v3", #""topk_group": 2"#, #""topk_group": 4"#, false),
+    ])
+    func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
+        let dir = temporaryPath("\(fixture)-config")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath(fixture), toPath: dir)
+        let text = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
+        #expect(text.components(separatedBy: key).count == 2)
+        try text.replacingOccurrences(of: key, with: changed).write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        let (set, ckpt, out) = try shardTemporary(dir, tp: 2)
+        defer { removeDirectory(out) }
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: dir + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(report.reference?.passed == stillMatches)
+        #expect(report.final.passed)    // the TP pass still agrees with the full one
+    }
+
+    /// The same models described in transformers 4's config dialect (as published Gemma 2/3 and DeepSeek-V3
+    /// configs are: no layer_types, top-level rope_theta, Gemma 3's rope_local_base_freq,
+    /// sliding_window_pattern and rope_scaling for its global layers, DeepSeek's rope_scaling "type"),
+    /// which transformers 5.24 reads into the same model: the pass must match the same reference.
+    @Test("transformers 4 config dialect gives the same pass", arguments: ["gemma2", "gemma3-text", "deepseek-v3"])
+    func legacyConfigDialect(fixture: String) throws {
+        let dir = temporaryPath("\(fixture)-legacy")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath(fixture), toPath: dir)
+        let url = URL(fileURLWithPath: dir + "/config.json")
+        var c = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        var rope = try #require(c.removeValue(forKey: "rope_parameters") as? [String: Any])
+        c["layer_types"] = nil
+        switch fixture {
+        case "gemma3-text":
+            c["_sliding_window_pattern"] = nil
+            c["sliding_window_pattern"] = 2
+            c["rope_local_base_freq"] = (rope["sliding_attention"] as? [String: Any])?["rope_theta"]
+            var global = try #require(rope["full_attention"] as? [String: Any])
+            c["rope_theta"] = global.removeValue(forKey: "rope_theta")
+            c["rope_scaling"] = global
+        case "deepseek-v3":
+            c["rope_theta"] = rope.removeValue(forKey: "rope_theta")
+            rope["type"] = rope.removeValue(forKey: "rope_type")
+            c["rope_scaling"] = rope
+        default:
+            c["rope_theta"] = rope["rope_theta"]
+        }
+        try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
+        let (set, ckpt, out) = try shardTemporary(dir, tp: 2)
+        defer { removeDirectory(out) }
+        let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: dir + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        #expect(report.passed && report.reference?.passed == true)
     }
 
     @Test("a perturbed reference fails the reference check")

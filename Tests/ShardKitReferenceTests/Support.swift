@@ -12,10 +12,15 @@ func temporaryPath(_ tag: String) -> String {
 
 /// Shards `fixture` with its preset into a temporary directory.
 func shardFixture(_ fixture: String, tp: Int) throws -> (set: ShardSet, checkpoint: Checkpoint, directory: String) {
-    let dir = fixturePath(fixture)
+    try shardTemporary(fixturePath(fixture), tp: tp, tag: fixture)
+}
+
+/// Shards the checkpoint in `dir` with its preset into a temporary directory.
+func shardTemporary(_ dir: String, tp: Int, tag: String = "checkpoint") throws
+    -> (set: ShardSet, checkpoint: Checkpoint, directory: String) {
     let ckpt = try Checkpoint(path: dir)
     let rules = try ShardPlan.rules(for: ckpt, rulesFile: nil)
-    let out = temporaryPath("\(fixture)-tp\(tp)")
+    let out = temporaryPath("\(tag)-tp\(tp)")
     try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: tp, output: out, options: ShardSetWriter.Options())
     return (try ShardSet(directory: out), ckpt, out)
 }

@@ -81,10 +81,11 @@ public struct ModelConfig: Sendable {
     /// `partial_rotary_factor`); older configs spell them at the top level, under names that depend
     /// on the model (GPT-NeoX: `rotary_pct`, `rotary_emb_base`; most others: `partial_rotary_factor`,
     /// `rope_theta`), given as `factorKeys` / `thetaKeys`; then `rope_scaling.rope_theta`; then the
-    /// model's defaults.
+    /// model's defaults. `layerType` (Gemma 3: "sliding_attention", "full_attention"): transformers 5
+    /// keeps one `rope_parameters` object per layer type.
     public func rotary(factorKeys: [String] = ["partial_rotary_factor"], thetaKeys: [String] = ["rope_theta"],
-                       defaultFactor: Double = 1, defaultTheta: Double = 10000) -> Rotary {
-        let parameters = json["rope_parameters"] ?? json["text_config"]?["rope_parameters"]
+                       defaultFactor: Double = 1, defaultTheta: Double = 10000, layerType: String? = nil) -> Rotary {
+        let parameters = ropeParameters(layerType: layerType)
         func legacy(_ keys: [String]) -> Double? {
             for k in keys { if let v = json[k]?.doubleValue ?? json["text_config"]?[k]?.doubleValue { return v } }
             return nil
@@ -93,6 +94,13 @@ public struct ModelConfig: Sendable {
             ?? json["rope_scaling"]?["rope_theta"]?.doubleValue ?? defaultTheta
         let factor = parameters?["partial_rotary_factor"]?.doubleValue ?? legacy(factorKeys) ?? defaultFactor
         return Rotary(theta: theta, partialFactor: factor)
+    }
+
+    /// `rope_parameters` (top level, then `text_config`), or its object for `layerType` when it has one.
+    public func ropeParameters(layerType: String? = nil) -> JSONValue? {
+        let parameters = json["rope_parameters"] ?? json["text_config"]?["rope_parameters"]
+        if let layerType, let nested = parameters?[layerType], nested.objectValue != nil { return nested }
+        return parameters
     }
 
     public var tieWordEmbeddings: Bool? { bool("tie_word_embeddings") }

@@ -1,13 +1,15 @@
 /// The forward pass the reference target (ShardKitReference) runs for an architecture: one
 /// implementation per family, each following transformers' `modeling_*.py`.
 public enum ForwardPass: String, Sendable, CaseIterable {
-    /// Llama and its relatives (Mistral, Qwen2, Gemma, Mixtral, Phi-3): RMSNorm, rotary, GQA, SwiGLU
-    /// or MoE; the per-type details are in the pass.
+    /// Llama and its relatives (Mistral, Qwen2/3 and their MoEs, Gemma 1-3, Mixtral, Phi-3, …): RMSNorm,
+    /// rotary, GQA, SwiGLU or MoE; the per-type details are in the pass.
     case llamaFamily
     case gpt2
     case gptNeoX
     /// A BERT-style encoder: its output is the last hidden state, not logits.
     case bert
+    /// DeepSeek-V3: multi-head latent attention, sigmoid-routed experts in groups plus shared experts.
+    case deepseekV3
 }
 
 /// One architecture ShardKit knows, chosen by config.json's `model_type`: its split rules (written in
@@ -58,12 +60,17 @@ public enum Architectures {
         Architecture("qwen2", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("qwen3_moe", forwardPass: .llamaFamily, rules: llamaFamily),
+        Architecture("qwen2_moe", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("olmo2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("stablelm", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
+        Architecture("gemma2", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
+        Architecture("gemma3_text", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh",
+                     rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
                      rules: gptNeoX),
@@ -99,7 +106,7 @@ public enum Architectures {
         return RuleSet(name: "preset \(type)", entries: try architecture.rules(context))
     }
 
-    /// Llama, Mistral, Qwen2, Gemma, Mixtral, Phi-3 (`model.layers.N.` prefix).
+    /// Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3(-MoE), Gemma 1/2/3, Mixtral, Phi-3 (`model.layers.N.` prefix).
     @Sendable static func llamaFamily(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let type = c.modelType, heads = c.heads, kv = c.kvHeads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
@@ -124,16 +131,24 @@ public enum Architectures {
                 e(p + "mlp.down_proj.weight", .row(1)),
             ]
         } else {
+            // Qwen2 always has q/k/v biases, Qwen2-MoE unless qkv_bias is false.
+            let biases = type == "qwen2" || (type == "qwen2_moe" && c.config.bool("qkv_bias") != false)
             list += [
                 e(p + "self_attn.q_proj.weight", .heads(0, heads)),
-                e(p + "self_attn.q_proj.bias", .heads(0, heads), optional: type != "qwen2"),
+                e(p + "self_attn.q_proj.bias", .heads(0, heads), optional: !biases),
                 e(p + "self_attn.{k_proj,v_proj}.weight", .kvHeads(0, kv)),
-                e(p + "self_attn.{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: type != "qwen2"),
+                e(p + "self_attn.{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: !biases),
             ]
         }
-        if type == "qwen3" || type == "qwen3_moe" {
-            // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
+        if type == "qwen3" || type == "qwen3_moe" || type == "gemma3_text" {
+            // Qwen3's and Gemma 3's q/k norms act on each head's head_dim features: every rank holds
+            // them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "gemma2" || type == "gemma3_text" {
+            // Gemma 2/3 normalize each branch's input and output (post_attention_layernorm is the
+            // attention output's norm).
+            list.append(e(p + "{pre_feedforward_layernorm,post_feedforward_layernorm}.weight", .replicated))
         }
         if type == "stablelm" {
             // StableLM's norms are LayerNorms with biases.
@@ -150,13 +165,19 @@ public enum Architectures {
                 e(p + "post_feedforward_layernorm.weight", .replicated),
             ]
         }
-        if type == "qwen3_moe" {
+        let moe = type == "qwen3_moe" || type == "qwen2_moe"
+        if moe {
             // Sparse layers: a replicated router and experts split like a dense MLP (every expert over
             // every rank); layers in mlp_only_layers keep a dense MLP (below, optional).
+            list += [e(p + "mlp.gate.weight", .replicated)] + experts(c, p + "mlp.")
+        }
+        if type == "qwen2_moe" {
+            // Qwen2-MoE adds a shared expert (a dense MLP) scaled by sigmoid(shared_expert_gate · x):
+            // the gate is one row, [1, hidden], that every rank needs whole.
             list += [
-                e(p + "mlp.gate.weight", .replicated),
-                e(p + "mlp.experts.*.{gate_proj,up_proj}.weight", .column(0)),
-                e(p + "mlp.experts.*.down_proj.weight", .row(1)),
+                e(p + "mlp.shared_expert.{gate_proj,up_proj}.weight", .column(0)),
+                e(p + "mlp.shared_expert.down_proj.weight", .row(1)),
+                e(p + "mlp.shared_expert_gate.weight", .replicated),
             ]
         }
         if type == "mixtral" {
@@ -166,13 +187,74 @@ public enum Architectures {
                 e(p + "block_sparse_moe.experts.*.w2.weight", .row(1)),
             ]
         } else if type != "phi3" {
-            let moe = type == "qwen3_moe"
             list += [
                 e(p + "mlp.{gate_proj,up_proj}.weight", .column(0), optional: moe),
                 e(p + "mlp.{gate_proj,up_proj}.bias", .column(0), optional: true),
                 e(p + "mlp.down_proj.weight", .row(1), optional: moe),
                 e(p + "mlp.down_proj.bias", .replicated, optional: true),
             ]
+        }
+        return list
+    }
+
+    /// Routed experts under `prefix` (`model.layers.*.mlp.`), split like a dense MLP, in either layout:
+    /// one gate/up/down projection per expert (what save_pretrained writes, and published checkpoints
+    /// hold), or transformers 5's in-memory tensors (save_pretrained with save_original_format=False):
+    /// `experts.gate_up_proj` `[E, 2I, hidden]` (gate rows then up rows) and `experts.down_proj`
+    /// `[E, hidden, I]`. Both are optional: a checkpoint holds one of them.
+    static func experts(_ c: Architecture.Context, _ prefix: String) -> [RuleSet.Entry] {
+        [
+            c.entry(prefix + "experts.*.{gate_proj,up_proj}.weight", .column(0), optional: true),
+            c.entry(prefix + "experts.*.down_proj.weight", .row(1), optional: true),
+            c.entry(prefix + "experts.gate_up_proj", .fused(1, [.init(.even), .init(.even)]), optional: true),
+            c.entry(prefix + "experts.down_proj", .row(2), optional: true),
+        ]
+    }
+
+    /// DeepSeek-V3. Multi-head latent attention: the low-rank projections into the q and kv latents
+    /// (q_a_proj, kv_a_proj_with_mqa, which also yields the rope part of k shared by all heads) and
+    /// their norms are replicated; q_b_proj (or q_proj without q_lora_rank) and kv_b_proj are split by
+    /// head (kv_b_proj holds, head after head, qk_nope_head_dim rows of k then v_head_dim rows of v);
+    /// o_proj is row-parallel along the heads. The first first_k_dense_replace layers have a dense MLP,
+    /// the others a router (weight and e_score_correction_bias replicated), routed experts and shared
+    /// experts. Multi-token-prediction layers (index num_hidden_layers, outside the forward pass) are
+    /// split as vLLM loads them.
+    @Sendable static func deepseekV3(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let p = "model.layers.*.", a = p + "self_attn."
+        let lora = c.config.int("q_lora_rank") != nil
+        let denseLayers = c.config.int("first_k_dense_replace") ?? 3, layers = c.config.layers ?? 0
+        let dense = denseLayers > 0, sparse = denseLayers < layers
+        let shared = sparse && (c.config.int("n_shared_experts") ?? 1) > 0
+        var list = [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e("model.norm.weight", .replicated),
+            e(p + "{input_layernorm,post_attention_layernorm}.weight", .replicated),
+            e(a + "{kv_a_proj_with_mqa,kv_a_layernorm}.weight", .replicated),
+            e(a + "kv_a_proj_with_mqa.bias", .replicated, optional: true),
+            e(a + "kv_b_proj.weight", .heads(0, heads)),
+            e(a + "o_proj.weight", .outProjection(1, heads)),
+            e(a + "o_proj.bias", .replicated, optional: true),
+            e(p + "mlp.{gate_proj,up_proj}.weight", .column(0), optional: !dense),
+            e(p + "mlp.down_proj.weight", .row(1), optional: !dense),
+            e(p + "mlp.gate.{weight,e_score_correction_bias}", .replicated, optional: !sparse),
+            e(p + "mlp.shared_experts.{gate_proj,up_proj}.weight", .column(0), optional: !shared),
+            e(p + "mlp.shared_experts.down_proj.weight", .row(1), optional: !shared),
+            e(p + "{enorm,hnorm,eh_proj,shared_head.norm}.weight", .replicated, optional: true),
+            e(p + "{embed_tokens,shared_head.head}.weight", .vocab(0), optional: true),
+        ] + experts(c, p + "mlp.")
+        if lora {
+            list += [
+                e(a + "{q_a_proj,q_a_layernorm}.weight", .replicated),
+                e(a + "q_a_proj.bias", .replicated, optional: true),
+                e(a + "q_b_proj.weight", .heads(0, heads)),
+            ]
+        } else {
+            list.append(e(a + "q_proj.weight", .heads(0, heads)))
         }
         return list
     }
