@@ -95,18 +95,22 @@ enum Norm {
     }
 }
 
-/// Rotary position embedding, Hugging Face's rotate_half convention over the first `dims` dimensions
-/// of each head.
+/// Rotary position embedding over the first `dims` dimensions of each head: Hugging Face's
+/// rotate_half convention (dimension i pairs with i + dims/2), or with `interleaved` GPT-J's
+/// rotate_every_two (dimension 2i pairs with 2i + 1).
 struct Rope {
     let dims: Int
+    let interleaved: Bool
     let cos: [[Float]], sin: [[Float]]
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
-    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil) throws {
+    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil,
+         interleaved: Bool = false) throws {
         guard dims % 2 == 0, dims > 0 else {
             throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive")
         }
         self.dims = dims
+        self.interleaved = interleaved
         let half = dims / 2
         var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
         var attentionFactor: Float = 1
@@ -175,10 +179,11 @@ struct Rope {
     func apply(_ v: inout [Float], offset: Int, token t: Int) {
         let half = dims / 2
         for i in 0..<half {
-            let x1 = v[offset + i], x2 = v[offset + i + half]
+            let a = offset + (interleaved ? 2 * i : i), b = interleaved ? a + 1 : a + half
+            let x1 = v[a], x2 = v[b]
             let c = cos[t][i], s = sin[t][i]
-            v[offset + i] = x1 * c - x2 * s
-            v[offset + i + half] = x2 * c + x1 * s
+            v[a] = x1 * c - x2 * s
+            v[b] = x2 * c + x1 * s
         }
     }
 }
@@ -187,9 +192,11 @@ enum Attention {
     /// Scaled dot-product attention of one rank: its Q heads (labels `head·hd + d`) against the K/V heads
     /// it holds (labels `kvHead·hd + d`). Q head h uses KV head ⌊h·KV/H⌋; a rank that lacks it cannot
     /// compute (throws). Output labels are the Q labels of the rank's heads, in head order.
-    /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i).
+    /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i). `alibi`: ALiBi slopes
+    /// by global head; head h's score for key j gets slope[h]·j added after scaling (BLOOM).
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, rope: Rope?, causal: Bool,
-                    window: Int? = nil, scale: Float, rank: Int, layer: String) throws -> Act {
+                    window: Int? = nil, alibi: [Float]? = nil, scale: Float, rank: Int,
+                    layer: String) throws -> Act {
         let T = q.rows
         guard heads % kvHeads == 0 else {
             throw ShardKitError(.verificationFailed, "\(heads) heads are not a multiple of \(kvHeads) KV heads")
@@ -228,6 +235,7 @@ enum Attention {
                     var s: Float = 0
                     for d in 0..<hd { s += qh[i * hd + d] * kh[j * hd + d] }
                     scores[j] = s * scale
+                    if let alibi { scores[j] += alibi[h] * Float(j) }
                     m = max(m, scores[j])
                 }
                 var sum: Float = 0
@@ -247,6 +255,20 @@ enum Attention {
         }
         return Act(rows: T, labels: outLabels, data: data)
     }
+}
+
+/// ALiBi slopes of `heads` heads, as transformers computes them (BLOOM's `_get_alibi_slopes`): powers of
+/// 2^(−8/n) for the largest power of two n ≤ heads, then odd powers of 2^(−4/n) for the rest.
+func alibiSlopes(heads: Int) -> [Float] {
+    let n = 1 << (Int.bitWidth - 1 - heads.leadingZeroBitCount)
+    let base = Float(pow(2, -pow(2, -(log2(Double(n)) - 3))))
+    var slopes = (1...n).map { Float(pow(Double(base), Double($0))) }
+    if n != heads {
+        let extra = Float(pow(2, -pow(2, -(log2(Double(2 * n)) - 3))))
+        let rest = min(n, heads - n)
+        slopes += stride(from: 1, to: 2 * rest, by: 2).map { Float(pow(Double(extra), Double($0))) }
+    }
+    return slopes
 }
 
 /// Splits an activation whose labels index a fused output (e.g. [q; k; v]) into its parts, relabelled

@@ -50,12 +50,12 @@ struct Model {
     }
 
     /// A verification failure in config.json: "<path>: message".
-    private static func configError(_ config: ModelConfig, _ message: String) -> ShardKitError {
+    static func configError(_ config: ModelConfig, _ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "\(config.path): \(message)")
     }
 
     /// A verification failure on one rank: "rank r: message".
-    private static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
+    static func rankError(_ rank: Int, _ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "rank \(rank): \(message)")
     }
 
@@ -71,13 +71,20 @@ struct Model {
         case .gptNeoX: return try gptNeoX(ctx, tokens, observe)
         case .bert: return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
         case .llamaFamily: return try llamaFamily(ctx, tokens, observe)
+        case .falcon: return try falcon(ctx, tokens, observe)
+        case .bloom: return try bloom(ctx, tokens, observe)
+        case .gptJ: return try gptJ(ctx, tokens, observe)
+        case .opt: return try opt(ctx, tokens, observe)
+        case .phi: return try phi(ctx, tokens, observe)
         }
     }
 
     var activation: Activation {
         get throws {
             // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there).
-            let name = config.string("hidden_act", "activation_function") ?? architecture.defaultActivation
+            // Falcon spells it `activation`.
+            let name = config.string("hidden_act", "activation_function", "activation")
+                ?? architecture.defaultActivation
             return try Activation(name: name)
         }
     }
@@ -116,13 +123,15 @@ struct Model {
         }
     }
 
-    /// LM head: each rank's vocab rows, all-gathered, padding dropped.
-    func lmHead(_ ctx: TPContext, _ h: [Act], weight: String) throws -> [Act] {
+    /// LM head: each rank's vocab rows (plus its rows of `bias`, split with them), all-gathered, padding
+    /// dropped.
+    func lmHead(_ ctx: TPContext, _ h: [Act], weight: String, bias: String? = nil) throws -> [Act] {
         var outs: [Act] = []
         var size = vocab
+        let b = try bias.flatMap { try ctx.loadAllIfPresent($0) }
         for r in 0..<ctx.G {
             let w = try ctx.load(weight, rank: r)
-            let (y, partial) = try ctx.linear(h[r], w, bias: nil, rank: r)
+            let (y, partial) = try ctx.linear(h[r], w, bias: b?[r], rank: r)
             if partial {
                 throw Model.rankError(r, "\(weight) is split along the hidden dimension; an LM head is vocab-parallel")
             }
@@ -136,10 +145,11 @@ struct Model {
     }
 
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   scale: Float, layer: String) throws -> [Act] {
+                   alibi: [Float]? = nil, scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, scale: scale, rank: $0, layer: layer)
+                              rope: rope, causal: causal, window: window, alibi: alibi, scale: scale, rank: $0,
+                              layer: layer)
         }
     }
 
@@ -426,9 +436,7 @@ struct Model {
             let a = try attention(q, k, v, kvHeads: heads, rope: rope, causal: true, scale: scale, layer: "layer \(i)")
             let attn = try ctx.row(a, weight: p + "attention.dense.weight", bias: p + "attention.dense.bias")
             func mlp(_ y: [Act]) throws -> [Act] {
-                var f = try ctx.column(y, weight: p + "mlp.dense_h_to_4h.weight", bias: p + "mlp.dense_h_to_4h.bias")
-                for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
-                return try ctx.row(f, weight: p + "mlp.dense_4h_to_h.weight", bias: p + "mlp.dense_4h_to_h.bias")
+                try denseMLP(ctx, y, up: p + "mlp.dense_h_to_4h", down: p + "mlp.dense_4h_to_h", act: act)
             }
             if parallel {
                 var m = try mlp(try layerNormAll(ctx, h, p + "post_attention_layernorm"))
