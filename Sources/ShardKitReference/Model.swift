@@ -38,7 +38,8 @@ struct Model {
         layers = try need(config.layers, "num_hidden_layers")
         vocab = try need(config.vocabSize, "vocab_size")
         // transformers 4.57's config defaults, for a config.json that omits the key.
-        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? architecture.defaultEpsilon
+        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
+            ?? architecture.defaultEpsilon
         guard heads % kvHeads == 0 else {
             throw Model.configError(config, "\(heads) heads not a multiple of \(kvHeads) KV heads")
         }
@@ -59,7 +60,7 @@ struct Model {
         ShardKitError(.verificationFailed, "rank \(rank): \(message)")
     }
 
-    /// "logits" for decoders, "last_hidden_state" for BERT.
+    /// "logits" for decoders, "last_hidden_state" for BERT and RoBERTa.
     var outputName: String { pass == .bert ? "last_hidden_state" : "logits" }
     var outputWidth: Int { pass == .bert ? hidden : vocab }
 
@@ -153,13 +154,13 @@ struct Model {
         }
     }
 
-    /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
+    /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral, Phi-3 and StarCoder2 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
     /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
-        case "mistral", "mixtral", "phi3": return w
+        case "mistral", "mixtral", "phi3", "starcoder2": return w
         case "qwen2", "qwen3":
             // Qwen2Config and Qwen3Config drop sliding_window unless use_sliding_window (default false).
             guard config.bool("use_sliding_window") == true else { return nil }
@@ -171,7 +172,7 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, StarCoder2, Gemma, Mixtral, Phi-3
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -189,10 +190,12 @@ struct Model {
         if stablelm, config.bool("qk_layernorm") == true {
             throw Model.configError(config, "StableLM with qk_layernorm (per-head LayerNorms) has no reference pass")
         }
-        // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
+        // StableLM and StarCoder2: LayerNorms (weight and bias) instead of RMSNorms; StableLM optionally
+        // runs attention and MLP side by side.
+        let starcoder2 = type == "starcoder2"
         let parallel = stablelm && config.bool("use_parallel_residual") == true
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
-            stablelm ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
+            stablelm || starcoder2 ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
                      : try rmsAll(ctx, h, name, plusOne: gemma)
         }
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
@@ -253,6 +256,9 @@ struct Model {
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else if starcoder2 {
+                // StarCoder2: a plain two-layer MLP with biases.
+                m = try denseMLP(ctx, x2, up: p + "mlp.c_fc", down: p + "mlp.c_proj", act: act)
             } else if type == "qwen3_moe", qwen3SparseLayer(i) {
                 // Qwen3-MoE renormalises the top-k weights only with norm_topk_prob.
                 m = try moe(ctx, x2, prefix: p + "mlp.", act: act, experts: ("gate_proj", "up_proj", "down_proj"),
@@ -465,11 +471,23 @@ struct Model {
             throw ShardKitError(.verificationFailed,
                                 "BERT position_embedding_type \"\(kind)\" is not supported (only absolute)")
         }
-        let pre = ctx.weights.has("bert.embeddings.word_embeddings.weight") ? "bert." : ""
+        let pre = ["bert.", "roberta."].first { ctx.weights.has($0 + "embeddings.word_embeddings.weight") } ?? ""
         let T = tokens.count
         var h = try ctx.embed(tokens, table: pre + "embeddings.word_embeddings.weight")
         try ctx.addRows(&h, table: pre + "embeddings.token_type_embeddings.weight", ids: types)
-        try ctx.addRows(&h, table: pre + "embeddings.position_embeddings.weight", ids: Array(0..<T))
+        var positions = Array(0..<T)
+        if type == "roberta" {
+            // RoBERTa counts positions from padding_idx + 1 over the non-padding tokens; a padding token
+            // sits at padding_idx.
+            let pad = config.int("pad_token_id") ?? 1
+            var seen = 0
+            positions = tokens.map { tok in
+                if tok == pad { return pad }
+                seen += 1
+                return pad + seen
+            }
+        }
+        try ctx.addRows(&h, table: pre + "embeddings.position_embeddings.weight", ids: positions)
         h = try layerNormAll(ctx, h, pre + "embeddings.LayerNorm")
         try observe("embeddings", h)
         let act = try activation

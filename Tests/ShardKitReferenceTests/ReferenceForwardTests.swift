@@ -7,7 +7,10 @@ import Testing
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
-                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "falcon", "falcon-mq", "bloom", "gptj", "opt", "phi"]
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "falcon", "falcon-mq", "bloom", "gptj", "opt", "phi",
+                    "starcoder2", "roberta"]
+/// The encoders among them (their output is the last hidden state, with no final norm).
+let encoderFixtures: Set = ["bert", "roberta"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -26,7 +29,7 @@ struct ReferenceForwardTests {
         #expect(refTP.maxRelError <= 1e-4)
         #expect(report.final.maxRelError <= 1e-4)
         let passCheckpoints = report.layers.filter { !$0.name.hasPrefix("weight ") }
-        #expect(passCheckpoints.count == 2 + ckpt.config!.layers! - (fixture == "bert" ? 1 : 0))
+        #expect(passCheckpoints.count == 2 + ckpt.config!.layers! - (encoderFixtures.contains(fixture) ? 1 : 0))
         // Split weights the 7 reference tokens never reach are checked one by one: Mixtral routes them
         // past some experts; every other fixture's pass reads every split weight.
         let unread = report.layers.filter { $0.name.hasPrefix("weight ") }.map(\.name)
@@ -40,8 +43,9 @@ struct ReferenceForwardTests {
     }
 
     /// G = 8 for the fixtures whose heads allow it (every head count a multiple of 8; Falcon's 2 KV groups
-    /// and Phi's 2 KV heads each on 4 ranks).
-    @Test("TP pass at G = 8 matches the reference", arguments: ["falcon", "falcon-mq", "bloom", "gptj", "opt", "phi"])
+    /// and Phi's and StarCoder2's 2 KV heads each on 4 ranks).
+    @Test("TP pass at G = 8 matches the reference",
+          arguments: ["falcon", "falcon-mq", "bloom", "gptj", "opt", "phi", "starcoder2", "roberta"])
     func eightRanks(fixture: String) throws {
         let (set, ckpt, dir) = try shardFixture(fixture, tp: 8)
         defer { removeDirectory(dir) }
@@ -66,7 +70,7 @@ struct ReferenceForwardTests {
         _ = try model.forward(TPContext(weights: try CheckpointWeights(ckpt), gemm: GemmEngine()), tokens: try ref.ints("input_ids"),
                               tokenTypes: types) { name, acts in states[name] = acts[0].data }
         for n in 0...model.layers {
-            let name = n == 0 ? "embeddings" : n == model.layers && fixture != "bert" ? "final_norm" : "layers.\(n - 1)"
+            let name = n == 0 ? "embeddings" : n == model.layers && !encoderFixtures.contains(fixture) ? "final_norm" : "layers.\(n - 1)"
             let s = ComparisonStats.compare(try #require(states[name]), try ref.floats("hidden_states.\(n)"), tolerance: 1e-4)
             #expect(s.passed, "\(fixture) hidden_states.\(n) vs \(name): rel \(s.maxRelError)")
         }
@@ -124,7 +128,7 @@ struct ReferenceForwardTests {
         #expect(failed)
     }
 
-    /// Each special layout of Falcon, GPT-J, Phi and OPT, overridden by a plausible wrong rule, fails
+    /// Each special layout of Falcon, GPT-J, Phi, OPT and StarCoder2, overridden by a plausible wrong rule, fails
     /// verify (by a failed comparison or a verification error).
     @Test("a wrong split of a special tensor fails verify", arguments: [
         // Falcon's one K/V head split with the query heads instead of replicated: rank 0 has no key head.
@@ -136,6 +140,10 @@ struct ReferenceForwardTests {
         // OPT: a column-parallel bias replicated, a row-parallel bias split.
         ("opt", #"{"pattern": "model.decoder.layers.*.fc1.bias", "rule": "replicated"}"#, "fc1.bias"),
         ("opt", #"{"pattern": "model.decoder.layers.*.self_attn.out_proj.bias", "rule": "column"}"#, "out_proj.bias"),
+        // StarCoder2: the same for its plain MLP and its K/V biases.
+        ("starcoder2", #"{"pattern": "model.layers.*.mlp.c_fc.bias", "rule": "replicated"}"#, "c_fc.bias"),
+        ("starcoder2", #"{"pattern": "model.layers.*.mlp.c_proj.bias", "rule": "column"}"#, "c_proj.bias"),
+        ("starcoder2", #"{"pattern": "model.layers.*.self_attn.{k_proj,v_proj}.bias", "rule": "replicated"}"#, "k_proj.bias"),
     ])
     func specialWrongSplitFails(fixture: String, rule: String, mentions: String) throws {
         let dir = fixturePath(fixture)

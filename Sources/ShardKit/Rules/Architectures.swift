@@ -1,12 +1,12 @@
 /// The forward pass the reference target (ShardKitReference) runs for an architecture: one
 /// implementation per family, each following transformers' `modeling_*.py`.
 public enum ForwardPass: String, Sendable, CaseIterable {
-    /// Llama and its relatives (Mistral, Qwen2, Gemma, Mixtral, Phi-3): RMSNorm, rotary, GQA, SwiGLU
-    /// or MoE; the per-type details are in the pass.
+    /// Llama and its relatives (Mistral, Qwen2, Gemma, Mixtral, Phi-3, StableLM, StarCoder2, …): RMSNorm
+    /// (or LayerNorm), rotary, GQA, SwiGLU, a plain MLP or MoE; the per-type details are in the pass.
     case llamaFamily
     case gpt2
     case gptNeoX
-    /// A BERT-style encoder: its output is the last hidden state, not logits.
+    /// A BERT-style encoder (BERT, RoBERTa): its output is the last hidden state, not logits.
     case bert
     case falcon
     case bloom
@@ -67,6 +67,8 @@ public enum Architectures {
         Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("olmo2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("stablelm", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("starcoder2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5,
+                     defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
@@ -74,6 +76,7 @@ public enum Architectures {
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
                      rules: gptNeoX),
         Architecture("bert", forwardPass: .bert, defaultEpsilon: 1e-12, defaultActivation: "gelu", rules: bert),
+        Architecture("roberta", forwardPass: .bert, defaultEpsilon: 1e-12, defaultActivation: "gelu", rules: bert),
         Architecture("falcon", forwardPass: .falcon, defaultEpsilon: 1e-5, defaultActivation: "gelu", rules: falcon),
         Architecture("bloom", forwardPass: .bloom, defaultEpsilon: 1e-5, defaultActivation: "gelu_pytorch_tanh",
                      rules: bloom),
@@ -147,8 +150,8 @@ public enum Architectures {
             // Qwen3's q/k norms act on each head's head_dim features: every rank holds them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
         }
-        if type == "stablelm" {
-            // StableLM's norms are LayerNorms with biases.
+        if type == "stablelm" || type == "starcoder2" {
+            // StableLM's and StarCoder2's norms are LayerNorms with biases.
             list += [
                 e(p + "{input_layernorm,post_attention_layernorm}.bias", .replicated),
                 e("model.norm.bias", .replicated),
@@ -171,7 +174,15 @@ public enum Architectures {
                 e(p + "mlp.experts.*.down_proj.weight", .row(1)),
             ]
         }
-        if type == "mixtral" {
+        if type == "starcoder2" {
+            // A plain MLP with biases (use_bias): c_fc column-parallel, c_proj row-parallel.
+            list += [
+                e(p + "mlp.c_fc.weight", .column(0)),
+                e(p + "mlp.c_fc.bias", .column(0), optional: true),
+                e(p + "mlp.c_proj.weight", .row(1)),
+                e(p + "mlp.c_proj.bias", .replicated, optional: true),
+            ]
+        } else if type == "mixtral" {
             list += [
                 e(p + "block_sparse_moe.gate.weight", .replicated),
                 e(p + "block_sparse_moe.experts.*.{w1,w3}.weight", .column(0)),
@@ -238,13 +249,13 @@ public enum Architectures {
         ]
     }
 
-    /// BERT encoders.
+    /// BERT and RoBERTa encoders.
     @Sendable static func bert(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
             c.entry(p, r, optional: optional)
         }
-        let b = "{bert.,}"
+        let b = "{\(c.modelType).,}"
         let l = b + "encoder.layer.*."
         return [
             e(b + "embeddings.word_embeddings.weight", .vocab(0)),
