@@ -161,15 +161,14 @@ extension Model {
 
     func opt(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let d = prefix(ctx, of: "embed_tokens.weight", ["model.decoder.", "decoder."])
-        if ctx.weights.has(d + "project_in.weight") || ctx.weights.has(d + "project_out.weight") {
-            throw Model.configError(config, "OPT with project_in/project_out (word_embed_proj_dim ≠ hidden_size) "
-                                    + "has no reference pass")
-        }
         if config.bool("layer_norm_elementwise_affine") == false {
             throw Model.configError(config, "OPT without LayerNorm weights has no reference pass")
         }
         let T = tokens.count
         var h = try ctx.embed(tokens, table: d + "embed_tokens.weight")
+        // With word_embed_proj_dim ≠ hidden_size, replicated projections into and out of the hidden size.
+        let projected = ctx.weights.has(d + "project_in.weight")
+        if projected { h = try ctx.column(h, weight: d + "project_in.weight", bias: nil) }
         // Learned positions, offset by 2.
         try ctx.addRows(&h, table: d + "embed_positions.weight", ids: (0..<T).map { $0 + 2 })
         try observe("embeddings", h)
@@ -196,6 +195,7 @@ extension Model {
         }
         // transformers builds the final norm only with do_layer_norm_before.
         if ctx.weights.has(d + "final_layer_norm.weight") { h = try layerNormAll(ctx, h, d + "final_layer_norm") }
+        if projected { h = try ctx.column(h, weight: d + "project_out.weight", bias: nil) }
         try observe("final_norm", h)
         let head = ctx.weights.has("lm_head.weight") ? "lm_head.weight" : d + "embed_tokens.weight"
         return try lmHead(ctx, h, weight: head)

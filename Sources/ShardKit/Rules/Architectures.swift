@@ -381,8 +381,8 @@ public enum Architectures {
         ]
     }
 
-    /// OPT: biases everywhere (`enable_bias`), learned positions (replicated), optional
-    /// project_in/project_out (replicated).
+    /// OPT: biases everywhere (`enable_bias`), learned positions (replicated), project_in/project_out
+    /// (when word_embed_proj_dim ≠ hidden_size; replicated).
     @Sendable static func opt(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
