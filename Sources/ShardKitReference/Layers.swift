@@ -175,11 +175,12 @@ struct Rope {
         sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
     }
 
-    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place.
-    func apply(_ v: inout [Float], offset: Int, token t: Int) {
+    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
+    /// pairs are adjacent entries instead of the two halves (Attention passes the Rope's own setting).
+    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool = false) {
         let half = dims / 2
         for i in 0..<half {
-            let a = offset + (interleaved ? 2 * i : i), b = interleaved ? a + 1 : a + half
+            let (a, b) = interleaved ? (offset + 2 * i, offset + 2 * i + 1) : (offset + i, offset + i + half)
             let x1 = v[a], x2 = v[b]
             let c = cos[t][i], s = sin[t][i]
             v[a] = x1 * c - x2 * s
@@ -214,17 +215,18 @@ enum Attention {
         var outLabels: [Int] = []
         var heads_: [[Float]] = []
         var kvCache: [Int: ([Float], [Float])] = [:]
+        let adjacent = rope?.interleaved ?? false
         for h in qHeads {
             var qh = try gather(q, head: h, what: "query")
             let kvh = h / group
             if kvCache[kvh] == nil {
                 var kh = try gather(k, head: kvh, what: "key")
                 let vh = try gather(v, head: kvh, what: "value")
-                if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t) } }
+                if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t, interleaved: adjacent) } }
                 kvCache[kvh] = (kh, vh)
             }
             let (kh, vh) = kvCache[kvh]!
-            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
+            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t, interleaved: adjacent) } }
             var out = [Float](repeating: 0, count: T * hd)
             var scores = [Float](repeating: 0, count: T)
             for i in 0..<T {
