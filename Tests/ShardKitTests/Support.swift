@@ -31,6 +31,7 @@ let allFixtures: [FixtureCase] = [
     .init(name: "falcon-mq", heads: 8, kvHeads: 1, allowed: [1, 2, 4, 8]),
     .init(name: "falcon-seq", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
     .init(name: "bloom", heads: 24, kvHeads: 24, allowed: [1, 2, 4, 8]),
+    .init(name: "bloom-postln", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
     .init(name: "gptj", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
     .init(name: "opt", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
     .init(name: "opt-proj", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
