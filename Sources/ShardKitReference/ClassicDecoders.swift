@@ -21,7 +21,8 @@ extension Model {
         return (q, k, v)
     }
 
-    /// The `{transformer.,}` prefix the checkpoint uses for `name`.
+    /// The first of `candidates` (name prefixes such as "transformer.") under which the checkpoint has
+    /// `name`; the last when none has it.
     func prefix(_ ctx: TPContext, of name: String, _ candidates: [String]) -> String {
         candidates.first { ctx.weights.has($0 + name) } ?? candidates.last ?? ""
     }
@@ -36,7 +37,7 @@ extension Model {
         let T = tokens.count, hd = headDim, H = heads
         let layout = Architectures.FalconQKV(config)
         let kv = layout.kvHeads(heads: H)
-        guard kv > 0, H % kv == 0 else { throw Model.configError(config, "\(H) heads, \(kv) KV groups") }
+        guard kv > 0, H % kv == 0 else { throw Model.configError(config, "\(H) heads are not a multiple of \(kv) KV groups") }
         let newArch = config.bool("new_decoder_architecture") ?? false
         // The new architecture always runs attention and MLP side by side, by default with two norms.
         let parallel = newArch || config.bool("parallel_attn") ?? true

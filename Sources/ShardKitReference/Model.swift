@@ -393,11 +393,7 @@ struct Model {
             let p = pre + "h.\(i)."
             let x = try layerNormAll(ctx, h, p + "ln_1")
             let qkv = try ctx.column(x, weight: p + "attn.c_attn.weight", bias: p + "attn.c_attn.bias", conv1D: true)
-            var q: [Act] = [], k: [Act] = [], v: [Act] = []
-            for a in qkv {
-                let parts = try splitParts(a, parts: 3) { l in (l / hidden, l % hidden) }
-                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
-            }
+            let (q, k, v) = try splitQKV(qkv) { l in (l / hidden, l % hidden) }
             var scale: Float = scaled ? Float(1 / Double(headDim).squareRoot()) : 1
             if byLayer { scale /= Float(i + 1) }
             let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: true, scale: scale, layer: "layer \(i)")
@@ -433,12 +429,8 @@ struct Model {
             let x = try layerNormAll(ctx, h, p + "input_layernorm")
             let qkv = try ctx.column(x, weight: p + "attention.query_key_value.weight",
                                      bias: p + "attention.query_key_value.bias")
-            var q: [Act] = [], k: [Act] = [], v: [Act] = []
-            for a in qkv {
-                // [heads, 3, head_dim] interleaved.
-                let parts = try splitParts(a, parts: 3) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
-                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
-            }
+            // [heads, 3, head_dim] interleaved.
+            let (q, k, v) = try splitQKV(qkv) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
             let a = try attention(q, k, v, kvHeads: heads, rope: rope, causal: true, scale: scale, layer: "layer \(i)")
             let attn = try ctx.row(a, weight: p + "attention.dense.weight", bias: p + "attention.dense.bias")
             func mlp(_ y: [Act]) throws -> [Act] {
