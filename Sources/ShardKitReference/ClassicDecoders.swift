@@ -37,7 +37,9 @@ extension Model {
         let T = tokens.count, hd = headDim, H = heads
         let layout = Architectures.FalconQKV(config)
         let kv = layout.kvHeads(heads: H)
-        guard kv > 0, H % kv == 0 else { throw Model.configError(config, "\(H) heads are not a multiple of \(kv) KV groups") }
+        guard kv > 0, H % kv == 0 else {
+            throw Model.configError(config, "\(H) heads are not a multiple of \(kv) KV groups")
+        }
         let newArch = config.bool("new_decoder_architecture") ?? false
         // The new architecture always runs attention and MLP side by side, by default with two norms.
         let parallel = newArch || config.bool("parallel_attn") ?? true

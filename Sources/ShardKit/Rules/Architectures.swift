@@ -270,6 +270,13 @@ public enum Architectures {
             e(l + "output.dense.weight", .row(1)),
             e(l + "output.dense.bias", .replicated),
             e(b + "pooler.dense.{weight,bias}", .replicated, optional: true),
+            // Pretraining heads (not read by the pass): the transform replicated, the decoder and its bias
+            // vocab-parallel like the embedding they are tied to.
+            e("{cls.predictions.transform,lm_head}.dense.{weight,bias}", .replicated, optional: true),
+            e("{cls.predictions.transform.LayerNorm,lm_head.layer_norm}.{weight,bias}", .replicated, optional: true),
+            e("{cls.predictions,lm_head}.decoder.weight", .vocab(0), optional: true),
+            e("{cls.predictions,lm_head}.{bias,decoder.bias}", .vocab(0), optional: true),
+            e("cls.seq_relationship.{weight,bias}", .replicated, optional: true),
         ]
     }
 
