@@ -98,18 +98,22 @@ enum Norm {
     }
 }
 
-/// Rotary position embedding, Hugging Face's rotate_half convention over the first `dims` dimensions
-/// of each head.
+/// Rotary position embedding over the first `dims` dimensions of each head: Hugging Face's
+/// rotate_half convention (dimension i pairs with i + dims/2), or with `interleaved` GPT-J's
+/// rotate_every_two (dimension 2i pairs with 2i + 1).
 struct Rope {
     let dims: Int
+    let interleaved: Bool
     let cos: [[Float]], sin: [[Float]]
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
-    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil) throws {
+    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil,
+         interleaved: Bool = false) throws {
         guard dims % 2 == 0, dims > 0 else {
             throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive")
         }
         self.dims = dims
+        self.interleaved = interleaved
         let half = dims / 2
         var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
         var attentionFactor: Float = 1
@@ -216,7 +220,8 @@ struct Rope {
     }
 
     /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
-    /// pairs are adjacent entries (DeepSeek's rope_interleave) instead of the two halves.
+    /// pairs are adjacent entries (GPT-J; DeepSeek's rope_interleave) instead of the two halves
+    /// (Attention passes the Rope's own setting).
     func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool = false) {
         let half = dims / 2
         for i in 0..<half {
@@ -234,11 +239,12 @@ enum Attention {
     /// it holds (labels `kvHead·hd + d`). Q head h uses KV head ⌊h·KV/H⌋; a rank that lacks it cannot
     /// compute (throws). Output labels are the Q labels of the rank's heads, in head order.
     /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i). `softcap`: scores
-    /// become cap · tanh(score / cap) (Gemma 2). `valueDim`: the width of a value head when it differs
-    /// from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
+    /// become cap · tanh(score / cap) (Gemma 2). `alibi`: ALiBi slopes by global head; head h's score
+    /// for key j gets slope[h]·j added after scaling (BLOOM). `valueDim`: the width of a value head when
+    /// it differs from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, valueDim: Int? = nil,
-                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, scale: Float, rank: Int,
-                    layer: String) throws -> Act {
+                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, alibi: [Float]? = nil,
+                    scale: Float, rank: Int, layer: String) throws -> Act {
         let vd = valueDim ?? hd
         let T = q.rows
         guard heads % kvHeads == 0 else {
@@ -257,17 +263,18 @@ enum Attention {
         var outLabels: [Int] = []
         var heads_: [[Float]] = []
         var kvCache: [Int: ([Float], [Float])] = [:]
+        let adjacent = rope?.interleaved ?? false
         for h in qHeads {
             var qh = try gather(q, head: h, what: "query")
             let kvh = h / group
             if kvCache[kvh] == nil {
                 var kh = try gather(k, head: kvh, what: "key")
                 let vh = try gather(v, head: kvh, what: "value", width: vd)
-                if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t) } }
+                if let rope { for t in 0..<T { rope.apply(&kh, offset: t * hd, token: t, interleaved: adjacent) } }
                 kvCache[kvh] = (kh, vh)
             }
             let (kh, vh) = kvCache[kvh]!
-            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
+            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t, interleaved: adjacent) } }
             var out = [Float](repeating: 0, count: T * vd)
             var scores = [Float](repeating: 0, count: T)
             for i in 0..<T {
@@ -279,6 +286,7 @@ enum Attention {
                     for d in 0..<hd { s += qh[i * hd + d] * kh[j * hd + d] }
                     scores[j] = s * scale
                     if let softcap { scores[j] = softcap * Float(tanh(Double(scores[j] / softcap))) }
+                    if let alibi { scores[j] += alibi[h] * Float(j) }
                     m = max(m, scores[j])
                 }
                 var sum: Float = 0
@@ -298,6 +306,20 @@ enum Attention {
         }
         return Act(rows: T, labels: outLabels, data: data)
     }
+}
+
+/// ALiBi slopes of `heads` heads, as transformers computes them (BLOOM's `_get_alibi_slopes`): powers of
+/// 2^(−8/n) for the largest power of two n ≤ heads, then odd powers of 2^(−4/n) for the rest.
+func alibiSlopes(heads: Int) -> [Float] {
+    let n = 1 << (Int.bitWidth - 1 - heads.leadingZeroBitCount)
+    let base = Float(pow(2, -pow(2, -(log2(Double(n)) - 3))))
+    var slopes = (1...n).map { Float(pow(Double(base), Double($0))) }
+    if n != heads {
+        let extra = Float(pow(2, -pow(2, -(log2(Double(2 * n)) - 3))))
+        let rest = min(n, heads - n)
+        slopes += stride(from: 1, to: 2 * rest, by: 2).map { Float(pow(Double(extra), Double($0))) }
+    }
+    return slopes
 }
 
 /// Splits an activation whose labels index a fused output (e.g. [q; k; v]) into its parts, relabelled

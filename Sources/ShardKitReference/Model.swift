@@ -38,7 +38,8 @@ struct Model {
         layers = try need(config.layers, "num_hidden_layers")
         vocab = try need(config.vocabSize, "vocab_size")
         // transformers 4.57's config defaults, for a config.json that omits the key.
-        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon") ?? architecture.defaultEpsilon
+        eps = config.double("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
+            ?? architecture.defaultEpsilon
         guard heads % kvHeads == 0 else {
             throw Model.configError(config, "\(heads) heads not a multiple of \(kvHeads) KV heads")
         }
@@ -59,7 +60,7 @@ struct Model {
         ShardKitError(.verificationFailed, "rank \(rank): \(message)")
     }
 
-    /// "logits" for decoders, "last_hidden_state" for BERT.
+    /// "logits" for decoders, "last_hidden_state" for BERT and RoBERTa.
     var outputName: String { pass == .bert ? "last_hidden_state" : "logits" }
     var outputWidth: Int { pass == .bert ? hidden : vocab }
 
@@ -72,15 +73,20 @@ struct Model {
         case .bert: return try bert(ctx, tokens, tokenTypes ?? Array(repeating: 0, count: tokens.count), observe)
         case .llamaFamily: return try llamaFamily(ctx, tokens, observe)
         case .deepseekV3: return try deepseekV3(ctx, tokens, observe)
+        case .falcon: return try falcon(ctx, tokens, observe)
+        case .bloom: return try bloom(ctx, tokens, observe)
+        case .gptJ: return try gptJ(ctx, tokens, observe)
+        case .opt: return try opt(ctx, tokens, observe)
+        case .phi: return try phi(ctx, tokens, observe)
         }
     }
 
     var activation: Activation {
         get throws {
             // transformers 4.57 reads hidden_act only (Gemma's hidden_activation is ignored there);
-            // Gemma 2 and 3 read hidden_activation only.
+            // Gemma 2 and 3 read hidden_activation only. Falcon spells it `activation`.
             let configured = gemmaNext ? config.string("hidden_activation")
-                : config.string("hidden_act", "activation_function")
+                : config.string("hidden_act", "activation_function", "activation")
             let name = configured ?? architecture.defaultActivation
             return try Activation(name: name)
         }
@@ -125,13 +131,15 @@ struct Model {
         }
     }
 
-    /// LM head: each rank's vocab rows, all-gathered, padding dropped.
-    func lmHead(_ ctx: TPContext, _ h: [Act], weight: String) throws -> [Act] {
+    /// LM head: each rank's vocab rows (plus its rows of `bias`, split with them), all-gathered, padding
+    /// dropped.
+    func lmHead(_ ctx: TPContext, _ h: [Act], weight: String, bias: String? = nil) throws -> [Act] {
         var outs: [Act] = []
         var size = vocab
+        let b = try bias.flatMap { try ctx.loadAllIfPresent($0) }
         for r in 0..<ctx.G {
             let w = try ctx.load(weight, rank: r)
-            let (y, partial) = try ctx.linear(h[r], w, bias: nil, rank: r)
+            let (y, partial) = try ctx.linear(h[r], w, bias: b?[r], rank: r)
             if partial {
                 throw Model.rankError(r, "\(weight) is split along the hidden dimension; an LM head is vocab-parallel")
             }
@@ -145,10 +153,11 @@ struct Model {
     }
 
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   softcap: Float? = nil, scale: Float, layer: String) throws -> [Act] {
+                   softcap: Float? = nil, alibi: [Float]? = nil, scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, softcap: softcap, scale: scale, rank: $0,
+                              rope: rope, causal: causal, window: window, softcap: softcap, alibi: alibi,
+                              scale: scale, rank: $0,
                               layer: layer)
         }
     }
@@ -164,14 +173,14 @@ struct Model {
         return (i + 1) % pattern != 0
     }
 
-    /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
+    /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral, Phi-3 and StarCoder2 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
     /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window;
     /// Gemma 2 and 3 on their local layers.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
-        case "mistral", "mixtral", "phi3": return w
+        case "mistral", "mixtral", "phi3", "starcoder2": return w
         case "gemma2", "gemma3_text": return gemmaLocal(layer: i) ? w : nil
         case "qwen2", "qwen3", "qwen2_moe":
             // Their configs drop sliding_window unless use_sliding_window (default false).
@@ -184,7 +193,8 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, StarCoder2, Gemma 1-3,
+    // Mixtral, Phi-3
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -202,10 +212,12 @@ struct Model {
         if stablelm, config.bool("qk_layernorm") == true {
             throw Model.configError(config, "StableLM with qk_layernorm (per-head LayerNorms) has no reference pass")
         }
-        // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
+        // StableLM and StarCoder2: LayerNorms (weight and bias) instead of RMSNorms; StableLM optionally
+        // runs attention and MLP side by side.
+        let starcoder2 = type == "starcoder2"
         let parallel = stablelm && config.bool("use_parallel_residual") == true
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
-            stablelm ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
+            stablelm || starcoder2 ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
                      : try rmsAll(ctx, h, name, plusOne: gemma)
         }
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
@@ -284,6 +296,9 @@ struct Model {
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else if starcoder2 {
+                // StarCoder2: a plain two-layer MLP with biases.
+                m = try denseMLP(ctx, x2, up: p + "mlp.c_fc", down: p + "mlp.c_proj", act: act)
             } else if type == "qwen3_moe" || type == "qwen2_moe", qwen3SparseLayer(i) {
                 // Qwen2/3-MoE renormalise the top-k weights only with norm_topk_prob.
                 let routed = try moe(ctx, x2, prefix: p + "mlp.", act: act,
@@ -526,11 +541,7 @@ struct Model {
             let p = pre + "h.\(i)."
             let x = try layerNormAll(ctx, h, p + "ln_1")
             let qkv = try ctx.column(x, weight: p + "attn.c_attn.weight", bias: p + "attn.c_attn.bias", conv1D: true)
-            var q: [Act] = [], k: [Act] = [], v: [Act] = []
-            for a in qkv {
-                let parts = try splitParts(a, parts: 3) { l in (l / hidden, l % hidden) }
-                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
-            }
+            let (q, k, v) = try splitQKV(qkv) { l in (l / hidden, l % hidden) }
             var scale: Float = scaled ? Float(1 / Double(headDim).squareRoot()) : 1
             if byLayer { scale /= Float(i + 1) }
             let a = try attention(q, k, v, kvHeads: heads, rope: nil, causal: true, scale: scale, layer: "layer \(i)")
@@ -566,18 +577,12 @@ struct Model {
             let x = try layerNormAll(ctx, h, p + "input_layernorm")
             let qkv = try ctx.column(x, weight: p + "attention.query_key_value.weight",
                                      bias: p + "attention.query_key_value.bias")
-            var q: [Act] = [], k: [Act] = [], v: [Act] = []
-            for a in qkv {
-                // [heads, 3, head_dim] interleaved.
-                let parts = try splitParts(a, parts: 3) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
-                q.append(parts[0]); k.append(parts[1]); v.append(parts[2])
-            }
+            // [heads, 3, head_dim] interleaved.
+            let (q, k, v) = try splitQKV(qkv) { l in ((l % (3 * hd)) / hd, (l / (3 * hd)) * hd + l % hd) }
             let a = try attention(q, k, v, kvHeads: heads, rope: rope, causal: true, scale: scale, layer: "layer \(i)")
             let attn = try ctx.row(a, weight: p + "attention.dense.weight", bias: p + "attention.dense.bias")
             func mlp(_ y: [Act]) throws -> [Act] {
-                var f = try ctx.column(y, weight: p + "mlp.dense_h_to_4h.weight", bias: p + "mlp.dense_h_to_4h.bias")
-                for r in 0..<f.count { for j in 0..<f[r].data.count { f[r].data[j] = act(f[r].data[j]) } }
-                return try ctx.row(f, weight: p + "mlp.dense_4h_to_h.weight", bias: p + "mlp.dense_4h_to_h.bias")
+                try denseMLP(ctx, y, up: p + "mlp.dense_h_to_4h", down: p + "mlp.dense_4h_to_h", act: act)
             }
             if parallel {
                 var m = try mlp(try layerNormAll(ctx, h, p + "post_attention_layernorm"))
@@ -606,11 +611,23 @@ struct Model {
             throw ShardKitError(.verificationFailed,
                                 "BERT position_embedding_type \"\(kind)\" is not supported (only absolute)")
         }
-        let pre = ctx.weights.has("bert.embeddings.word_embeddings.weight") ? "bert." : ""
+        let pre = ["bert.", "roberta."].first { ctx.weights.has($0 + "embeddings.word_embeddings.weight") } ?? ""
         let T = tokens.count
         var h = try ctx.embed(tokens, table: pre + "embeddings.word_embeddings.weight")
         try ctx.addRows(&h, table: pre + "embeddings.token_type_embeddings.weight", ids: types)
-        try ctx.addRows(&h, table: pre + "embeddings.position_embeddings.weight", ids: Array(0..<T))
+        var positions = Array(0..<T)
+        if type == "roberta" {
+            // RoBERTa counts positions from padding_idx + 1 over the non-padding tokens; a padding token
+            // sits at padding_idx.
+            let pad = config.int("pad_token_id") ?? 1
+            var seen = 0
+            positions = tokens.map { tok in
+                if tok == pad { return pad }
+                seen += 1
+                return pad + seen
+            }
+        }
+        try ctx.addRows(&h, table: pre + "embeddings.position_embeddings.weight", ids: positions)
         h = try layerNormAll(ctx, h, pre + "embeddings.LayerNorm")
         try observe("embeddings", h)
         let act = try activation

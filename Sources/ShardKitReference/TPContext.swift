@@ -91,13 +91,20 @@ struct TPContext {
         return (y, partial)
     }
 
-    /// Adds the bias values of `y`'s output labels (labels at or past `trueSize` are padding).
+    /// Adds the bias values of `y`'s output labels (labels at or past `trueSize` are padding). As on a TP
+    /// server, a rank adds its own bias piece to its own outputs: the piece must hold exactly `y`'s
+    /// features (a column-parallel bias split like its weight, a bias after an all-reduce whole).
     func addBias(_ y: inout Act, _ bias: Piece, trueSize: Int, rank: Int) throws {
         guard bias.shape.count == 1 else {
             throw ShardKitError(.verificationFailed,
                                 "tensor \(bias.name): expected a 1-D bias, got shape \(bias.shape)")
         }
         let labels = bias.labels(along: 0)
+        let held = labels.filter { $0 < trueSize }, produced = y.labels.filter { $0 < trueSize }
+        guard held == produced else {
+            throw TPContext.rankError(rank, "\(bias.name) holds output features \(describe(held)), but the rank's "
+                                      + "layer produces \(describe(produced)); its bias must be split like them")
+        }
         var map: [Int: Float] = [:]
         for (i, l) in labels.enumerated() { map[l] = bias.data[i] }
         var values = [Float](repeating: 0, count: y.cols)

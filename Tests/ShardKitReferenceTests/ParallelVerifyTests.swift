@@ -36,7 +36,7 @@ struct ParallelVerifyTests {
         #expect(stages.map { $0.layers[1] - $0.layers[0] } == set.layout.stageLayers.map(\.count))
         // Every state is computed by the stage holding its layer: embeddings first, the output last.
         #expect(stages.first?.checkpoints.first == "embeddings")
-        #expect(stages.last?.checkpoints.last == (fixture == "bert" ? "last_hidden_state" : "logits"))
+        #expect(stages.last?.checkpoints.last == (encoderFixtures.contains(fixture) ? "last_hidden_state" : "logits"))
         for s in stages {
             for name in s.checkpoints where name.hasPrefix("layers.") {
                 let layer = Int(name.dropFirst(7))!

@@ -7,12 +7,18 @@ import Testing
 /// computed in f32 from the bf16-rounded weights, so the same bound applies to our f32 pass, but the
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
-                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
-                    "deepseek-v3-qdirect"]
+                    "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text",
+                    "deepseek-v3", "deepseek-v3-qdirect", "falcon", "falcon-mq", "falcon-seq", "bloom", "bloom-postln", "gptj",
+                    "opt", "opt-proj", "phi", "starcoder2", "roberta"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
-/// DeepSeek's 8 MLA heads.
-let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
+/// DeepSeek's 8 MLA heads; every head count a multiple of 8, Falcon's 2 KV groups and Phi's and
+/// StarCoder2's 2 KV heads each on 4 ranks.
+let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect",
+                       "falcon", "falcon-mq", "falcon-seq", "bloom", "bloom-postln", "gptj", "opt", "opt-proj", "phi",
+                       "starcoder2", "roberta"]
+/// The encoders among them (their output is the last hidden state, with no final norm).
+let encoderFixtures: Set = ["bert", "roberta"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -31,7 +37,7 @@ struct ReferenceForwardTests {
         #expect(refTP.maxRelError <= 1e-4)
         #expect(report.final.maxRelError <= 1e-4)
         let passCheckpoints = report.layers.filter { !$0.name.hasPrefix("weight ") }
-        #expect(passCheckpoints.count == 2 + ckpt.config!.layers! - (fixture == "bert" ? 1 : 0))
+        #expect(passCheckpoints.count == 2 + ckpt.config!.layers! - (encoderFixtures.contains(fixture) ? 1 : 0))
         // Split weights the 7 reference tokens never reach are checked one by one: Mixtral routes them
         // past some experts; every other fixture's pass reads every split weight.
         let unread = report.layers.filter { $0.name.hasPrefix("weight ") }.map(\.name)
@@ -61,7 +67,7 @@ struct ReferenceForwardTests {
         _ = try model.forward(TPContext(weights: try CheckpointWeights(ckpt), gemm: GemmEngine()), tokens: try ref.ints("input_ids"),
                               tokenTypes: types) { name, acts in states[name] = acts[0].data }
         for n in 0...model.layers {
-            let name = n == 0 ? "embeddings" : n == model.layers && fixture != "bert" ? "final_norm" : "layers.\(n - 1)"
+            let name = n == 0 ? "embeddings" : n == model.layers && !encoderFixtures.contains(fixture) ? "final_norm" : "layers.\(n - 1)"
             let s = ComparisonStats.compare(try #require(states[name]), try ref.floats("hidden_states.\(n)"), tolerance: 1e-4)
             #expect(s.passed, "\(fixture) hidden_states.\(n) vs \(name): rel \(s.maxRelError)")
         }
@@ -221,6 +227,95 @@ struct ReferenceForwardTests {
         let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: dir + "/reference.safetensors",
                                                  options: NumericsOptions())
         #expect(report.passed && report.reference?.passed == true)
+    }
+
+    /// Each special layout of Falcon, GPT-J, Phi, OPT and StarCoder2, overridden by a plausible wrong rule, fails
+    /// verify (by a failed comparison or a verification error).
+    @Test("a wrong split of a special tensor fails verify", arguments: [
+        // Falcon's one K/V head split with the query heads instead of replicated: rank 0 has no key head.
+        ("falcon-mq", #"{"pattern": "transformer.h.*.self_attention.query_key_value.{weight,bias}", "rule": "column"}"#,
+         "needs key head 0"),
+        // An LM head bias replicated instead of split with the vocabulary.
+        ("gptj", #"{"pattern": "lm_head.bias", "rule": "replicated"}"#, "lm_head.bias"),
+        ("phi", #"{"pattern": "lm_head.bias", "rule": "replicated"}"#, "lm_head.bias"),
+        // OPT: a column-parallel bias replicated, a row-parallel bias split.
+        ("opt", #"{"pattern": "model.decoder.layers.*.fc1.bias", "rule": "replicated"}"#, "fc1.bias"),
+        ("opt", #"{"pattern": "model.decoder.layers.*.self_attn.out_proj.bias", "rule": "column"}"#, "out_proj.bias"),
+        // StarCoder2: the same for its plain MLP and its K/V biases.
+        ("starcoder2", #"{"pattern": "model.layers.*.mlp.c_fc.bias", "rule": "replicated"}"#, "c_fc.bias"),
+        ("starcoder2", #"{"pattern": "model.layers.*.mlp.c_proj.bias", "rule": "column"}"#, "c_proj.bias"),
+        ("starcoder2", #"{"pattern": "model.layers.*.self_attn.{k_proj,v_proj}.bias", "rule": "replicated"}"#, "k_proj.bias"),
+    ])
+    func specialWrongSplitFails(fixture: String, rule: String, mentions: String) throws {
+        let dir = fixturePath(fixture)
+        let ckpt = try Checkpoint(path: dir)
+        let json = #"{"extends": "auto", "rules": ["# + rule + "]}"
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
+        let out = temporaryPath("\(fixture)-wrong-split")
+        defer { removeDirectory(out) }
+        try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: out)
+        var failed = false
+        do {
+            let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
+                                                     reference: dir + "/reference.safetensors", options: NumericsOptions())
+            failed = !report.passed && report.reference?.passed == true
+        } catch let e as ShardKitError {
+            failed = e.code == .verificationFailed && e.message.contains(mentions)
+            print("[wrong split] \(fixture): \(e.message)")
+        }
+        #expect(failed)
+    }
+
+    /// Falcon's grouped query_key_value ([KV, H/KV + 2, hd]) taken for [q; k; v] (Phi-3's and vLLM's fused
+    /// layout): shard refuses such a rule (it cuts a group), and the bytes it would give, under a manifest
+    /// that claims the right rule, fail verify.
+    @Test("Falcon's grouped QKV split as [q; k; v] is refused by shard and fails verify")
+    func falconGroupedAsConcatenated() throws {
+        let dir = fixturePath("falcon")
+        let ckpt = try Checkpoint(path: dir)
+        let name = "transformer.h.0.self_attention.query_key_value.weight"
+        let json = #"{"extends": "falcon", "rules": [{"pattern": "\#(name)", "rule": "fused", "parts": "#
+            + #"[{"rule": "heads", "heads": 8}, {"rule": "kv_heads", "heads": 2}, {"rule": "kv_heads", "heads": 2}]}]}"#
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
+        let refused = temporaryPath("falcon-qkv-refused")
+        defer { removeDirectory(refused) }
+        #expect { try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: refused) } throws: { e in
+            (e as? ShardKitError)?.message.contains("cuts a head") == true
+        }
+        let (set, _, out) = try shardFixture("falcon", tp: 2)
+        defer { removeDirectory(out) }
+        // Read as [q (64 rows); k (16); v (16)], rank r would hold q heads 4r..<4r+4, k head r and v head r.
+        let rows = (0..<2).map { r in Array((32 * r)..<(32 * r + 32)) + Array((64 + 8 * r)..<(72 + 8 * r))
+            + Array((80 + 8 * r)..<(88 + 8 * r)) }
+        try corruptRows(set, checkpoint: ckpt, name: name, rows: rows)
+        let report = try ReferenceForward.verify(shards: try ShardSet(directory: out), full: ckpt,
+                                                 reference: dir + "/reference.safetensors", options: NumericsOptions())
+        print(String(format: "[falcon qkv as q;k;v] TP-vs-full rel %.2e", report.final.maxRelError))
+        #expect(!report.passed && report.reference?.passed == true && report.referenceTP?.passed == false)
+    }
+
+    /// Rank 0 and rank 1 trade their heads (Q/K/V rows and out-projection columns of layer 0) while the
+    /// manifest keeps the right labels. Attention heads are interchangeable without ALiBi, so GPT-NeoX
+    /// still passes; BLOOM's ranks then apply the slopes of heads they do not hold, and fail.
+    @Test("heads on the wrong ranks fail BLOOM (per-head ALiBi slopes) and not GPT-NeoX",
+          arguments: [("bloom", "transformer.h.0.self_attention.", "query_key_value", true),
+                      ("gpt-neox", "gpt_neox.layers.0.attention.", "query_key_value", false)])
+    func swappedHeads(fixture: String, prefix: String, qkv: String, alibi: Bool) throws {
+        let (set, ckpt, dir) = try shardFixture(fixture, tp: 2)
+        defer { removeDirectory(dir) }
+        var manifest = set.manifest
+        for name in [qkv + ".weight", qkv + ".bias", "dense.weight"].map({ prefix + $0 }) {
+            let pieces = try (0..<2).map { try pieceBytes(set, name: name, rank: $0) }
+            for r in 0..<2 { try overwritePiece(set, &manifest, name: name, rank: r, with: pieces[1 - r]) }
+        }
+        try Data(manifest.encoded()).write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+        let report = try ReferenceForward.verify(shards: try ShardSet(directory: dir), full: ckpt,
+                                                 reference: fixturePath(fixture) + "/reference.safetensors",
+                                                 options: NumericsOptions())
+        print(String(format: "[swapped heads] %@ TP-vs-full rel %.2e", fixture as NSString, report.final.maxRelError))
+        #expect(report.passed == !alibi)
+        #expect(report.reference?.passed == true)
+        #expect(report.referenceTP?.passed == !alibi)
     }
 
     @Test("a perturbed reference fails the reference check")

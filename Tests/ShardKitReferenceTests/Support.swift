@@ -53,6 +53,21 @@ func corruptToContiguousSplit(_ set: ShardSet, checkpoint: Checkpoint, name: Str
     try Data(manifest.encoded()).write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
 }
 
+/// Overwrites every rank's piece of `name` (split along dim 0) with the full tensor's rows `rows[r]`
+/// (as many as the piece has) and fixes the CRC-32Cs: the bytes a wrong idea of the layout gives, under
+/// a manifest that claims the right rule.
+func corruptRows(_ set: ShardSet, checkpoint: Checkpoint, name: String, rows: [[Int]]) throws {
+    guard let (file, info) = checkpoint.tensor(named: name) else { fatalError("no \(name)") }
+    var manifest = set.manifest
+    let full = try ReadOnlyFile(path: checkpoint.files[file].path).read(count: info.byteCount, at: info.offset)
+    let rowBytes = info.byteCount / info.shape[0]
+    for r in 0..<set.tp {
+        let bytes = rows[r].flatMap { full[($0 * rowBytes)..<(($0 + 1) * rowBytes)] }
+        try overwritePiece(set, &manifest, name: name, rank: r, with: bytes)
+    }
+    try Data(manifest.encoded()).write(to: URL(fileURLWithPath: set.directory + "/" + Manifest.fileName))
+}
+
 /// The bytes of rank `r`'s piece of `name` as stored.
 func pieceBytes(_ set: ShardSet, name: String, rank r: Int) throws -> [UInt8] {
     let path = set.directory + "/" + set.manifest.tensors[name]!.pieces[r].file

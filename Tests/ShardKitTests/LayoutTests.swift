@@ -366,6 +366,62 @@ struct LayoutTests {
         expectShardKitError(caught { _ = try SplitRule.fused(dim: 0, parts: [.init(size: 4, split: .even)]).layout(rank: 0, of: 2, size: 6, tensor: "t.f") },
                             .impossibleSplit, ["t.f", "add up to 4", "6"])
     }
+
+    /// Falcon's grouped query_key_value keeps KV groups whole (shared by G/KV ranks when KV < G); multi-query
+    /// K and V on every rank; GPT-J's LM head bias padded with the vocabulary.
+    @Test("Falcon grouped and multi-query QKV, GPT-J LM head bias", arguments: [1, 2, 4, 8])
+    func falconAndGPTJ(_ g: Int) throws {
+        try withTempDir { tmp in
+            // new_decoder_architecture: [2 groups, 4 queries + k + v, 8] = 96 rows.
+            let k = try LayoutChecker(fixture: "falcon", tp: g, dir: tmp + "/grouped")
+            let (h, hd, inter) = (8, 8, 96)
+            try k.vocab("transformer.word_embeddings.weight")
+            try k.vocab("lm_head.weight")
+            for n in ["transformer.ln_f.weight", "transformer.ln_f.bias"] { try k.whole(n) }
+            for l in 0..<2 {
+                let p = "transformer.h.\(l)."
+                for n in ["ln_attn", "ln_mlp"] { try k.whole(p + n + ".weight"); try k.whole(p + n + ".bias") }
+                // A group of (4 + 2)·8 = 48 rows is one "KV head".
+                try k.expect(p + "self_attention.query_key_value.weight", "kv_heads", dim: 0) { r in
+                    [kvRows(kv: 2, hd: 48, rank: r, g: g)]
+                }
+                try k.expect(p + "self_attention.dense.weight", "out_projection", dim: 1) { r in
+                    [qRows(h: h, hd: hd, rank: r, g: g)]
+                }
+                try k.expect(p + "mlp.dense_h_to_4h.weight", "column", dim: 0) { r in [share(inter, rank: r, of: g)] }
+                try k.expect(p + "mlp.dense_4h_to_h.weight", "row", dim: 1) { r in [share(inter, rank: r, of: g)] }
+            }
+            k.expectAllChecked()
+
+            // multi_query: [8 query heads; k; v] = 80 rows, K and V (rows 64..<80) on every rank.
+            let m = try LayoutChecker(fixture: "falcon-mq", tp: g, dir: tmp + "/multi-query")
+            try m.vocab("transformer.word_embeddings.weight")
+            for n in ["transformer.ln_f.weight", "transformer.ln_f.bias"] { try m.whole(n) }
+            for l in 0..<2 {
+                let p = "transformer.h.\(l)."
+                for n in ["input_layernorm.weight", "input_layernorm.bias", "self_attention.dense.bias",
+                          "mlp.dense_4h_to_h.bias"] {
+                    try m.whole(p + n)
+                }
+                for w in ["weight", "bias"] {
+                    try m.expect(p + "self_attention.query_key_value.\(w)", "fused", dim: 0) { r in
+                        [qRows(h: h, hd: hd, rank: r, g: g), 64..<72, 72..<80]
+                    }
+                    try m.expect(p + "mlp.dense_h_to_4h.\(w)", "column", dim: 0) { r in [share(inter, rank: r, of: g)] }
+                }
+                try m.expect(p + "self_attention.dense.weight", "out_projection", dim: 1) { r in
+                    [qRows(h: h, hd: hd, rank: r, g: g)]
+                }
+                try m.expect(p + "mlp.dense_4h_to_h.weight", "row", dim: 1) { r in [share(inter, rank: r, of: g)] }
+            }
+            m.expectAllChecked()
+
+            // GPT-J: lm_head.bias [250] padded and split exactly like lm_head.weight's rows.
+            let j = try LayoutChecker(fixture: "gptj", tp: g, dir: tmp + "/gptj")
+            try j.vocab("lm_head.weight")
+            try j.vocab("lm_head.bias")
+        }
+    }
 }
 
 @Suite("vocabulary padding multiples")

@@ -130,6 +130,27 @@ struct RulesFileTests {
                             ["unknown model_type \"t5\"", "presets: llama"])
     }
 
+    /// Hub checkpoints of BERT and RoBERTa are usually the pretraining models, with MLM (and NSP) heads.
+    @Test("BERT and RoBERTa presets cover the pretraining heads: decoder and its bias by vocabulary, the rest whole")
+    func encoderPretrainingHeads() throws {
+        let heads: [(String, [String], [String])] = [
+            ("roberta", ["lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.bias"],
+             ["lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight", "lm_head.layer_norm.bias"]),
+            ("bert", ["cls.predictions.decoder.weight", "cls.predictions.bias"],
+             ["cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.bias",
+              "cls.seq_relationship.weight", "cls.seq_relationship.bias"]),
+        ]
+        for (type, vocab, whole) in heads {
+            let json = #"{"model_type": "\#(type)", "num_attention_heads": 8}"#
+            let rules = try Architectures.rules(for: ModelConfig(json: try JSONValue.parse(Array(json.utf8))))
+            func kind(_ name: String) throws -> RuleKind? {
+                try rules.entries.first { $0.pattern.matches(name) }?.rule.resolve(shape: [250, 64], tensor: name).kind
+            }
+            for name in vocab { #expect(try kind(name) == .vocab, "\(type) \(name)") }
+            for name in whole { #expect(try kind(name) == .replicated, "\(type) \(name)") }
+        }
+    }
+
     @Test("a tensor that matches no rule is named with its shape and the nearest patterns")
     func nearestPatterns() throws {
         let ckpt = try loadCheckpoint("llama-gqa")

@@ -26,6 +26,18 @@ let allFixtures: [FixtureCase] = [
     .init(name: "gpt-neox", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
     .init(name: "mixtral", heads: 8, kvHeads: 2, allowed: [1, 2, 4, 8]),
     .init(name: "bert", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    // Falcon's KV "heads" are its 2 groups of query_key_value (falcon-mq: 1 K/V head, replicated).
+    .init(name: "falcon", heads: 8, kvHeads: 2, allowed: [1, 2, 4, 8]),
+    .init(name: "falcon-mq", heads: 8, kvHeads: 1, allowed: [1, 2, 4, 8]),
+    .init(name: "falcon-seq", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    .init(name: "bloom", heads: 24, kvHeads: 24, allowed: [1, 2, 4, 8]),
+    .init(name: "bloom-postln", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    .init(name: "gptj", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    .init(name: "opt", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    .init(name: "opt-proj", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
+    .init(name: "phi", heads: 8, kvHeads: 2, allowed: [1, 2, 4, 8]),
+    .init(name: "starcoder2", heads: 8, kvHeads: 2, allowed: [1, 2, 4, 8]),
+    .init(name: "roberta", heads: 8, kvHeads: 8, allowed: [1, 2, 4, 8]),
 ]
 
 /// A (fixture, G) pair for parameterized tests.

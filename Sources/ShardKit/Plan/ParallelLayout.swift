@@ -198,9 +198,10 @@ public enum TensorRole: Sendable, Equatable, Hashable {
     case firstAndLast
 
     /// The modules outside the layers that belong to the last stage: the final norm, the LM head,
-    /// the pooler and masked-LM head (matched as a whole path component before `.weight` / `.bias`).
+    /// OPT's `project_out`, the pooler and masked-LM head (matched as a whole path component before
+    /// `.weight` / `.bias`).
     static let lastStageModules: Set<Substring> = [
-        "norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm", "lm_head", "embed_out",
+        "norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm", "lm_head", "embed_out", "project_out",
     ]
 
     /// The role of `name`: the first path component that is a number is the layer index (so

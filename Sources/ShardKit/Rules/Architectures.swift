@@ -1,15 +1,22 @@
 /// The forward pass the reference target (ShardKitReference) runs for an architecture: one
 /// implementation per family, each following transformers' `modeling_*.py`.
 public enum ForwardPass: String, Sendable, CaseIterable {
-    /// Llama and its relatives (Mistral, Qwen2/3 and their MoEs, Gemma 1-3, Mixtral, Phi-3, …): RMSNorm,
-    /// rotary, GQA, SwiGLU or MoE; the per-type details are in the pass.
+    /// Llama and its relatives (Mistral, Qwen2/3 and their MoEs, Gemma 1-3, Mixtral, Phi-3, StableLM,
+    /// StarCoder2, …): RMSNorm (or LayerNorm), rotary, GQA, SwiGLU, a plain MLP or MoE; the per-type
+    /// details are in the pass.
     case llamaFamily
     case gpt2
     case gptNeoX
-    /// A BERT-style encoder: its output is the last hidden state, not logits.
+    /// A BERT-style encoder (BERT, RoBERTa): its output is the last hidden state, not logits.
     case bert
     /// DeepSeek-V3: multi-head latent attention, sigmoid-routed experts in groups plus shared experts.
     case deepseekV3
+    case falcon
+    case bloom
+    case gptJ
+    case opt
+    /// Phi-1 and Phi-2.
+    case phi
 }
 
 /// One architecture ShardKit knows, chosen by config.json's `model_type`: its split rules (written in
@@ -64,6 +71,8 @@ public enum Architectures {
         Architecture("granite", forwardPass: .llamaFamily, rules: llamaFamily),
         Architecture("olmo2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("stablelm", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("starcoder2", forwardPass: .llamaFamily, defaultEpsilon: 1e-5,
+                     defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("gemma", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("gemma2", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh", rules: llamaFamily),
         Architecture("gemma3_text", forwardPass: .llamaFamily, defaultActivation: "gelu_pytorch_tanh",
@@ -75,6 +84,13 @@ public enum Architectures {
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
                      rules: gptNeoX),
         Architecture("bert", forwardPass: .bert, defaultEpsilon: 1e-12, defaultActivation: "gelu", rules: bert),
+        Architecture("roberta", forwardPass: .bert, defaultEpsilon: 1e-12, defaultActivation: "gelu", rules: bert),
+        Architecture("falcon", forwardPass: .falcon, defaultEpsilon: 1e-5, defaultActivation: "gelu", rules: falcon),
+        Architecture("bloom", forwardPass: .bloom, defaultEpsilon: 1e-5, defaultActivation: "gelu_pytorch_tanh",
+                     rules: bloom),
+        Architecture("gptj", forwardPass: .gptJ, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gptJ),
+        Architecture("opt", forwardPass: .opt, defaultEpsilon: 1e-5, defaultActivation: "relu", rules: opt),
+        Architecture("phi", forwardPass: .phi, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: phi),
     ]
 
     /// The model types with a preset, in registry order.
@@ -150,8 +166,8 @@ public enum Architectures {
             // attention output's norm).
             list.append(e(p + "{pre_feedforward_layernorm,post_feedforward_layernorm}.weight", .replicated))
         }
-        if type == "stablelm" {
-            // StableLM's norms are LayerNorms with biases.
+        if type == "stablelm" || type == "starcoder2" {
+            // StableLM's and StarCoder2's norms are LayerNorms with biases.
             list += [
                 e(p + "{input_layernorm,post_attention_layernorm}.bias", .replicated),
                 e("model.norm.bias", .replicated),
@@ -180,7 +196,15 @@ public enum Architectures {
                 e(p + "mlp.shared_expert_gate.weight", .replicated),
             ]
         }
-        if type == "mixtral" {
+        if type == "starcoder2" {
+            // A plain MLP with biases (use_bias): c_fc column-parallel, c_proj row-parallel.
+            list += [
+                e(p + "mlp.c_fc.weight", .column(0)),
+                e(p + "mlp.c_fc.bias", .column(0), optional: true),
+                e(p + "mlp.c_proj.weight", .row(1)),
+                e(p + "mlp.c_proj.bias", .replicated, optional: true),
+            ]
+        } else if type == "mixtral" {
             list += [
                 e(p + "block_sparse_moe.gate.weight", .replicated),
                 e(p + "block_sparse_moe.experts.*.{w1,w3}.weight", .column(0)),
@@ -308,13 +332,13 @@ public enum Architectures {
         ]
     }
 
-    /// BERT encoders.
+    /// BERT and RoBERTa encoders.
     @Sendable static func bert(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let heads = c.heads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
             c.entry(p, r, optional: optional)
         }
-        let b = "{bert.,}"
+        let b = "{\(c.modelType).,}"
         let l = b + "encoder.layer.*."
         return [
             e(b + "embeddings.word_embeddings.weight", .vocab(0)),
@@ -329,6 +353,171 @@ public enum Architectures {
             e(l + "output.dense.weight", .row(1)),
             e(l + "output.dense.bias", .replicated),
             e(b + "pooler.dense.{weight,bias}", .replicated, optional: true),
+            // Pretraining heads (not read by the pass): the transform replicated, the decoder and its bias
+            // vocab-parallel like the embedding they are tied to.
+            e("{cls.predictions.transform,lm_head}.dense.{weight,bias}", .replicated, optional: true),
+            e("{cls.predictions.transform.LayerNorm,lm_head.layer_norm}.{weight,bias}", .replicated, optional: true),
+            e("{cls.predictions,lm_head}.decoder.weight", .vocab(0), optional: true),
+            e("{cls.predictions,lm_head}.{bias,decoder.bias}", .vocab(0), optional: true),
+            e("cls.seq_relationship.{weight,bias}", .replicated, optional: true),
+        ]
+    }
+
+    /// How Falcon fuses q, k and v in `query_key_value` (transformers' `FalconAttention._split_heads`).
+    public enum FalconQKV: Equatable, Sendable {
+        /// new_decoder_architecture: `[kv, heads/kv + 2, head_dim]`, each KV group's queries, then its k, its v.
+        case grouped(kvHeads: Int)
+        /// multi_query: `[heads + 2, head_dim]`, every query head, then the one shared k and v.
+        case multiQuery
+        /// Neither: `[heads, 3, head_dim]`, per-head interleaved (as GPT-NeoX).
+        case perHead
+
+        /// The layout config.json describes, with transformers' defaults (multi_query true).
+        public init(_ config: ModelConfig) {
+            if config.bool("new_decoder_architecture") == true {
+                self = .grouped(kvHeads: config.int("num_kv_heads") ?? config.attentionHeads ?? 1)
+            } else {
+                self = config.bool("multi_query") ?? true ? .multiQuery : .perHead
+            }
+        }
+
+        /// The number of K/V heads.
+        public func kvHeads(heads: Int) -> Int {
+            switch self {
+            case .grouped(let kv): return kv
+            case .multiQuery: return 1
+            case .perHead: return heads
+            }
+        }
+    }
+
+    /// Falcon (`transformer.h.N.`): LayerNorms with biases, optional linear biases (`bias`).
+    @Sendable static func falcon(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let qkv: RuleSpec
+        switch FalconQKV(c.config) {
+        case .grouped(let kv):
+            // A KV group (its queries, k and v) stays whole: KV/G groups per rank, or with fewer groups
+            // than ranks, group ⌊r·KV/G⌋ on each of the G/KV ranks that share it, queries included (the
+            // out projection's split picks each rank's own heads).
+            qkv = .kvHeads(0, kv)
+        case .multiQuery:
+            // The one K and V head is replicated on every rank.
+            qkv = .fused(0, [.init(.heads(heads)), .init(.kvHeads(1)), .init(.kvHeads(1))])
+        case .perHead:
+            qkv = .heads(0, heads)
+        }
+        let t = "{transformer.,}", l = t + "h.*."
+        return [
+            e(t + "word_embeddings.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e(l + "{input_layernorm,post_attention_layernorm,ln_attn,ln_mlp}.{weight,bias}", .replicated),
+            e(l + "self_attention.query_key_value.weight", qkv),
+            e(l + "self_attention.query_key_value.bias", qkv, optional: true),
+            e(l + "self_attention.dense.weight", .outProjection(1, heads)),
+            e(l + "self_attention.dense.bias", .replicated, optional: true),
+            e(l + "mlp.dense_h_to_4h.weight", .column(0)),
+            e(l + "mlp.dense_h_to_4h.bias", .column(0), optional: true),
+            e(l + "mlp.dense_4h_to_h.weight", .row(1)),
+            e(l + "mlp.dense_4h_to_h.bias", .replicated, optional: true),
+            e(t + "ln_f.{weight,bias}", .replicated),
+        ]
+    }
+
+    /// BLOOM: per-head interleaved QKV (as GPT-NeoX), an embedding LayerNorm.
+    @Sendable static func bloom(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let t = "{transformer.,}", l = t + "h.*."
+        return [
+            e(t + "word_embeddings.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e(t + "word_embeddings_layernorm.{weight,bias}", .replicated),
+            e(l + "{input_layernorm,post_attention_layernorm}.{weight,bias}", .replicated),
+            // [heads, 3, head_dim]: whole heads per rank; each rank uses its heads' ALiBi slopes.
+            e(l + "self_attention.query_key_value.{weight,bias}", .heads(0, heads)),
+            e(l + "self_attention.dense.weight", .outProjection(1, heads)),
+            e(l + "self_attention.dense.bias", .replicated),
+            e(l + "mlp.dense_h_to_4h.{weight,bias}", .column(0)),
+            e(l + "mlp.dense_4h_to_h.weight", .row(1)),
+            e(l + "mlp.dense_4h_to_h.bias", .replicated),
+            e(t + "ln_f.{weight,bias}", .replicated),
+        ]
+    }
+
+    /// GPT-J: q/k/v without biases, an LM head with a bias split with the vocabulary.
+    @Sendable static func gptJ(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let t = "transformer.", l = t + "h.*."
+        return [
+            e(t + "wte.weight", .vocab(0)),
+            e("lm_head.{weight,bias}", .vocab(0)),
+            e(l + "ln_1.{weight,bias}", .replicated),
+            e(l + "attn.{q_proj,k_proj,v_proj}.weight", .heads(0, heads)),
+            e(l + "attn.out_proj.weight", .outProjection(1, heads)),
+            e(l + "attn.{bias,masked_bias}", .replicated, optional: true),
+            e(l + "mlp.fc_in.{weight,bias}", .column(0)),
+            e(l + "mlp.fc_out.weight", .row(1)),
+            e(l + "mlp.fc_out.bias", .replicated),
+            e(t + "ln_f.{weight,bias}", .replicated),
+        ]
+    }
+
+    /// OPT: biases everywhere (`enable_bias`), learned positions (replicated), project_in/project_out
+    /// (when word_embed_proj_dim ≠ hidden_size; replicated).
+    @Sendable static func opt(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let d = "{model.,}decoder.", l = d + "layers.*."
+        return [
+            e(d + "embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e(d + "embed_positions.weight", .replicated),
+            e(d + "{project_in,project_out}.weight", .replicated, optional: true),
+            e(d + "final_layer_norm.{weight,bias}", .replicated, optional: true),
+            e(l + "{self_attn_layer_norm,final_layer_norm}.{weight,bias}", .replicated, optional: true),
+            e(l + "self_attn.{q_proj,k_proj,v_proj}.weight", .heads(0, heads)),
+            e(l + "self_attn.{q_proj,k_proj,v_proj}.bias", .heads(0, heads), optional: true),
+            e(l + "self_attn.out_proj.weight", .outProjection(1, heads)),
+            e(l + "self_attn.out_proj.bias", .replicated, optional: true),
+            e(l + "fc1.weight", .column(0)),
+            e(l + "fc1.bias", .column(0), optional: true),
+            e(l + "fc2.weight", .row(1)),
+            e(l + "fc2.bias", .replicated, optional: true),
+        ]
+    }
+
+    /// Phi-1/2: q/k/v and dense with biases, an LM head with a bias split with the vocabulary.
+    @Sendable static func phi(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads, kv = c.kvHeads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let l = "model.layers.*."
+        return [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.{weight,bias}", .vocab(0), optional: true),
+            e(l + "input_layernorm.{weight,bias}", .replicated),
+            e(l + "self_attn.q_proj.{weight,bias}", .heads(0, heads)),
+            e(l + "self_attn.{k_proj,v_proj}.{weight,bias}", .kvHeads(0, kv)),
+            // qk_layernorm: LayerNorms over each head's head_dim features.
+            e(l + "self_attn.{q_layernorm,k_layernorm}.{weight,bias}", .replicated, optional: true),
+            e(l + "self_attn.dense.weight", .outProjection(1, heads)),
+            e(l + "self_attn.dense.bias", .replicated),
+            e(l + "mlp.fc1.{weight,bias}", .column(0)),
+            e(l + "mlp.fc2.weight", .row(1)),
+            e(l + "mlp.fc2.bias", .replicated),
+            e("model.final_layernorm.{weight,bias}", .replicated),
         ]
     }
 }
