@@ -72,9 +72,11 @@ public enum ReferenceForward {
 
         let gemm = GemmEngine()
         let fullWeights: WeightProvider = try full.map { try CheckpointWeights($0) } ?? ReassembledWeights(shards)
+        // A quantized model's weights are dequantized in f32, the full model's and each rank's alike.
+        let fullModelWeights = try DequantizingWeights.wrap(fullWeights, config: config)
         var snapshots: [String: [Float]] = [:]
         var order: [String] = []
-        let fullContext = TPContext(weights: fullWeights, gemm: gemm)
+        let fullContext = TPContext(weights: fullModelWeights, gemm: gemm)
         let fullOut = try model.forward(fullContext, tokens: input, tokenTypes: types) { name, acts in
             snapshots[name] = acts[0].data
             order.append(name)
@@ -95,7 +97,7 @@ public enum ReferenceForward {
             return worst!
         }
         let rankWeights = try RankWeights(shards)
-        let tpContext = TPContext(weights: rankWeights, gemm: gemm)
+        let tpContext = TPContext(weights: try DequantizingWeights.wrap(rankWeights, config: config), gemm: gemm)
         // Pipeline stages run in sequence: after each state the pass observes, the next layer (or the
         // final norm and head) runs on the ranks of the stage that holds it, which receive the hidden
         // state (the stages' send / receive); each reads only its own ranks' pieces.
@@ -137,7 +139,8 @@ public enum ReferenceForward {
         // one by one as linear maps, so that no wrong layout goes unseen.
         let unread = shards.manifest.order.filter { !rankWeights.loaded.contains($0) }
         let unreadChecks = try GenericLinearCheck
-            .check(shards: shards, names: unread, full: fullWeights, ctx: tpContext, tolerance: tol)
+            .check(shards: shards, names: unread, full: fullWeights, ctx: TPContext(weights: rankWeights, gemm: gemm),
+                   tolerance: tol)
             .map { LayerComparison(name: "weight \($0.name) (not read by the pass)", stats: $0.stats) }
         layers += unreadChecks
         var all = layers + [LayerComparison(name: model.outputName, stats: final)]

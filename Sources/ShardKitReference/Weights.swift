@@ -8,12 +8,14 @@ final class PieceStorage {
     let dtype: DType
     let name: String
 
-    /// Checks up front that `dtype` can be widened, so that later widening cannot fail.
-    init(raw: [UInt8], dtype: DType, count: Int, name: String) throws {
+    /// Checks up front that `dtype` can be widened, so that later widening cannot fail. `integers`:
+    /// an integer tensor is accepted too (quantized parts, read as integers by the dequantizer; never
+    /// widened).
+    init(raw: [UInt8], dtype: DType, count: Int, name: String, integers: Bool = false) throws {
         guard raw.count == count * dtype.size else {
             throw Widen.sizeMismatch(name, bytes: raw.count, count: count, dtype: dtype)
         }
-        guard Widen.canWiden(dtype) else {
+        guard Widen.canWiden(dtype) || (integers && [.i32, .u32, .i8, .u8, .i64].contains(dtype)) else {
             throw Widen.unreadable(name, dtype: dtype)
         }
         self.raw = raw
@@ -74,9 +76,11 @@ struct Piece {
                          dim: dim.map { $0 - 1 }, index: index)
     }
 
-    init(name: String, raw: [UInt8], shape: [Int], globalShape: [Int], dtype: DType, dim: Int?, index: [Int]?) throws {
+    init(name: String, raw: [UInt8], shape: [Int], globalShape: [Int], dtype: DType, dim: Int?, index: [Int]?,
+         integers: Bool = false) throws {
         self.name = name
-        self.storage = try PieceStorage(raw: raw, dtype: dtype, count: shape.reduce(1, *), name: name)
+        self.storage = try PieceStorage(raw: raw, dtype: dtype, count: shape.reduce(1, *), name: name,
+                                        integers: integers)
         self.shape = shape; self.globalShape = globalShape; self.dtype = dtype; self.dim = dim; self.index = index
     }
 }
@@ -88,7 +92,10 @@ protocol WeightProvider {
     func dtype(_ name: String) -> DType?
     /// The tensor's global (unpadded) shape, without loading it.
     func globalShape(_ name: String) -> [Int]?
-    func load(_ name: String, rank: Int) throws -> Piece
+    /// Rank `rank`'s piece of `name`; `integers`: an integer tensor is accepted (quantized parts).
+    func load(_ name: String, rank: Int, integers: Bool) throws -> Piece
+    /// The names of the tensors, in order.
+    var names: [String] { get }
     /// Whether TP rank `rank` (of the current stage) holds a piece of `name` (false for an expert that
     /// another EP group computes).
     func holds(_ name: String, rank: Int) -> Bool
@@ -96,6 +103,8 @@ protocol WeightProvider {
 
 extension WeightProvider {
     func holds(_ name: String, rank: Int) -> Bool { has(name) }
+    /// Rank `rank`'s piece of the floating-point tensor `name`.
+    func load(_ name: String, rank: Int) throws -> Piece { try load(name, rank: rank, integers: false) }
 }
 
 /// Full weights read straight from a checkpoint, one tensor at a time.
@@ -115,14 +124,15 @@ final class CheckpointWeights: WeightProvider {
     func has(_ name: String) -> Bool { byName[name] != nil }
     func dtype(_ name: String) -> DType? { byName[name]?.info.dtype }
     func globalShape(_ name: String) -> [Int]? { byName[name]?.info.shape }
-    func load(_ name: String, rank: Int) throws -> Piece {
+    var names: [String] { checkpoint.tensors.map(\.info.name) }
+    func load(_ name: String, rank: Int, integers: Bool) throws -> Piece {
         guard let (_, info) = byName[name] else {
             throw ShardKitError(.verificationFailed,
                                 "\(checkpoint.directory): the full checkpoint has no tensor \(name)")
         }
         let bytes = try sources.bytes(of: name)
         return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: info.shape, dtype: info.dtype,
-                         dim: nil, index: nil)
+                         dim: nil, index: nil, integers: integers)
     }
 }
 
@@ -140,14 +150,15 @@ final class ReassembledWeights: WeightProvider {
     func has(_ name: String) -> Bool { shardSet.manifest.tensors[name] != nil }
     func dtype(_ name: String) -> DType? { shardSet.manifest.tensors[name]?.dtype }
     func globalShape(_ name: String) -> [Int]? { shardSet.manifest.tensors[name]?.shape }
-    func load(_ name: String, rank: Int) throws -> Piece {
+    var names: [String] { shardSet.manifest.order }
+    func load(_ name: String, rank: Int, integers: Bool) throws -> Piece {
         guard let t = shardSet.manifest.tensors[name] else {
             throw ShardKitError(.verificationFailed, "\(shardSet.directory): no tensor \(name)")
         }
         let sink = MemorySink()
         try shardSet.reassemble(name, files: files, into: sink, buffers: buffers)
         return try Piece(name: name, raw: sink.bytes, shape: t.shape, globalShape: t.shape, dtype: t.dtype,
-                         dim: nil, index: nil)
+                         dim: nil, index: nil, integers: integers)
     }
 }
 
@@ -178,8 +189,10 @@ final class RankWeights: WeightProvider {
     private func bad(_ message: String) -> ShardKitError {
         ShardKitError(.verificationFailed, "\(shardSet.directory): \(message)")
     }
+    var names: [String] { shardSet.manifest.order }
+
     /// TP rank `r` of the current stage's piece of `name`.
-    func load(_ name: String, rank r: Int) throws -> Piece {
+    func load(_ name: String, rank r: Int, integers: Bool) throws -> Piece {
         guard let record = shardSet.manifest.tensors[name] else { throw bad("no tensor \(name)") }
         let w = stage * shardSet.tp + r
         guard let piece = record.piece(rank: w) else {
@@ -187,7 +200,7 @@ final class RankWeights: WeightProvider {
             throw ShardKitError(.verificationFailed, "rank \(r) of stage \(stage) (world rank \(w)) needs \(name), "
                 + "which it does not hold (held by world ranks \(describeRuns(holders)), stages \(record.stages))")
         }
-        return try load(name, piece: piece, record: record)
+        return try load(name, piece: piece, record: record, integers: integers)
     }
 
     /// The pieces of one copy of `name` (the first stage's that holds it), in rank order.
@@ -197,7 +210,8 @@ final class RankWeights: WeightProvider {
         return try record.pieces.prefix(ways).map { try load(name, piece: $0, record: record) }
     }
 
-    private func load(_ name: String, piece: Manifest.Piece, record: Manifest.Tensor) throws -> Piece {
+    private func load(_ name: String, piece: Manifest.Piece, record: Manifest.Tensor,
+                      integers: Bool = false) throws -> Piece {
         let r = piece.rank
         guard let (sf, handle) = files[r][piece.file] else { throw bad("rank \(r) file \(piece.file) is not open") }
         let info = try shardSet.pieceLocation(name, rank: r, in: sf)
@@ -213,7 +227,7 @@ final class RankWeights: WeightProvider {
                 + "indices, the piece has \(info.shape[dim])")
         }
         return try Piece(name: name, raw: bytes, shape: info.shape, globalShape: record.shape, dtype: record.dtype,
-                         dim: dim, index: index)
+                         dim: dim, index: index, integers: integers)
     }
 }
 

@@ -311,6 +311,13 @@ extension SplitRule {
         }
         w.key("kind"); w.string(kindName)
         if case .vocab(_, let m) = self, m > 1 { w.key("multiple"); w.int(m) }
+        if case .units(_, let u) = self {
+            w.key("of"); u.base.write(to: &w)
+            w.key("size"); w.int(u.size)
+            w.key("straddle"); w.string(u.exact ? "refuse" : "copy")
+            w.key("unit"); w.int(u.unit)
+            w.key("what"); w.string(u.what)
+        }
         if case .fused(_, let parts) = self {
             w.key("parts"); w.beginArray()
             for part in parts {
@@ -325,14 +332,23 @@ extension SplitRule {
         w.endObject()
     }
 
-    static func read(_ r: inout JSONReader) throws -> SplitRule {
+    static func read(_ r: inout JSONReader, depth: Int = 0) throws -> SplitRule {
         var kindName: String?, dim: Int?, heads: Int?, parts: [FusedPart]?, multiple: Int?
+        var base: SplitRule?, size: Int?, straddle: String?, unit: Int?, what: String?
         try r.fields(required: ["kind"]) { r, key in
             switch key {
             case "kind": kindName = try r.string()
             case "dim": dim = try r.int()
             case "heads": heads = try r.int()
             case "multiple": multiple = try r.int()
+            case "of":
+                // A units rule's base is a plain rule: one level of nesting only.
+                guard depth == 0 else { throw r.error("a units rule's \"of\" cannot itself be a units rule") }
+                base = try SplitRule.read(&r, depth: 1)
+            case "size": size = try r.int()
+            case "straddle": straddle = try r.string()
+            case "unit": unit = try r.int()
+            case "what": what = try r.string()
             case "parts":
                 var list: [FusedPart] = []
                 try r.array { r, _ in list.append(try FusedPart.read(&r)) }
@@ -345,6 +361,9 @@ extension SplitRule {
             throw r.error("unknown rule kind \"\(kindName ?? "")\"")
         }
         if multiple != nil && kind != .vocab { throw r.error("\"multiple\" belongs to vocab rules only") }
+        if kind != .units && [base != nil, size != nil, straddle != nil, unit != nil, what != nil].contains(true) {
+            throw r.error("\"of\", \"size\", \"straddle\", \"unit\" and \"what\" belong to units rules only")
+        }
         if kind == .replicated { return .replicated }
         guard let d = dim, d >= 0 else { throw r.error("rule \(kind.rawValue) needs a non-negative \"dim\"") }
         if kind.needsHeads {
@@ -358,6 +377,14 @@ extension SplitRule {
         switch kind {
         case .column: return .column(dim: d)
         case .row: return .row(dim: d)
+        case .units:
+            guard let base, base.kind != .units, let size, size >= 0, let unit, unit >= 1, unit <= 1 << 30,
+                  let straddle, straddle == "refuse" || straddle == "copy" else {
+                throw r.error("a units rule needs \"of\" (a rule), \"size\" ≥ 0, \"unit\" ≥ 1 and \"straddle\" "
+                              + "(\"refuse\" or \"copy\")")
+            }
+            return .units(dim: d, UnitSplit(base: base, size: size, unit: unit, exact: straddle == "refuse",
+                                            what: what ?? ""))
         case .vocab:
             let m = multiple ?? 1
             guard m >= 1, m <= 1 << 20 else { throw r.error("vocab \"multiple\" must be 1 to \(1 << 20)") }
@@ -393,7 +420,7 @@ extension FusedPart {
 }
 
 extension SplitRule: Encodable {
-    enum Keys: String, CodingKey { case kind, dim, heads, parts }
+    enum Keys: String, CodingKey { case kind, dim, heads, parts, multiple, of, size, straddle, unit, what }
     enum PartKeys: String, CodingKey { case size, split, heads }
 
     /// The same fields as the manifest's, for reports (`plan --json`).
@@ -411,6 +438,13 @@ extension SplitRule: Encodable {
                 try p.encode(part.split.kind.rawValue, forKey: .split)
                 try p.encodeIfPresent(part.split.heads, forKey: .heads)
             }
+        case .vocab(_, let m) where m > 1: try c.encode(m, forKey: .multiple)
+        case .units(_, let u):
+            try c.encode(u.base, forKey: .of)
+            try c.encode(u.size, forKey: .size)
+            try c.encode(u.exact ? "refuse" : "copy", forKey: .straddle)
+            try c.encode(u.unit, forKey: .unit)
+            try c.encode(u.what, forKey: .what)
         default: break
         }
     }

@@ -52,6 +52,8 @@ extension SplitRule {
             }
             let per = padded / ranks
             return PieceLayout([(rank * per)..<((rank + 1) * per)])
+        case .units(_, let u):
+            return try u.layout(rank: rank, of: ranks, size: size, tensor: tensor)
         case .fused(_, let parts):
             let total = checkedSum(parts.map(\.size))
             guard let total, total == size else {
@@ -81,11 +83,16 @@ extension SplitRule {
         }
     }
 
-    /// The dimension's size once padded for `ranks` (only vocab rules pad).
+    /// The dimension's size once padded for `ranks` (vocab rules pad, and companions of a padded
+    /// vocab rule).
     /// (A size whose padding would overflow gives `Int.max`; `layout` refuses it.)
     public func paddedSize(_ size: Int, ranks: Int) -> Int {
         if case .vocab(_, let m) = self {
             return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m) ?? Int.max
+        }
+        if case .units(_, let u) = self, u.base.kind == .vocab {
+            let padded = u.base.paddedSize(u.size, ranks: ranks)
+            return padded == Int.max ? padded : padded / u.unit + (padded % u.unit == 0 ? 0 : 1)
         }
         return size
     }
@@ -121,5 +128,35 @@ struct RuleLayouts {
         let layouts = try (0..<ranks).map { try rule.layout(rank: $0, of: ranks, size: size, tensor: tensor) }
         if cache.count < 65_536 { cache[key] = layouts }
         return layouts
+    }
+}
+
+extension UnitSplit {
+    /// Rank `rank`'s intervals of the companion (of `size` units): the base rule's intervals of the
+    /// weight's indices, counted in units. Throws naming the numbers when `exact` and a boundary cuts
+    /// a unit.
+    func layout(rank: Int, of ranks: Int, size companion: Int, tensor: String) throws -> PieceLayout {
+        guard unit >= 1, self.size >= 0, companion == units else {
+            throw ShardKitError(.impossibleSplit, "tensor \(tensor): \(companion) indices along the split dimension, "
+                                + "but \(self.size) split in units of \(unit) gives \(unit >= 1 ? units : 0) (\(what))")
+        }
+        let weight = try base.layout(rank: rank, of: ranks, size: self.size, tensor: tensor)
+        var segments: [Range<Int>] = []
+        for s in weight.segments where !s.isEmpty {
+            if exact {
+                for b in [s.lowerBound, s.upperBound] where b % unit != 0 && b != self.size {
+                    throw ShardKitError(.impossibleSplit,
+                        "tensor \(tensor): at \(ranks) ranks, rank \(rank) holds indices \(s.lowerBound)..<\(s.upperBound) "
+                        + "of \(self.size) (\(s.count) per rank), which is not a multiple of \(what)")
+                }
+            }
+            let a = s.lowerBound / unit, b = s.upperBound / unit + (s.upperBound % unit == 0 ? 0 : 1)
+            if let last = segments.last, last.upperBound >= a {
+                segments[segments.count - 1] = last.lowerBound..<max(last.upperBound, b)
+            } else {
+                segments.append(a..<b)
+            }
+        }
+        return PieceLayout(segments)
     }
 }

@@ -119,7 +119,7 @@ public struct ShardPlan: Sendable {
     public init(checkpoint: Checkpoint, rules: RuleSet, request: LayoutRequest) throws {
         let list = checkpoint.tensors.map { (name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) }
         let named = list.map { ($0.name, $0.shape) }
-        let chosen = try rules.assign(named)
+        let chosen = try rules.assign(named, quantization: try QuantizationFormat(config: checkpoint.config))
         try self.init(tensors: list, rules: chosen, request: request, config: checkpoint.config)
         for (t, reference) in zip(tensors, rules.headSplits(named, chosen: chosen)) {
             if let reference { try ShardPlan.checkHeads(t, reference: reference, origin: rules.name) }

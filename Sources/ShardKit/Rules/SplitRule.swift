@@ -22,13 +22,17 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     /// A concatenation of parts along `dim` (output features), each split by its own rule; rank r holds
     /// the concatenation of its piece of every part, in part order.
     case fused(dim: Int, parts: [FusedPart])
+    /// A companion of a quantized weight (packed values, quantization groups, FP8 blocks): `units.base`
+    /// splits the weight's `units.size` indices, and each of a rank's intervals `[a, b)` becomes
+    /// `[⌊a/unit⌋, ⌈b/unit⌉)` along `dim` (docs/quantization.md).
+    indirect case units(dim: Int, UnitSplit)
 
     /// The dimension the rule splits, nil when replicated.
     public var dim: Int? {
         switch self {
         case .replicated: return nil
         case .column(let d), .row(let d), .heads(let d, _), .kvHeads(let d, _), .outProjection(let d, _),
-             .vocab(let d, _), .fused(let d, _): return d
+             .vocab(let d, _), .fused(let d, _), .units(let d, _): return d
         }
     }
 
@@ -58,7 +62,24 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     public var splitsInputFeatures: Bool {
         switch self {
         case .row, .outProjection: return true
+        case .units(_, let u): return u.base.splitsInputFeatures
         default: return false
+        }
+    }
+
+    /// The same rule along dimension `d` (a quantized companion whose layout puts the weight's split
+    /// dimension elsewhere).
+    public func withDim(_ d: Int) -> SplitRule {
+        switch self {
+        case .replicated: return .replicated
+        case .column: return .column(dim: d)
+        case .row: return .row(dim: d)
+        case .heads(_, let h): return .heads(dim: d, heads: h)
+        case .kvHeads(_, let h): return .kvHeads(dim: d, heads: h)
+        case .outProjection(_, let h): return .outProjection(dim: d, heads: h)
+        case .vocab(_, let m): return .vocab(dim: d, multiple: m)
+        case .fused(_, let parts): return .fused(dim: d, parts: parts)
+        case .units(_, let u): return .units(dim: d, u)
         }
     }
 
@@ -73,6 +94,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .outProjection: return .outProjection
         case .vocab: return .vocab
         case .fused: return .fused
+        case .units: return .units
         }
     }
 
@@ -88,8 +110,33 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .heads(let d, let h), .kvHeads(let d, let h), .outProjection(let d, let h):
             return "\(kindName)(dim \(d), \(h) heads)"
         case .fused(let d, let parts): return "fused(dim \(d), parts \(parts.map(\.size)))"
+        case .units(let d, let u):
+            return "units(dim \(d), \(u.exact ? "" : "straddling ")units of \(u.unit) of \(u.size) split by "
+                + "\(u.base.summary): \(u.what))"
         }
     }
+}
+
+/// How a quantized weight's companion follows the weight's split: the weight's `size` indices along
+/// the split dimension are split by `base`, then counted in units of `unit` (a packed int32 holds
+/// `unit` values, a quantization group or FP8 block covers `unit` indices).
+public struct UnitSplit: Sendable, Equatable, Hashable {
+    public var base: SplitRule
+    /// The weight's size along the split dimension (the companion's is ⌈size / unit⌉).
+    public var size: Int
+    public var unit: Int
+    /// True: every boundary of every rank's share must fall on a unit (a packed int32 or a group
+    /// cannot be cut). False: a unit cut by a boundary is held by both ranks (FP8 block scales).
+    public var exact: Bool
+    /// What the unit is, for messages: "group size 128 (AWQ)".
+    public var what: String
+
+    public init(base: SplitRule, size: Int, unit: Int, exact: Bool, what: String) {
+        self.base = base; self.size = size; self.unit = unit; self.exact = exact; self.what = what
+    }
+
+    /// The companion's size along the split dimension.
+    public var units: Int { size / unit + (size % unit == 0 ? 0 : 1) }
 }
 
 /// The names of the rule kinds, as manifests, rules files and reports spell them: the one table.
@@ -97,7 +144,7 @@ public enum RuleKind: String, CaseIterable, Sendable {
     case replicated, column, row, heads
     case kvHeads = "kv_heads"
     case outProjection = "out_projection"
-    case vocab, fused
+    case vocab, fused, units
 
     /// Kinds that need a head count.
     public var needsHeads: Bool { self == .heads || self == .kvHeads || self == .outProjection }

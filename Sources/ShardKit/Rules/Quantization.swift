@@ -1,0 +1,279 @@
+/// A quantized checkpoint's format, read from config.json's `quantization_config`. Sharding never
+/// dequantizes: each quantized weight is split as its unquantized weight would be (the preset's rule
+/// for `M.weight`), and every companion tensor (packed values, scales, zero points, group indices)
+/// follows that split in its own units (docs/quantization.md).
+public enum QuantizationFormat: Sendable, Equatable {
+    /// FP8 E4M3 weights (`quant_method` "fp8"): a per-tensor or per-channel `weight_scale`, or
+    /// `weight_scale_inv` per block of `block` = [rows, columns] (DeepSeek-V3, Qwen3-FP8).
+    case fp8(block: [Int]?)
+    /// AWQ GEMM: `qweight` [K, N/P] packed along N, `qzeros` [K/g, N/P], `scales` [K/g, N].
+    case awq(bits: Int, group: Int)
+    /// GPTQ: `qweight` [K/P, N] packed along K, `qzeros` [K/g, N/P], `scales` [K/g, N], `g_idx` [K];
+    /// `actOrder` (desc_act): groups follow `g_idx`, not position.
+    case gptq(bits: Int, group: Int, actOrder: Bool)
+    /// compressed-tensors `pack-quantized`: `weight_packed` [N, K/P] packed along K, `weight_scale`
+    /// [N, K/g] (or [N, 1] per channel), `weight_zero_point` [N/P, K/g] when asymmetric, `weight_shape`.
+    case packed(bits: Int, group: Int?, symmetric: Bool)
+    /// compressed-tensors `float-quantized`: FP8 `weight`, `weight_scale` per tensor, channel or block.
+    case float(block: [Int]?)
+
+    /// The format's name in messages.
+    public var name: String {
+        switch self {
+        case .fp8: return "FP8"
+        case .awq: return "AWQ"
+        case .gptq(_, _, let a): return a ? "GPTQ act-order" : "GPTQ"
+        case .packed: return "compressed-tensors pack-quantized"
+        case .float: return "compressed-tensors float-quantized"
+        }
+    }
+
+    /// The format config.json declares; nil for an unquantized model. Throws for a format ShardKit
+    /// does not split (with its name), never guessing.
+    public init?(config: ModelConfig?) throws {
+        guard let config, let q = config.json["quantization_config"] ?? config.json["text_config"]?["quantization_config"]
+        else { return nil }
+        func bad(_ m: String) -> ShardKitError {
+            ShardKitError(.invalidConfig, "\(config.path): quantization_config: \(m)")
+        }
+        func int(_ v: JSONValue?, _ what: String, in range: ClosedRange<Int>) throws -> Int {
+            guard let n = v?.intValue, range.contains(n) else {
+                throw bad("\(what) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        func block(_ v: JSONValue?) throws -> [Int]? {
+            guard let v, v != .null else { return nil }
+            guard let list = v.arrayValue, list.count == 2 else { throw bad("weight_block_size must be [rows, columns]") }
+            return try list.map { try int($0, "weight_block_size", in: 1...(1 << 20)) }
+        }
+        let method = q["quant_method"]?.stringValue ?? ""
+        switch method {
+        case "fp8":
+            self = .fp8(block: try block(q["weight_block_size"]))
+        case "awq":
+            let version = (q["version"]?.stringValue ?? "gemm").lowercased()
+            guard version == "gemm" else {
+                throw bad("AWQ version \"\(version)\" is not supported (ShardKit splits AWQ GEMM)")
+            }
+            let bits = try int(q["bits"] ?? q["w_bit"], "bits", in: 4...4)
+            self = .awq(bits: bits, group: try int(q["group_size"] ?? q["q_group_size"], "group_size", in: 1...(1 << 20)))
+        case "gptq":
+            let bits = try int(q["bits"], "bits", in: 2...8)
+            guard 32 % bits == 0 else { throw bad("GPTQ with \(bits) bits (values straddle int32s) is not supported") }
+            let group = q["group_size"]?.intValue ?? -1
+            guard group > 0 else { throw bad("GPTQ without groups (group_size \(group)) is not supported") }
+            self = .gptq(bits: bits, group: group, actOrder: q["desc_act"]?.boolValue ?? false)
+        case "compressed-tensors":
+            let format = q["format"]?.stringValue ?? ""
+            var weights: [JSONValue] = []
+            for (_, group) in q["config_groups"]?.objectValue ?? [] {
+                if let w = group["weights"], w != JSONValue.null { weights.append(w) }
+            }
+            guard let w = weights.first, weights.allSatisfy({ $0 == w }) else {
+                throw bad(weights.isEmpty ? "no config_groups with weights"
+                          : "config_groups quantize weights differently; ShardKit needs one weight scheme")
+            }
+            let strategy = w["strategy"]?.stringValue ?? ""
+            switch format {
+            case "pack-quantized":
+                guard w["type"]?.stringValue ?? "int" == "int" else { throw bad("pack-quantized needs int weights") }
+                let bits = try int(w["num_bits"], "num_bits", in: 2...8)
+                guard 32 % bits == 0 else { throw bad("\(bits)-bit packing is not supported") }
+                guard ["group", "channel"].contains(strategy) else {
+                    throw bad("pack-quantized weight strategy \"\(strategy)\" is not supported (group, channel)")
+                }
+                let group = strategy == "group" ? try int(w["group_size"], "group_size", in: 1...(1 << 20)) : nil
+                self = .packed(bits: bits, group: group, symmetric: w["symmetric"]?.boolValue ?? true)
+            case "float-quantized":
+                guard ["tensor", "channel", "block"].contains(strategy) else {
+                    throw bad("float-quantized weight strategy \"\(strategy)\" is not supported (tensor, channel, block)")
+                }
+                self = .float(block: strategy == "block" ? try block(w["block_structure"]) : nil)
+            default:
+                throw bad("compressed-tensors format \"\(format)\" is not supported (pack-quantized, float-quantized)")
+            }
+        default:
+            throw bad("quant_method \"\(method)\" is not supported (fp8, awq, gptq, compressed-tensors)")
+        }
+    }
+}
+
+/// What a tensor of a quantized module is (its name's last component).
+public enum QuantizedPart: String, Sendable {
+    case weight, qweight, qzeros, scales, gIdx = "g_idx", weightScaleInv = "weight_scale_inv"
+    case weightScale = "weight_scale", inputScale = "input_scale", weightPacked = "weight_packed"
+    case weightZeroPoint = "weight_zero_point", weightShape = "weight_shape"
+
+    /// The parts a format's modules have; the one that names the module's quantized weight first.
+    public static func parts(of format: QuantizationFormat) -> [QuantizedPart] {
+        switch format {
+        case .fp8, .float: return [.weight, .weightScaleInv, .weightScale, .inputScale]
+        case .awq: return [.qweight, .qzeros, .scales]
+        case .gptq: return [.qweight, .qzeros, .scales, .gIdx]
+        case .packed: return [.weightPacked, .weightScale, .weightZeroPoint, .weightShape]
+        }
+    }
+}
+
+extension QuantizationFormat {
+    /// Values per int32 of a packed format.
+    var pack: Int {
+        switch self {
+        case .awq(let b, _), .gptq(let b, _, _), .packed(let b, _, _): return 32 / b
+        case .fp8, .float: return 1
+        }
+    }
+
+    /// The logical [N, K] weight of a module from its quantized weight's stored shape, nil when the
+    /// shape cannot be one.
+    public func logicalShape(of part: QuantizedPart, shape s: [Int]) -> [Int]? {
+        guard s.count == 2 else { return nil }
+        switch (self, part) {
+        case (.awq, .qweight): return checkedProduct([s[1], pack]).map { [$0, s[0]] }
+        case (.gptq, .qweight): return checkedProduct([s[0], pack]).map { [s[1], $0] }
+        case (.packed, .weightPacked): return checkedProduct([s[1], pack]).map { [s[0], $0] }
+        case (.fp8, .weight), (.float, .weight): return s
+        default: return nil
+        }
+    }
+
+    /// The rule of `part` (of `shape`) of a module whose [N, K] weight `rule` splits; throws naming
+    /// `tensor` when the shape is not what the format writes.
+    func rule(for part: QuantizedPart, shape: [Int], weight rule: SplitRule, logical nk: [Int],
+              tensor: String) throws -> SplitRule {
+        let (n, k) = (nk[0], nk[1])
+        let p = pack
+        func ceil(_ a: Int, _ b: Int) -> Int { a / b + (a % b == 0 ? 0 : 1) }
+        func expect(_ s: [Int], _ what: String) throws {
+            guard shape == s else {
+                throw ShardKitError(.invalidCheckpoint, "tensor \(tensor): shape \(shape), but \(name) with a "
+                                    + "[\(n), \(k)] weight writes \(what) \(s)")
+            }
+        }
+        func units(_ dim: Int, _ size: Int, _ unit: Int, exact: Bool, _ what: String) -> SplitRule {
+            .units(dim: dim, UnitSplit(base: rule, size: size, unit: unit, exact: exact, what: what))
+        }
+        let packing = "\(p) values per int32 (\(name) packing)"
+        let d = rule.dim
+        if rule != .replicated && d != 0 && d != 1 {
+            throw ShardKitError(.impossibleSplit, "tensor \(tensor): a quantized weight split along dim \(d!) "
+                                + "(\(rule.summary)); ShardKit splits quantized [out, in] matrices")
+        }
+        if rule == .replicated || part == .inputScale || part == .weightShape {
+            return .replicated
+        }
+        switch (self, part) {
+        case (.awq, .qweight):
+            try expect([k, n / p], "qweight [K, N/\(p)]")
+            return d == 0 ? units(1, n, p, exact: true, packing) : rule.withDim(0)
+        case (.awq(_, let g), .qzeros):
+            try expect([ceil(k, g), n / p], "qzeros [K/\(g), N/\(p)]")
+            return d == 0 ? units(1, n, p, exact: true, packing) : units(0, k, g, exact: true, "group size \(g) (AWQ)")
+        case (.awq(_, let g), .scales):
+            try expect([ceil(k, g), n], "scales [K/\(g), N]")
+            return d == 0 ? rule.withDim(1) : units(0, k, g, exact: true, "group size \(g) (AWQ)")
+        case (.gptq, .qweight):
+            try expect([k / p, n], "qweight [K/\(p), N]")
+            return d == 0 ? rule.withDim(1) : units(0, k, p, exact: true, packing)
+        case (.gptq(_, let g, let actOrder), .qzeros):
+            try expect([ceil(k, g), n / p], "qzeros [K/\(g), N/\(p)]")
+            if d == 0 { return units(1, n, p, exact: true, packing) }
+            return actOrder ? .replicated : units(0, k, g, exact: true, "group size \(g) (\(name))")
+        case (.gptq(_, let g, let actOrder), .scales):
+            try expect([ceil(k, g), n], "scales [K/\(g), N]")
+            if d == 0 { return rule.withDim(1) }
+            return actOrder ? .replicated : units(0, k, g, exact: true, "group size \(g) (\(name))")
+        case (.gptq, .gIdx):
+            try expect([k], "g_idx [K]")
+            return d == 0 ? .replicated : rule.withDim(0)
+        case (.packed, .weightPacked):
+            try expect([n, k / p], "weight_packed [N, K/\(p)]")
+            return d == 0 ? rule.withDim(0) : units(1, k, p, exact: true, packing)
+        case (.packed(_, let g, _), .weightScale):
+            if let g {
+                try expect([n, ceil(k, g)], "weight_scale [N, K/\(g)]")
+                return d == 0 ? rule.withDim(0) : units(1, k, g, exact: true, "group size \(g) (\(name))")
+            }
+            try expect([n, 1], "weight_scale [N, 1]")
+            return d == 0 ? rule.withDim(0) : .replicated
+        case (.packed(_, let g, _), .weightZeroPoint):
+            let groups = g.map { ceil(k, $0) } ?? 1
+            try expect([ceil(n, p), groups], "weight_zero_point [N/\(p), \(g.map { "K/\($0)" } ?? "1")]")
+            if d == 0 { return units(0, n, p, exact: true, packing) }
+            return g.map { units(1, k, $0, exact: true, "group size \($0) (\(name))") } ?? .replicated
+        case (.fp8, .weight), (.float, .weight):
+            try expect([n, k], "weight [N, K]")
+            return rule
+        case (.fp8(let block), .weightScaleInv), (.fp8(let block), .weightScale),
+             (.float(let block), .weightScale), (.float(let block), .weightScaleInv):
+            if let block {
+                let size = [ceil(n, block[0]), ceil(k, block[1])]
+                try expect(size, "\(part.rawValue) per \(block[0])×\(block[1]) block")
+                let (logical, unit) = d == 0 ? (n, block[0]) : (k, block[1])
+                return units(d!, logical, unit, exact: false, "block size \(unit) (\(name))")
+            }
+            if shape.isEmpty || shape == [1] || shape == [1, 1] { return .replicated }   // per tensor
+            guard shape == [n, 1] || shape == [n] else {
+                throw ShardKitError(.invalidCheckpoint, "tensor \(tensor): shape \(shape), but \(name) per-tensor "
+                                    + "or per-channel scales are [], [1], [N] or [N, 1] with N = \(n)")
+            }
+            return d == 0 ? rule.withDim(0) : .replicated
+        default:
+            throw ShardKitError(.invalidCheckpoint, "tensor \(tensor): \(part.rawValue) is not part of \(name)")
+        }
+    }
+}
+
+extension RuleSet {
+    /// The rule of every tensor of a checkpoint quantized with `format` (nil: `assign(_:)`): each
+    /// quantized module is matched as its unquantized `M.weight` of shape [N, K], and each of its tensors
+    /// gets that rule in its own units. Throws for a module whose tensors are not the format's.
+    public func assign(_ tensors: [(name: String, shape: [Int])],
+                       quantization format: QuantizationFormat?) throws -> [SplitRule] {
+        guard let format else { return try assign(tensors) }
+        let parts = QuantizedPart.parts(of: format)
+        let primary = parts[0]
+        // Modules with a quantized weight, and their logical [N, K].
+        var logical: [String: [Int]] = [:]
+        for t in tensors {
+            guard t.name.hasSuffix("." + primary.rawValue) else { continue }
+            let module = String(t.name.dropLast(primary.rawValue.count + 1))
+            // FP8 models keep some weights unquantized (embeddings, norms, the LM head): only a `weight`
+            // with a scale beside it is FP8.
+            if primary == .weight && !tensors.contains(where: {
+                $0.name == module + ".weight_scale_inv" || $0.name == module + ".weight_scale"
+            }) { continue }
+            guard let nk = format.logicalShape(of: primary, shape: t.shape) else {
+                throw ShardKitError(.invalidCheckpoint, "tensor \(t.name): shape \(t.shape) cannot be a \(format.name) "
+                                    + "\(primary.rawValue)")
+            }
+            logical[module] = nk
+        }
+        func split(_ name: String) -> (module: String, part: QuantizedPart)? {
+            for part in parts where name.hasSuffix("." + part.rawValue) {
+                let module = String(name.dropLast(part.rawValue.count + 1))
+                if logical[module] != nil { return (module, part) }
+            }
+            return nil
+        }
+        // The modules' weights take their rules as if unquantized.
+        var list: [(name: String, shape: [Int])] = []
+        var placed = Set<String>()
+        for t in tensors {
+            if let (module, _) = split(t.name) {
+                if placed.insert(module).inserted { list.append((module + ".weight", logical[module]!)) }
+            } else {
+                list.append(t)
+            }
+        }
+        let assigned = try assign(list)
+        var ruleOf: [String: SplitRule] = [:]
+        for (t, r) in zip(list, assigned) { ruleOf[t.name] = r }
+        return try tensors.map { t in
+            guard let (module, part) = split(t.name) else { return ruleOf[t.name]! }
+            return try format.rule(for: part, shape: t.shape, weight: ruleOf[module + ".weight"]!,
+                                   logical: logical[module]!, tensor: t.name)
+        }
+    }
+}
