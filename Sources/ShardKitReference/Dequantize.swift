@@ -28,7 +28,8 @@ final class DequantizingWeights: WeightProvider {
         let all = Set(base.names)
         for name in base.names where name.hasSuffix("." + primary.rawValue) {
             let module = String(name.dropLast(primary.rawValue.count + 1))
-            if primary == .weight && !all.contains(module + ".weight_scale_inv") && !all.contains(module + ".weight_scale") {
+            if primary == .weight && !all.contains(module + ".weight_scale_inv")
+                && !all.contains(module + ".weight_scale") {
                 continue
             }
             guard let shape = base.globalShape(name), let nk = format.logicalShape(of: primary, shape: shape) else {
@@ -89,9 +90,9 @@ final class DequantizingWeights: WeightProvider {
             rows = Packed.expand(q.piece.labels(along: 1), p); cols = q.piece.labels(along: 0)
             // AWQ packs the 8 values of an int32 in the order 0, 2, 4, 6, 1, 3, 5, 7.
             let slot = [0, 4, 1, 5, 2, 6, 3, 7]
-            let qRow = try Lookup(q.piece, 0, what: "qweight"), qCol = try Lookup(q.piece, 1, what: "qweight")
-            let zRow = try Lookup(z.piece, 0, what: "qzeros"), zCol = try Lookup(z.piece, 1, what: "qzeros")
-            let sRow = try Lookup(s, 0, what: "scales"), sCol = try Lookup(s, 1, what: "scales")
+            let qRow = try Lookup(q.piece, 0), qCol = try Lookup(q.piece, 1)
+            let zRow = try Lookup(z.piece, 0), zCol = try Lookup(z.piece, 1)
+            let sRow = try Lookup(s, 0), sCol = try Lookup(s, 1)
             let scales = s.data
             value = { _, _, gn, gk in
                 let qv = q.value(try qRow[gk], try qCol[gn / p], shift: bits * slot[gn % p], bits: bits)
@@ -105,10 +106,10 @@ final class DequantizingWeights: WeightProvider {
             let p = 32 / bits
             rows = q.piece.labels(along: 1); cols = Packed.expand(q.piece.labels(along: 0), p)
             let groupOf = try Packed.ints(gIdx)
-            let gLook = try Lookup(gIdx, 0, what: "g_idx")
-            let qRow = try Lookup(q.piece, 0, what: "qweight"), qCol = try Lookup(q.piece, 1, what: "qweight")
-            let zRow = try Lookup(z.piece, 0, what: "qzeros"), zCol = try Lookup(z.piece, 1, what: "qzeros")
-            let sRow = try Lookup(s, 0, what: "scales"), sCol = try Lookup(s, 1, what: "scales")
+            let gLook = try Lookup(gIdx, 0)
+            let qRow = try Lookup(q.piece, 0), qCol = try Lookup(q.piece, 1)
+            let zRow = try Lookup(z.piece, 0), zCol = try Lookup(z.piece, 1)
+            let sRow = try Lookup(s, 0), sCol = try Lookup(s, 1)
             let scales = s.data, offset = zeroOffset
             value = { _, _, gn, gk in
                 let group = groupOf[try gLook[gk]]
@@ -121,10 +122,10 @@ final class DequantizingWeights: WeightProvider {
             let zp = symmetric ? nil : try part(m, .weightZeroPoint, rank: rank).map { try Packed($0) }
             let p = 32 / bits
             rows = w.piece.labels(along: 0); cols = Packed.expand(w.piece.labels(along: 1), p)
-            let wRow = try Lookup(w.piece, 0, what: "weight_packed"), wCol = try Lookup(w.piece, 1, what: "weight_packed")
-            let sRow = try Lookup(s, 0, what: "weight_scale"), sCol = try Lookup(s, 1, what: "weight_scale")
-            let zRow = try zp.map { try Lookup($0.piece, 0, what: "weight_zero_point") }
-            let zCol = try zp.map { try Lookup($0.piece, 1, what: "weight_zero_point") }
+            let wRow = try Lookup(w.piece, 0), wCol = try Lookup(w.piece, 1)
+            let sRow = try Lookup(s, 0), sCol = try Lookup(s, 1)
+            let zRow = try zp.map { try Lookup($0.piece, 0) }
+            let zCol = try zp.map { try Lookup($0.piece, 1) }
             let scales = s.data, half = 1 << (bits - 1)
             value = { _, _, gn, gk in
                 // Values are stored offset by 2^(bits-1) (unsigned); a zero point is stored the same way.
@@ -142,14 +143,15 @@ final class DequantizingWeights: WeightProvider {
             rows = w.labels(along: 0); cols = w.labels(along: 1)
             let weights = w.data, scales = s.data
             if let block {
-                let sRow = try Lookup(s, 0, what: s.name), sCol = try Lookup(s, 1, what: s.name)
+                let sRow = try Lookup(s, 0), sCol = try Lookup(s, 1)
                 value = { i, j, gn, gk in
-                    weights[i * w.shape[1] + j] * scales[try sRow[gn / block[0]] * s.shape[1] + (try sCol[gk / block[1]])]
+                    let scale = scales[try sRow[gn / block[0]] * s.shape[1] + (try sCol[gk / block[1]])]
+                    return weights[i * w.shape[1] + j] * scale
                 }
             } else if s.shape.reduce(1, *) == 1 {
                 value = { i, j, _, _ in weights[i * w.shape[1] + j] * scales[0] }
             } else {
-                let sRow = try Lookup(s, 0, what: s.name)
+                let sRow = try Lookup(s, 0)
                 value = { i, j, gn, _ in weights[i * w.shape[1] + j] * scales[try sRow[gn]] }
             }
         }
@@ -198,7 +200,8 @@ private struct Packed {
     static func ints(_ piece: Piece) throws -> [Int] {
         piece.storage.raw.withUnsafeBytes { raw -> [Int] in
             switch piece.dtype {
-            case .i64: return (0..<(raw.count / 8)).map { Int(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+            case .i64:
+                return (0..<(raw.count / 8)).map { Int(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
             default: return (0..<(raw.count / 4)).map { Int(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
             }
         }
@@ -211,9 +214,10 @@ private struct Lookup {
     let count: Int
     let what: String
 
-    init(_ piece: Piece, _ d: Int, what: String) throws {
+    init(_ piece: Piece, _ d: Int) throws {
         guard d < piece.shape.count else {
-            throw ShardKitError(.verificationFailed, "tensor \(piece.name): expected \(d + 1) dimensions, got \(piece.shape)")
+            throw ShardKitError(.verificationFailed,
+                                "tensor \(piece.name): expected \(d + 1) dimensions, got \(piece.shape)")
         }
         count = piece.shape[d]
         self.what = piece.name

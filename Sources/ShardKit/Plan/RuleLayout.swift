@@ -146,7 +146,8 @@ extension UnitSplit {
             if exact {
                 for b in [s.lowerBound, s.upperBound] where b % unit != 0 && b != self.size {
                     throw ShardKitError(.impossibleSplit,
-                        "tensor \(tensor): at \(ranks) ranks, rank \(rank) holds indices \(s.lowerBound)..<\(s.upperBound) "
+                        "tensor \(tensor): at \(ranks) ranks, rank \(rank) holds indices "
+                        + "\(s.lowerBound)..<\(s.upperBound) "
                         + "of \(self.size) (\(s.count) per rank), which is not a multiple of \(what)")
                 }
             }

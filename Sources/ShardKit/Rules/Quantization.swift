@@ -31,7 +31,8 @@ public enum QuantizationFormat: Sendable, Equatable {
     /// The format config.json declares; nil for an unquantized model. Throws for a format ShardKit
     /// does not split (with its name), never guessing.
     public init?(config: ModelConfig?) throws {
-        guard let config, let q = config.json["quantization_config"] ?? config.json["text_config"]?["quantization_config"]
+        guard let config,
+              let q = config.json["quantization_config"] ?? config.json["text_config"]?["quantization_config"]
         else { return nil }
         func bad(_ m: String) -> ShardKitError {
             ShardKitError(.invalidConfig, "\(config.path): quantization_config: \(m)")
@@ -44,7 +45,9 @@ public enum QuantizationFormat: Sendable, Equatable {
         }
         func block(_ v: JSONValue?) throws -> [Int]? {
             guard let v, v != .null else { return nil }
-            guard let list = v.arrayValue, list.count == 2 else { throw bad("weight_block_size must be [rows, columns]") }
+            guard let list = v.arrayValue, list.count == 2 else {
+                throw bad("weight_block_size must be [rows, columns]")
+            }
             return try list.map { try int($0, "weight_block_size", in: 1...(1 << 20)) }
         }
         let method = q["quant_method"]?.stringValue ?? ""
@@ -57,7 +60,8 @@ public enum QuantizationFormat: Sendable, Equatable {
                 throw bad("AWQ version \"\(version)\" is not supported (ShardKit splits AWQ GEMM)")
             }
             let bits = try int(q["bits"] ?? q["w_bit"], "bits", in: 4...4)
-            self = .awq(bits: bits, group: try int(q["group_size"] ?? q["q_group_size"], "group_size", in: 1...(1 << 20)))
+            let group = try int(q["group_size"] ?? q["q_group_size"], "group_size", in: 1...(1 << 20))
+            self = .awq(bits: bits, group: group)
         case "gptq":
             let bits = try int(q["bits"], "bits", in: 2...8)
             guard 32 % bits == 0 else { throw bad("GPTQ with \(bits) bits (values straddle int32s) is not supported") }
@@ -87,7 +91,8 @@ public enum QuantizationFormat: Sendable, Equatable {
                 self = .packed(bits: bits, group: group, symmetric: w["symmetric"]?.boolValue ?? true)
             case "float-quantized":
                 guard ["tensor", "channel", "block"].contains(strategy) else {
-                    throw bad("float-quantized weight strategy \"\(strategy)\" is not supported (tensor, channel, block)")
+                    throw bad("float-quantized weight strategy \"\(strategy)\" is not supported "
+                              + "(tensor, channel, block)")
                 }
                 self = .float(block: strategy == "block" ? try block(w["block_structure"]) : nil)
             default:
