@@ -99,7 +99,7 @@ final class DequantizingWeights: WeightProvider {
                 let zv = z.value(try zRow[gk / g], try zCol[gn / p], shift: bits * slot[gn % p], bits: bits)
                 return Float(qv - zv) * scales[try sRow[gk / g] * s.shape[1] + (try sCol[gn])]
             }
-        case .gptq(let bits, _, _):
+        case .gptq(let bits, let g, let actOrder):
             let q = try Packed(try require(m, .qweight, rank: rank))
             let z = try Packed(try require(m, .qzeros, rank: rank)), s = try require(m, .scales, rank: rank)
             let gIdx = try require(m, .gIdx, rank: rank)
@@ -112,7 +112,8 @@ final class DequantizingWeights: WeightProvider {
             let sRow = try Lookup(s, 0), sCol = try Lookup(s, 1)
             let scales = s.data, offset = zeroOffset
             value = { _, _, gn, gk in
-                let group = groupOf[try gLook[gk]]
+                // With act-order the groups follow g_idx; else position (engines ignore g_idx then).
+                let group = actOrder ? groupOf[try gLook[gk]] : gk / g
                 let qv = q.value(try qRow[gk / p], try qCol[gn], shift: bits * (gk % p), bits: bits)
                 let zv = z.value(try zRow[group], try zCol[gn / p], shift: bits * (gn % p), bits: bits) + offset
                 return Float(qv - zv) * scales[try sRow[group] * s.shape[1] + (try sCol[gn])]
@@ -155,10 +156,11 @@ final class DequantizingWeights: WeightProvider {
                 value = { i, j, gn, _ in weights[i * w.shape[1] + j] * scales[try sRow[gn]] }
             }
         }
-        // Rows and columns past the true size are padding (zeros in every part).
+        // Rows and columns past the true size (--pad-intermediate) are dequantized from their stored
+        // zero bytes like every other, as an engine would: the pass shows that they contribute nothing.
         var out = [Float](repeating: 0, count: rows.count * cols.count)
-        for (i, gn) in rows.enumerated() where gn < n {
-            for (j, gk) in cols.enumerated() where gk < k {
+        for (i, gn) in rows.enumerated() {
+            for (j, gk) in cols.enumerated() {
                 out[i * cols.count + j] = try value(i, j, gn, gk)
             }
         }

@@ -152,10 +152,16 @@ public struct ShardSet: Sendable {
     /// The plan that cuts this set's tensors (their names, shapes and rules) for the layout `request`
     /// asks for, with vocab rules padded for `vocabMultiple` (nil: as recorded). The set's config.json,
     /// when it has one, says whether the LM head is tied to the embedding.
-    public func plan(for request: LayoutRequest, vocabMultiple: Int? = nil) throws -> ShardPlan {
+    /// `keepPadding`: intermediate padding (`--pad-intermediate`) is kept (recomputed for the new degree),
+    /// else dropped.
+    public func plan(for request: LayoutRequest, vocabMultiple: Int? = nil,
+                     keepPadding: Bool = true) throws -> ShardPlan {
         let m = manifest
         let list = m.order.map { (name: $0, dtype: m.tensors[$0]!.dtype, shape: m.tensors[$0]!.shape) }
-        let rules = m.order.map { vocabMultiple.map(m.tensors[$0]!.rule.withVocabMultiple) ?? m.tensors[$0]!.rule }
+        let rules = m.order.map { name -> SplitRule in
+            let rule = vocabMultiple.map(m.tensors[name]!.rule.withVocabMultiple) ?? m.tensors[name]!.rule
+            return keepPadding ? rule : rule.withoutPadding
+        }
         let config = m.extraFiles.contains("config.json") ? try ModelConfig(path: try member("config.json")) : nil
         return try ShardPlan(tensors: list, rules: rules, request: request, config: config)
     }

@@ -4,23 +4,24 @@ public enum Reshard {
     /// Writes `input` re-cut for `tp` ranks into `output` (see `run(input:layout:…)`).
     @discardableResult
     public static func run(input: ShardSet, tp: Int, output: String, vocabMultiple: Int = 1,
-                           options: ShardSetWriter.Options = .init(),
+                           padIntermediate: Bool = false, options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
         try run(input: input, layout: LayoutRequest(tp: tp), output: output, vocabMultiple: vocabMultiple,
-                options: options, progress: progress)
+                padIntermediate: padIntermediate, options: options, progress: progress)
     }
 
     /// Writes `input` re-cut for the layout `request` asks for (TP, pipeline stages, EP groups) into
     /// `output`: the same bytes `shard` would write from the original checkpoint. Each tensor is read
     /// once, from one copy of its pieces, and written to every rank that holds it; input pieces'
     /// checksums are checked as they are read. The input's vocabulary padding is dropped: vocab rules
-    /// pad to multiples of lcm(`vocabMultiple`, `tp`).
+    /// pad to multiples of lcm(`vocabMultiple`, `tp`). Intermediate padding is dropped unless
+    /// `padIntermediate` (then recomputed for the new degree; it must already be in the input).
     @discardableResult
     public static func run(input: ShardSet, layout request: LayoutRequest, output: String, vocabMultiple: Int = 1,
-                           options: ShardSetWriter.Options = .init(),
+                           padIntermediate: Bool = false, options: ShardSetWriter.Options = .init(),
                            progress: ProgressHandler? = nil) throws -> Manifest {
         let m = input.manifest
-        let plan = try input.plan(for: request, vocabMultiple: vocabMultiple)
+        let plan = try input.plan(for: request, vocabMultiple: vocabMultiple, keepPadding: padIntermediate)
         let files = try input.openAllRanks()
         let extras = try m.extraFiles.map { (from: try input.member($0), name: $0) }
         for e in extras where !FileSystem.exists(e.from) {

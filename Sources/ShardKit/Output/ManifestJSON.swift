@@ -311,6 +311,7 @@ extension SplitRule {
         }
         w.key("kind"); w.string(kindName)
         if case .vocab(_, let m) = self, m > 1 { w.key("multiple"); w.int(m) }
+        if case .padded(let base, let m) = self { w.key("multiple"); w.int(m); w.key("of"); base.write(to: &w) }
         if case .units(_, let u) = self {
             w.key("of"); u.base.write(to: &w)
             w.key("size"); w.int(u.size)
@@ -342,9 +343,9 @@ extension SplitRule {
             case "heads": heads = try r.int()
             case "multiple": multiple = try r.int()
             case "of":
-                // A units rule's base is a plain rule: one level of nesting only.
-                guard depth == 0 else { throw r.error("a units rule's \"of\" cannot itself be a units rule") }
-                base = try SplitRule.read(&r, depth: 1)
+                // A units rule's base is a plain or padded rule, a padded rule's a plain one.
+                guard depth < 2 else { throw r.error("rules nest at most two deep (units of padded)") }
+                base = try SplitRule.read(&r, depth: depth + 1)
             case "size": size = try r.int()
             case "straddle": straddle = try r.string()
             case "unit": unit = try r.int()
@@ -360,9 +361,21 @@ extension SplitRule {
         guard let kind = RuleKind(rawValue: kindName ?? "") else {
             throw r.error("unknown rule kind \"\(kindName ?? "")\"")
         }
-        if multiple != nil && kind != .vocab { throw r.error("\"multiple\" belongs to vocab rules only") }
-        if kind != .units && [base != nil, size != nil, straddle != nil, unit != nil, what != nil].contains(true) {
-            throw r.error("\"of\", \"size\", \"straddle\", \"unit\" and \"what\" belong to units rules only")
+        if multiple != nil && kind != .vocab && kind != .padded {
+            throw r.error("\"multiple\" belongs to vocab and padded rules only")
+        }
+        if kind != .units && [size != nil, straddle != nil, unit != nil, what != nil].contains(true) {
+            throw r.error("\"size\", \"straddle\", \"unit\" and \"what\" belong to units rules only")
+        }
+        if base != nil && kind != .units && kind != .padded {
+            throw r.error("\"of\" belongs to units and padded rules")
+        }
+        if kind == .padded {
+            guard let base, [.column, .row].contains(base.kind), dim == nil || dim == base.dim,
+                  let m = multiple, m >= 1, m <= 1 << 20 else {
+                throw r.error("a padded rule needs \"of\" (a column or row rule) and \"multiple\" 1 to \(1 << 20)")
+            }
+            return .padded(base, multiple: m)
         }
         if kind == .replicated { return .replicated }
         guard let d = dim, d >= 0 else { throw r.error("rule \(kind.rawValue) needs a non-negative \"dim\"") }
@@ -378,7 +391,8 @@ extension SplitRule {
         case .column: return .column(dim: d)
         case .row: return .row(dim: d)
         case .units:
-            guard let base, base.kind != .units, let size, size >= 0, let unit, unit >= 1, unit <= 1 << 30,
+            guard let base, base.kind != .units, base.kind != .padded || depth == 0, let size, size >= 0,
+                  let unit, unit >= 1, unit <= 1 << 30,
                   let straddle, straddle == "refuse" || straddle == "copy" else {
                 throw r.error("a units rule needs \"of\" (a rule), \"size\" ≥ 0, \"unit\" ≥ 1 and \"straddle\" "
                               + "(\"refuse\" or \"copy\")")
@@ -439,6 +453,9 @@ extension SplitRule: Encodable {
                 try p.encodeIfPresent(part.split.heads, forKey: .heads)
             }
         case .vocab(_, let m) where m > 1: try c.encode(m, forKey: .multiple)
+        case .padded(let base, let m):
+            try c.encode(base, forKey: .of)
+            try c.encode(m, forKey: .multiple)
         case .units(_, let u):
             try c.encode(u.base, forKey: .of)
             try c.encode(u.size, forKey: .size)

@@ -54,6 +54,11 @@ extension SplitRule {
             return PieceLayout([(rank * per)..<((rank + 1) * per)])
         case .units(_, let u):
             return try u.layout(rank: rank, of: ranks, size: size, tensor: tensor)
+        case .padded(let base, let m):
+            guard let padded = SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m, shares: true) else {
+                throw refuse("dimension \(size) (padding it to a multiple of \(ranks) × \(m) overflows)")
+            }
+            return try base.layout(rank: rank, of: ranks, size: padded, tensor: tensor)
         case .fused(_, let parts):
             let total = checkedSum(parts.map(\.size))
             guard let total, total == size else {
@@ -90,20 +95,24 @@ extension SplitRule {
         if case .vocab(_, let m) = self {
             return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m) ?? Int.max
         }
-        if case .units(_, let u) = self, u.base.kind == .vocab {
+        if case .padded(_, let m) = self {
+            return SplitRule.checkedPaddedSize(size, ranks: ranks, multiple: m, shares: true) ?? Int.max
+        }
+        if case .units(_, let u) = self, u.base.paddedSize(u.size, ranks: ranks) != u.size {
             let padded = u.base.paddedSize(u.size, ranks: ranks)
             return padded == Int.max ? padded : padded / u.unit + (padded % u.unit == 0 ? 0 : 1)
         }
         return size
     }
 
-    /// `size` rounded up to a multiple of lcm(`multiple`, `ranks`), nil on overflow (or a non-positive
+    /// `size` rounded up to a multiple of lcm(`multiple`, `ranks`) (`shares`: of `ranks` × `multiple`,
+    /// so that each rank's share is a multiple of `multiple`), nil on overflow (or a non-positive
     /// `ranks` or `multiple`).
-    static func checkedPaddedSize(_ size: Int, ranks: Int, multiple: Int = 1) -> Int? {
+    static func checkedPaddedSize(_ size: Int, ranks: Int, multiple: Int = 1, shares: Bool = false) -> Int? {
         guard ranks >= 1, multiple >= 1, size >= 0 else { return nil }
         var a = ranks, b = multiple
         while b != 0 { (a, b) = (b, a % b) }
-        guard let unit = checkedProduct([ranks / a, multiple]) else { return nil }
+        guard let unit = checkedProduct([shares ? ranks : ranks / a, multiple]) else { return nil }
         let (q, r) = size.quotientAndRemainder(dividingBy: unit)
         if r == 0 { return size }
         let (p, overflow) = (q + 1).multipliedReportingOverflow(by: unit)

@@ -119,7 +119,13 @@ public struct ShardPlan: Sendable {
     public init(checkpoint: Checkpoint, rules: RuleSet, request: LayoutRequest) throws {
         let list = checkpoint.tensors.map { (name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) }
         let named = list.map { ($0.name, $0.shape) }
-        let chosen = try rules.assign(named, quantization: try QuantizationFormat(config: checkpoint.config))
+        let quantization = try QuantizationFormat(config: checkpoint.config)
+        if rules.padIntermediate && quantization == nil {
+            throw ShardKitError(.invalidArgument, "padding the MLP intermediate size is for quantized checkpoints; "
+                                + "\(checkpoint.directory) has no quantization_config")
+        }
+        let padding = rules.padIntermediate ? checkpoint.config.map(ShardPlan.intermediateSizes) ?? [] : []
+        let chosen = try rules.assign(named, quantization: quantization, padding: padding)
         try self.init(tensors: list, rules: chosen, request: request, config: checkpoint.config)
         for (t, reference) in zip(tensors, rules.headSplits(named, chosen: chosen)) {
             if let reference { try ShardPlan.checkHeads(t, reference: reference, origin: rules.name) }
@@ -140,6 +146,12 @@ public struct ShardPlan: Sendable {
 
     /// "0..<4, 8..<12": a list of ranks for messages and reports.
     public static func describeRanks(_ ranks: [Int]) -> String { describeRuns(ranks) }
+
+    /// The MLP intermediate sizes config.json gives (dense, MoE experts, shared experts).
+    static func intermediateSizes(_ config: ModelConfig) -> Set<Int> {
+        Set(["intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size", "ffn_dim", "n_inner"]
+            .compactMap { config.int($0) })
+    }
 
     /// The index of `w` in the ascending list `holders`, nil when absent.
     static func position(of w: Int, in holders: [Int]) -> Int? {

@@ -122,6 +122,21 @@ public enum QuantizedPart: String, Sendable {
 }
 
 extension QuantizationFormat {
+    /// What a rank's share of a split dimension must be a multiple of so that no group or packed
+    /// word is cut: lcm(group size, values per int32); 1 for FP8 (block scales are copied instead).
+    var alignment: Int {
+        func lcm(_ a: Int, _ b: Int) -> Int {
+            var (x, y) = (a, b)
+            while y != 0 { (x, y) = (y, x % y) }
+            return a / x * b
+        }
+        switch self {
+        case .awq(_, let g), .gptq(_, let g, _): return lcm(g, pack)
+        case .packed(_, let g, _): return lcm(g ?? 1, pack)
+        case .fp8, .float: return 1
+        }
+    }
+
     /// Values per int32 of a packed format.
     var pack: Int {
         switch self {
@@ -233,9 +248,12 @@ extension QuantizationFormat {
 extension RuleSet {
     /// The rule of every tensor of a checkpoint quantized with `format` (nil: `assign(_:)`): each
     /// quantized module is matched as its unquantized `M.weight` of shape [N, K], and each of its tensors
-    /// gets that rule in its own units. Throws for a module whose tensors are not the format's.
-    public func assign(_ tensors: [(name: String, shape: [Int])],
-                       quantization format: QuantizationFormat?) throws -> [SplitRule] {
+    /// gets that rule in its own units. A quantized module whose weight is split as a column or row along
+    /// a dimension of one of the sizes `padding` (the MLP intermediate sizes, `--pad-intermediate`) is
+    /// padded with zeros so that every rank's share is a whole number of groups and packed words.
+    /// Throws for a module whose tensors are not the format's.
+    public func assign(_ tensors: [(name: String, shape: [Int])], quantization format: QuantizationFormat?,
+                       padding: Set<Int> = []) throws -> [SplitRule] {
         guard let format else { return try assign(tensors) }
         let parts = QuantizedPart.parts(of: format)
         let primary = parts[0]
@@ -275,6 +293,18 @@ extension RuleSet {
         let assigned = try assign(list)
         var ruleOf: [String: SplitRule] = [:]
         for (t, r) in zip(list, assigned) { ruleOf[t.name] = r }
+        let names = Set(tensors.map(\.name))
+        for (module, nk) in logical where !padding.isEmpty && format.alignment > 1 {
+            let rule = ruleOf[module + ".weight"]!
+            guard [.column, .row].contains(rule.kind), let d = rule.dim, d < 2, padding.contains(nk[d]) else {
+                continue
+            }
+            if names.contains(module + ".bias") {
+                throw ShardKitError(.impossibleSplit, "\(module): cannot pad its \(nk[d]) features with zeros "
+                                    + "(--pad-intermediate): it has a bias, whose padding would not be zero")
+            }
+            ruleOf[module + ".weight"] = .padded(rule, multiple: format.alignment)
+        }
         return try tensors.map { t in
             guard let (module, part) = split(t.name) else { return ruleOf[t.name]! }
             return try format.rule(for: part, shape: t.shape, weight: ruleOf[module + ".weight"]!,

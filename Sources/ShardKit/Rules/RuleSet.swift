@@ -25,6 +25,9 @@ public struct RuleSet: Sendable {
     public var headReference: [Entry] = []
     /// Vocabulary padding: vocab rules pad to multiples of lcm(this, G) (`SplitRule.vocab`).
     public var vocabMultiple = 1
+    /// Pad quantized MLP intermediate sizes so that every rank's share is whole groups and packed
+    /// words (`SplitRule.padded`, `--pad-intermediate`).
+    public var padIntermediate = false
 
     public init(name: String, entries: [Entry]) {
         self.name = name
@@ -36,6 +39,7 @@ public struct RuleSet: Sendable {
         var merged = RuleSet(name: "\(name) + \(fallback.name)", entries: entries + fallback.entries)
         merged.headReference = headReference.isEmpty ? fallback.headReference : headReference
         merged.vocabMultiple = vocabMultiple
+        merged.padIntermediate = padIntermediate
         return merged
     }
 

@@ -54,9 +54,9 @@ public struct RuleSpec: Sendable, Hashable {
         case .kvHeads: return .kvHeads(dim: dim, heads: try needHeads())
         case .outProjection: return .outProjection(dim: dim, heads: try needHeads())
         case .vocab: return .vocab(dim: dim, multiple: 1)
-        case .units:
-            throw fail(.invalidRules, "units rules are derived from config.json's quantization_config, "
-                       + "not written by hand (docs/quantization.md)")
+        case .units, .padded:
+            throw fail(.invalidRules, "\(kind.rawValue) rules are derived from config.json's quantization_config "
+                       + "(and --pad-intermediate), not written by hand (docs/quantization.md)")
         case .fused:
             let n = shape[dim]
             guard !parts.isEmpty else { throw fail(.invalidRules, "fused rule has no parts") }

@@ -26,6 +26,10 @@ public enum SplitRule: Sendable, Equatable, Hashable {
     /// splits the weight's `units.size` indices, and each of a rank's intervals `[a, b)` becomes
     /// `[⌊a/unit⌋, ⌈b/unit⌉)` along `dim` (docs/quantization.md).
     indirect case units(dim: Int, UnitSplit)
+    /// `base` (column or row) over its dimension padded with zeros to the next multiple of
+    /// G·`multiple`, so that every rank's share is a multiple of `multiple` (`--pad-intermediate`:
+    /// quantized MLP intermediate sizes no group-aligned split divides; docs/quantization.md).
+    indirect case padded(SplitRule, multiple: Int)
 
     /// The dimension the rule splits, nil when replicated.
     public var dim: Int? {
@@ -33,6 +37,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .replicated: return nil
         case .column(let d), .row(let d), .heads(let d, _), .kvHeads(let d, _), .outProjection(let d, _),
              .vocab(let d, _), .fused(let d, _), .units(let d, _): return d
+        case .padded(let base, _): return base.dim
         }
     }
 
@@ -63,6 +68,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         switch self {
         case .row, .outProjection: return true
         case .units(_, let u): return u.base.splitsInputFeatures
+        case .padded(let base, _): return base.splitsInputFeatures
         default: return false
         }
     }
@@ -80,6 +86,18 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .vocab(_, let m): return .vocab(dim: d, multiple: m)
         case .fused(_, let parts): return .fused(dim: d, parts: parts)
         case .units(_, let u): return .units(dim: d, u)
+        case .padded(let base, let m): return .padded(base.withDim(d), multiple: m)
+        }
+    }
+
+    /// The same rule without intermediate padding (in a companion's base too).
+    public var withoutPadding: SplitRule {
+        switch self {
+        case .padded(let base, _): return base
+        case .units(let d, var u):
+            u.base = u.base.withoutPadding
+            return .units(dim: d, u)
+        default: return self
         }
     }
 
@@ -95,6 +113,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .vocab: return .vocab
         case .fused: return .fused
         case .units: return .units
+        case .padded: return .padded
         }
     }
 
@@ -110,6 +129,7 @@ public enum SplitRule: Sendable, Equatable, Hashable {
         case .heads(let d, let h), .kvHeads(let d, let h), .outProjection(let d, let h):
             return "\(kindName)(dim \(d), \(h) heads)"
         case .fused(let d, let parts): return "fused(dim \(d), parts \(parts.map(\.size)))"
+        case .padded(let base, let m): return "padded(\(base.summary), shares multiples of \(m))"
         case .units(let d, let u):
             return "units(dim \(d), \(u.exact ? "" : "straddling ")units of \(u.unit) of \(u.size) split by "
                 + "\(u.base.summary): \(u.what))"
@@ -144,7 +164,7 @@ public enum RuleKind: String, CaseIterable, Sendable {
     case replicated, column, row, heads
     case kvHeads = "kv_heads"
     case outProjection = "out_projection"
-    case vocab, fused, units
+    case vocab, fused, units, padded
 
     /// Kinds that need a head count.
     public var needsHeads: Bool { self == .heads || self == .kvHeads || self == .outProjection }

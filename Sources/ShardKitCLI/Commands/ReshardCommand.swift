@@ -16,6 +16,9 @@ struct ReshardCommand: ParsableCommand {
     @Option(name: .long, help: "Output directory.") var out: String?
     @OptionGroup var layoutOptions: LayoutOptions
     @OptionGroup var vocab: VocabOptions
+    @Flag(name: .long, help: ArgumentHelp("Keep the input's MLP intermediate padding (recomputed for the new "
+          + "degree); by default it is dropped."))
+    var padIntermediate = false
     @OptionGroup var writeOptions: WriteOptions
     @Flag(name: .long, help: "Write manifest.json for a directory whose ranks were written in parts.")
     var finalize = false
@@ -48,7 +51,8 @@ struct ReshardCommand: ParsableCommand {
                                            progress: Terminal.progress(label: "reshard"))
             } else {
                 manifest = try Reshard.run(input: try ShardSet(directory: input), layout: request, output: out,
-                                           vocabMultiple: try vocab.multiple(), options: options,
+                                           vocabMultiple: try vocab.multiple(), padIntermediate: padIntermediate,
+                                           options: options,
                                            progress: Terminal.progress(label: "reshard"))
             }
             Terminal.clearProgress()

@@ -8,6 +8,10 @@ struct RuleOptions: ParsableArguments {
     @Option(name: .long, help: "Rules file (JSON or YAML) that overrides or replaces the preset (docs/rules.md).")
     var rules: String?
     @OptionGroup var vocab: VocabOptions
+    @Flag(name: .long, help: ArgumentHelp("Quantized checkpoints: pad the MLP intermediate size with zero rows and "
+        + "columns so that every rank's share is whole groups and packed words (a degree the group size does not "
+        + "allow otherwise; docs/quantization.md)."))
+    var padIntermediate = false
 
     func load(for checkpoint: Checkpoint) throws -> RuleSet {
         var set: RuleSet
@@ -17,6 +21,7 @@ struct RuleOptions: ParsableArguments {
             set = try ShardPlan.rules(for: checkpoint, rulesFile: nil)
         }
         set.vocabMultiple = try vocab.multiple()
+        set.padIntermediate = padIntermediate
         return set
     }
 }
