@@ -19,7 +19,8 @@ struct PlanCommand: ParsableCommand {
         var rankShapes: [[Int]], rankBytes: [Int], intervals: [[[Int]]]
     }
     struct Report: Encodable {
-        var tp: Int; var rules: String; var tensors: [Row]; var bytesPerRank: [Int]; var sourceBytes: Int
+        var tp: Int; var rules: String; var derived: Bool; var tensors: [Row]; var bytesPerRank: [Int]
+        var sourceBytes: Int
     }
 
     func run() throws {
@@ -34,11 +35,15 @@ struct PlanCommand: ParsableCommand {
                         rankBytes: (0..<tp).map { t.pieceBytes(rank: $0) },
                         intervals: t.layouts.map { $0.segments.map { [$0.lowerBound, $0.upperBound] } })
                 }
-                try Terminal.printJSON(Report(tp: tp, rules: rules.name, tensors: rows, bytesPerRank: plan.bytesPerRank,
-                                              sourceBytes: checkpoint.totalBytes))
+                try Terminal.printJSON(Report(tp: tp, rules: rules.name, derived: rules.derived, tensors: rows,
+                                              bytesPerRank: plan.bytesPerRank, sourceBytes: checkpoint.totalBytes))
                 return
             }
             print("plan for \(source) at tp \(tp) (\(rules.name))")
+            if rules.derived {
+                print("the rules are derived (no preset for this model type): from transformers' tensor-parallel "
+                      + "plan plus ShardKit's head rules (docs/rules.md); verify runs the generic per-weight check")
+            }
             // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ. The
             // cells are made twice (widths, then the rows) rather than kept: a plan can have a
             // million rows. Written in blocks.
