@@ -146,6 +146,11 @@ def derive(model_type, config_cls):
         in_name = names.get(id(model.get_input_embeddings()))
     except Exception:
         in_name = None
+    spec = text.__dict__.get("_heterogeneity_spec")
+    varying = sorted(getattr(spec, "per_layer_attributes", None) or [])
+    if varying:
+        raise Refuse(f"the default {config_cls.__name__} sets {', '.join(varying)} per layer (per_layer_config; "
+                     "key/value heads may differ between layers): the derived rules take one head count per model")
     hkey, kvkey = heads_keys(config_cls)
     try:
         H = getattr(text, "num_attention_heads", None)
@@ -261,6 +266,7 @@ def derive(model_type, config_cls):
             rules.setdefault(wildcard(saved[key])[:-6] + "bias", bias)
     if not rules:
         raise Refuse("no tensors")
+    check_head_sizes(state, H, KV)
     uses_heads = any(r[0] in ("heads", "kv_heads", "out_projection") or r[0].startswith("fused:heads")
                      for r in rules.values())
     entries = []
@@ -273,6 +279,27 @@ def derive(model_type, config_cls):
         result["heads"] = [hkey, H]
         result["kv_heads"] = [kvkey, KV] if hasattr(text, "num_key_value_heads") else [hkey, H]
     return result
+
+
+def check_head_sizes(state, H, KV):
+    """Per layer (not per pattern: configurations may vary by layer), the query and key/value projections must
+    give one head size: q rows / H == k rows / KV == v rows / KV == o_proj columns / H. Otherwise the head
+    counts of config.json do not describe every layer, and a heads rule would cut heads."""
+    sizes = {}
+    for key, tensor in state.items():
+        module, _, leaf = key.rpartition(".")
+        parent, _, last = module.rpartition(".")
+        if leaf != "weight" or tensor.dim() != 2 or last not in Q_NAMES | KV_NAMES | {"o_proj"}:
+            continue
+        if last == "q_b_proj":
+            continue
+        rows = tensor.shape[1] if last == "o_proj" else tensor.shape[0]
+        sizes.setdefault(parent, {})[last] = rows / (KV if last in KV_NAMES else H)
+    for parent, s in sizes.items():
+        if len(set(s.values())) > 1:
+            detail = ", ".join(f"{k} {v:g}" for k, v in sorted(s.items()))
+            raise Refuse(f"{wildcard(parent)}: head sizes differ ({detail} features per head with {H} heads, "
+                         f"{KV} KV heads): the config's head counts do not hold for every layer")
 
 
 def chunks(text, width=96):

@@ -156,6 +156,14 @@ struct DerivedRulesTests {
         }
     }
 
+    @Test("head counts set per layer are refused")
+    func perLayerHeads() throws {
+        expectError(.invalidConfig, ["per_layer_config sets num_key_value_heads for layer 1", "helium"]) {
+            _ = try Architectures.rules(for: try config(#"{"model_type": "helium", "num_attention_heads": 8, "#
+                + #""num_key_value_heads": 2, "per_layer_config": {"1": {"num_key_value_heads": 1}}}"#))
+        }
+    }
+
     @Test("missing head count keys are an error, not a default")
     func missingHeads() throws {
         expectError(.invalidConfig, ["num_key_value_heads", "helium"]) {

@@ -51,9 +51,18 @@ public enum DerivedRules {
             guard n > 0 else { throw ShardKitError(.invalidConfig, "\(config.path): \(key) must be positive") }
             return n
         }
+        // transformers 5 lets a config override attributes per layer; the head counts must be one per model.
+        for layers in [config.json["per_layer_config"], config.json["text_config"]?["per_layer_config"]] {
+            for (layer, overrides) in layers?.objectValue ?? [] {
+                for key in [headsKey, kvKey].compactMap({ $0 }) where overrides[key] != nil {
+                    throw ShardKitError(.invalidConfig, "\(config.path): per_layer_config sets \(key) for layer "
+                        + "\(layer); the rules derived for \(modelType) take one head count per model", remedy: .rules)
+                }
+            }
+        }
         let heads = try count(headsKey), kv = try count(kvKey)
         let origin = "derived \(modelType)"
-        var set = RuleSet(name: ruleSetName(modelType), entries: try entries.map { e in
+        var set = RuleSet(name: ruleSetName(modelType), entries: entries.map { e in
             // The table is generated and checked by the tests: a bad entry is a programming error.
             RuleSet.Entry(try! NamePattern(e.pattern), spec(e, heads: heads, kvHeads: kv)!, required: e.required,
                           origin: "\(origin) (\(e.source))")
