@@ -15,14 +15,16 @@ model) is built from the default configuration on the meta device (no memory, no
 merged `tp_plan` (base_model_tp_plan with the checkpoint prefix, `embed_tokens` added by
 transformers, the head's `_tp_plan`) is matched against its state-dict names the way transformers
 matches them (a parameter's own entry, else its module's), the names are taken to the layout
-`save_pretrained` writes (transformers' reverse weight conversion, renamings only), and each
-planned tensor gets the ShardKit rule of its plan kind. ShardKit adds what the plan leaves out:
-query / key-value heads for q/k/v projections and o_proj-like projections (so KV heads are
-replicated when there are fewer than G), fused even parts for packed gate_up projections, vocab
-padding for token embeddings and LM heads. Unplanned tensors: buffers and 1-D parameters (norms,
-biases, scales) are replicated, as transformers keeps them; an unplanned parameter of 2 or more
-dimensions refuses the architecture (no guessing). So does a plan kind or module role that has
-no exact ShardKit rule; the reason is recorded.
+`save_pretrained` writes (transformers' reverse weight conversion: renamings, and the two expert
+conversions, stacking per-expert weights and concatenating gate/up), and each planned tensor gets
+the ShardKit rule of its plan kind. ShardKit adds what the plan leaves out: query / key-value heads
+for q/k/v projections and o_proj-like projections (so KV heads are replicated when there are fewer
+than G), fused even parts for packed gate_up projections, vocab padding for token embeddings and
+LM heads. Unplanned tensors: buffers and 1-D parameters (norms, biases, scales) are replicated, as
+transformers keeps them, and so are two named 2-D roles (an MoE block's router, [E, H]; MLA's
+q_a_proj); any other unplanned parameter of 2 or more dimensions refuses the architecture (no
+guessing). So does a plan kind or module role that has no exact ShardKit rule; the reason is
+recorded.
 """
 import argparse
 import json
@@ -49,8 +51,6 @@ ROWWISE = {"rowwise", "rowwise_split_input", "rowwise_rep"}
 # Plan kinds that hook a module's forward (or its gradient) but keep its parameters whole.
 WHOLE = {"replicated_with_grad_allreduce", "replicate", "mla_kv_a_proj", "local_params", "all_reduce"}
 REFUSED_KINDS = {
-    "moe_tp_experts": "experts are fused 3-D parameters in transformers 5 (gate_up_proj [E, 2I, H]) that "
-                      "save_pretrained splits per expert; the derivation maps only tensors the plan names",
     "moe_identity_expert": "an identity expert whose input is divided by G has no ShardKit rule",
     "packed_rowwise": "a weight packed along its input features has no ShardKit rule",
     "sequence_parallel": "sequence parallelism splits activations, not weights",
@@ -105,18 +105,39 @@ def build(model_cls, config_cls):
                          f"({type(first).__name__}: {str(first).splitlines()[0][:120]})")
 
 
-def saved_names(model, keys):
-    """state-dict name -> the name save_pretrained writes. Only renamings are followed."""
+def conversion_kind(converter):
+    """The two expert conversions transformers uses, which the derivation follows exactly: "merge" (per-expert
+    [out, in] weights stacked into [E, out, in]) and "merge+concat" (two per-expert weights, e.g. gate and up,
+    stacked and concatenated along dim 1 into [E, 2·out, in]); None for anything else."""
+    ops = [(type(o).__name__, getattr(o, "dim", None)) for o in converter.operations]
+    if ops == [("MergeModulelist", 0)] and len(converter.source_patterns) == 1:
+        return "merge"
+    if ops == [("MergeModulelist", 0), ("Concatenate", 1)] and len(converter.source_patterns) == 2:
+        return "merge+concat"
+    return None
+
+
+def saved_names(model, state):
+    """state-dict name -> (conversion kind or None, [names save_pretrained writes for it]). Renamings are
+    followed; of the converters only conversion_kind's two."""
     conversions = get_model_conversion_mapping(model, add_legacy=False)
     conversions = [c for c in conversions if type(c).__name__ != "PrefixChange"]
-    others = [c for c in conversions if not isinstance(c, WeightRenaming)]
-    if others:
-        raise Refuse("save_pretrained reverts a weight conversion (" + type(others[0]).__name__ + " of "
-                     + ", ".join(others[0].target_patterns[:2]) + "): checkpoint tensors are not the module's")
+    converters = [c for c in conversions if not isinstance(c, WeightRenaming)]
+    for c in converters:
+        if conversion_kind(c) is None:
+            raise Refuse("save_pretrained reverts a weight conversion (" + type(c).__name__ + " of "
+                         + ", ".join(c.target_patterns[:2]) + "): checkpoint tensors are not the module's")
     out = {}
-    for k in keys:
-        renamed = list(revert_weight_conversion(model, {k: torch.empty(0, device="meta")}).keys())
-        out[k] = renamed[0]
+    for k, tensor in state.items():
+        renamed = revert_weight_conversion(model, {k: tensor})
+        matches = [c for c in converters if any(t.strip(".") in k for t in c.target_patterns)]
+        if not matches and len(renamed) == 1:
+            out[k] = (None, list(renamed))
+            continue
+        if len(matches) != 1 or any(v.dim() != tensor.dim() - 1 for v in renamed.values()):
+            raise Refuse(f"{wildcard(k)}: save_pretrained writes it as {len(renamed)} tensors by a conversion "
+                         "the derivation does not follow")
+        out[k] = (conversion_kind(matches[0]), list(renamed))
     return out
 
 
@@ -134,7 +155,8 @@ def derive(model_type, config_cls):
     for key, kind in plan.items():
         if kind in REFUSED_KINDS:
             raise Refuse(f"plan kind {kind} ({key}): {REFUSED_KINDS[kind]}")
-        if kind not in COLWISE | ROWWISE | WHOLE | {"packed_colwise", "embedding_rowwise", "embedding_colwise"}:
+        if kind not in COLWISE | ROWWISE | WHOLE | {"packed_colwise", "embedding_rowwise", "embedding_colwise",
+                                                     "moe_tp_experts"}:
             raise Refuse(f"plan kind {kind} ({key}) has no ShardKit rule")
     matchers = [(plan_regex(k), k, v) for k, v in plan.items()]
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -157,7 +179,7 @@ def derive(model_type, config_cls):
         KV = getattr(text, "num_key_value_heads", None) or H
     except Exception as e:
         raise Refuse(f"the head counts are not one number per model ({type(e).__name__})")
-    saved = saved_names(model, list(state.keys()))
+    saved = saved_names(model, state)
 
     def lookup(key):
         w = wildcard(key)
@@ -174,6 +196,15 @@ def derive(model_type, config_cls):
         if not isinstance(H, int) or H <= 0:
             raise Refuse(f"{what} needs the query head count, and {config_cls.__name__} has no num_attention_heads")
 
+    # MoE blocks whose experts transformers splits like dense MLPs (moe_tp_experts): their routers, [E, H]
+    # parameters of the block the plan leaves out, stay whole on every rank, as transformers keeps them.
+    experts = {}  # wildcard block (the experts module's parent) -> number of experts
+    for rx, k, v in matchers:
+        for key, tensor in state.items():
+            module = wildcard(key).rpartition(".")[0]
+            if v == "moe_tp_experts" and tensor.dim() == 3 and rx.fullmatch(module):
+                experts[module.rpartition(".")[0]] = tensor.shape[0]
+
     rules = {}  # saved wildcard name -> (rule, dim, source)
     for key, tensor in state.items():
         shape = list(tensor.shape)
@@ -185,7 +216,29 @@ def derive(model_type, config_cls):
         pkey, kind = lookup(key)
         is_param = key in params
         where = f"{w} {shape}"
-        if kind is None or kind in WHOLE:
+        conversion, names = saved[key]
+        if conversion or len(shape) == 3 and kind is not None and kind not in WHOLE:
+            # Experts [E, out, in]: saved per expert as [out, in] (a conversion), or as they are.
+            if kind == "packed_colwise" and conversion == "merge+concat":
+                rule = ("column", 0, kind + " experts")  # each of the two packed halves split evenly
+            elif kind in ROWWISE and conversion == "merge":
+                rule = ("row", 1, kind + " experts")
+            elif kind == "packed_colwise" and conversion is None and shape[1] % 2 == 0:
+                rule = ("fused:even,even", 1, kind + " experts")  # transformers' _StridedShard(dim 1, 2)
+            elif kind in ROWWISE and conversion is None:
+                rule = ("row", 2, kind + " experts")
+            else:
+                raise Refuse(f"{where}: {kind or 'not in the plan'} on experts saved by "
+                             f"{conversion or 'no'} conversion has no exact ShardKit rule")
+        elif kind == "moe_tp_experts":
+            raise Refuse(f"{where}: an expert parameter with no plan entry of its own")
+        elif kind is None and is_param and len(shape) == 2 and experts.get(module.rpartition(".")[0]) == shape[0]:
+            rule = ("replicated", 0, "router, not in plan")
+        elif kind is None and last == "q_a_proj" and lookup(key.replace(".q_a_proj.", ".q_b_proj."))[1] in COLWISE:
+            # MLA's query down-projection: replicated input to replicated output (q_a_layernorm, then the
+            # head-split q_b_proj), as transformers keeps it.
+            rule = ("replicated", 0, "MLA q_a_proj, not in plan")
+        elif kind is None or kind in WHOLE:
             if is_param and len(shape) >= 2 and kind is None:
                 covered = "" if len(plan) > 3 else " (the plan names only " + ", ".join(sorted(plan)) + ")"
                 raise Refuse(f"{w} {shape} is not in the plan{covered}")
@@ -248,10 +301,31 @@ def derive(model_type, config_cls):
                 rule = ("row", 1, kind)
         else:
             raise Refuse(f"{where}: plan kind {kind} has no ShardKit rule")
-        name = wildcard(saved[key])
-        if name in rules and rules[name] != rule:
-            raise Refuse(f"{name}: two rules ({rules[name][0]}, {rule[0]}) for one checkpoint name")
-        rules[name] = rule
+        for name in sorted({wildcard(n) for n in names}):
+            if name in rules and rules[name] != rule:
+                raise Refuse(f"{name}: two rules ({rules[name][0]}, {rule[0]}) for one checkpoint name")
+            rules[name] = rule
+    # Plan entries for linear modules the default configuration does not build (dense MLPs of MoE models in
+    # mlp_only_layers, say): the same rules by name, for the checkpoints whose configuration builds them.
+    seen = {wildcard(k).rpartition(".")[0] for k in state} | {wildcard(k) for k in state}
+    for key, kind in plan.items():
+        if key in seen or "*" in key.replace("layers.*", ""):
+            continue
+        module, _, last = key.rpartition(".")
+        in_attention = any(s in ATTENTION for s in key.split("."))
+        if kind in COLWISE and not in_attention and last not in Q_NAMES | KV_NAMES:
+            weight = ("fused:even,even", 0, kind) if last == "gate_up_proj" else ("column", 0, kind)
+            bias = weight
+        elif kind == "packed_colwise":
+            weight = bias = ("fused:even,even", 0, kind)
+        elif kind in ROWWISE and not in_attention:
+            weight, bias = ("row", 1, kind), ("replicated", 0, kind + " bias")
+        else:
+            continue
+        for leaf, rule in (("weight", weight), ("bias", bias)):
+            name = f"{key}.{leaf}"  # the plan's name, as save_pretrained renames it
+            renamed = list(revert_weight_conversion(model, {name: torch.empty(0, device="meta")}))
+            rules.setdefault(renamed[0] if len(renamed) == 1 else name, rule)
     # A planned linear module's bias follows its weight (colwise: split with it; rowwise: whole), also where
     # the default configuration has no biases.
     modules = dict(model.named_modules())
@@ -259,18 +333,19 @@ def derive(model_type, config_cls):
         module, _, leaf = key.rpartition(".")
         if leaf != "weight" or not isinstance(modules.get(module), torch.nn.Linear) or key[:-6] + "bias" in state:
             continue
-        rule = rules.get(wildcard(saved[key]))
+        name = wildcard(saved[key][1][0])
+        rule = rules.get(name)
         if rule and rule[0] != "replicated":
             bias = rule if rule[0] in ("heads", "kv_heads", "column", "vocab", "fused:even,even") else \
                 ("replicated", 0, rule[2] + " bias")
-            rules.setdefault(wildcard(saved[key])[:-6] + "bias", bias)
+            rules.setdefault(name[:-6] + "bias", bias)
     if not rules:
         raise Refuse("no tensors")
     check_head_sizes(state, H, KV)
     uses_heads = any(r[0] in ("heads", "kv_heads", "out_projection") or r[0].startswith("fused:heads")
                      for r in rules.values())
     entries = []
-    embed = wildcard(saved[in_name + ".weight"]) if in_name and (in_name + ".weight") in saved else None
+    embed = wildcard(saved[in_name + ".weight"][1][0]) if in_name and (in_name + ".weight") in saved else None
     for name, (rule, dim, source) in rules.items():
         entries.append([name, rule, dim, source] + (["required"] if name == embed else []))
     result = {"config": config_cls.__name__, "model": model_cls.__name__, "rules": entries}

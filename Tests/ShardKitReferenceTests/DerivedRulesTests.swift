@@ -7,7 +7,8 @@ import Testing
 /// scripts/derive_rules.py), on fixtures of model types with no preset (fixtures/make_archs_derived.py).
 @Suite("derived rule sets")
 struct DerivedRulesTests {
-    static let fixtures = ["ernie4_5", "exaone4", "smollm3", "helium", "seed_oss", "apertus", "granite_swa"]
+    static let fixtures = ["ernie4_5", "exaone4", "smollm3", "helium", "seed_oss", "apertus", "granite_swa", "olmoe",
+                           "glm4_moe"]
 
     private func config(_ json: String) throws -> ModelConfig {
         ModelConfig(json: try JSONValue.parse(Array(json.utf8)), path: "/x/config.json")
@@ -104,6 +105,24 @@ struct DerivedRulesTests {
         #expect(helium.manifest.tensors["model.layers.0.mlp.down_proj.bias"]?.rule == .replicated)
     }
 
+    @Test("MoE: experts saved per expert split like a dense MLP on every rank, routers whole, shared experts split")
+    func experts() throws {
+        let (glm, _, dir) = try shardFixture("glm4_moe", tp: 4)
+        defer { removeDirectory(dir) }
+        let t = glm.manifest.tensors
+        for e in 0..<4 {
+            #expect(t["model.layers.1.mlp.experts.\(e).gate_proj.weight"]?.rule == .column(dim: 0))
+            #expect(t["model.layers.1.mlp.experts.\(e).up_proj.weight"]?.rule == .column(dim: 0))
+            #expect(t["model.layers.1.mlp.experts.\(e).down_proj.weight"]?.rule == .row(dim: 1))
+            #expect(t["model.layers.1.mlp.experts.\(e).down_proj.weight"]?.pieces[3].shape == [64, 8])
+        }
+        #expect(t["model.layers.1.mlp.gate.weight"]?.rule == .replicated)
+        #expect(t["model.layers.1.mlp.gate.e_score_correction_bias"]?.rule == .replicated)
+        #expect(t["model.layers.1.mlp.shared_experts.gate_proj.weight"]?.rule == .column(dim: 0))
+        #expect(t["model.layers.1.mlp.shared_experts.down_proj.weight"]?.rule == .row(dim: 1))
+        #expect(t["model.layers.0.mlp.gate_proj.weight"]?.rule == .column(dim: 0))  // the dense layer
+    }
+
     @Test("KV heads replicated round-robin (rank r holds head r % KV) instead of in blocks fail the generic check",
           arguments: fixtures)
     func roundRobinKVFails(fixture: String) throws {
@@ -125,7 +144,9 @@ struct DerivedRulesTests {
     }
 
     @Test("a refused plan gives the reason", arguments: [
-        ("qwen3_next", ["moe_tp_experts", "save_pretrained splits per expert"]),
+        ("qwen3_next", ["model.layers.*.linear_attn.conv1d.weight [8192, 1, 4] is not in the plan"]),
+        ("longcat_flash", ["plan kind moe_identity_expert", "has no ShardKit rule"]),
+        ("aria_text", ["plan kind packed_rowwise", "packed along its input features"]),
         ("hunyuan_v1_dense", ["model.layers.*.self_attn.q_proj.weight", "is not in the plan",
                               "the plan names only"]),
         ("codegen", ["transformer.h.*.attn.qkv_proj.weight", "head layout is not known"]),
