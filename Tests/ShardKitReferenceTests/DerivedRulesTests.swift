@@ -62,6 +62,22 @@ struct DerivedRulesTests {
         #expect(!rules.derived)
     }
 
+    @Test("where a preset exists, the derived set gives every tensor of its fixture the preset's rule", arguments: [
+        "llama-gqa", "mistral", "qwen2-bias", "qwen3", "granite", "olmo2", "gemma", "mixtral", "qwen3-moe",
+    ])
+    func agreesWithPreset(fixture: String) throws {
+        let ckpt = try Checkpoint(path: fixturePath(fixture))
+        let config = try #require(ckpt.config)
+        let type = try #require(config.modelType)
+        let preset = try Architectures.rules(for: config)
+        let derived = try #require(try DerivedRules.ruleSet(for: config, modelType: type))
+        let tensors = ckpt.tensors.map { (name: $0.info.name, shape: $0.info.shape) }
+        let (p, d) = (try preset.assign(tensors), try derived.assign(tensors))
+        for (t, (a, b)) in zip(tensors, zip(p, d)) {
+            #expect(a == b, "\(fixture) \(t.name): preset \(a.summary), derived \(b.summary)")
+        }
+    }
+
     @Test("shard with the derived rules and pass the generic per-weight check", arguments: fixtures, [2, 4, 8])
     func shardAndVerify(fixture: String, tp: Int) throws {
         let (set, ckpt, dir) = try shardFixture(fixture, tp: tp)
