@@ -159,6 +159,19 @@ struct DerivedRulesTests {
         #expect(report.worstLayer == name)
     }
 
+    @Test("a rules file extends a derived model type as it extends a preset")
+    func extendsDerived() throws {
+        let ckpt = try Checkpoint(path: fixturePath("exaone4"))
+        let json = #"{"extends": "exaone4", "rules": [{"pattern": "lm_head.weight", "rule": "replicated"}]}"#
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json",
+                                          config: ckpt.config)
+        #expect(rules.name == "rules.json + derived from transformers 5.24.0 base_model_tp_plan (exaone4)")
+        let tensors = ckpt.tensors.map { (name: $0.info.name, shape: $0.info.shape) }
+        let assigned = Dictionary(uniqueKeysWithValues: zip(tensors.map(\.name), try rules.assign(tensors)))
+        #expect(assigned["lm_head.weight"] == .replicated)
+        #expect(assigned["model.layers.1.self_attn.k_proj.weight"] == .kvHeads(dim: 0, heads: 2))
+    }
+
     @Test("a refused plan gives the reason", arguments: [
         ("qwen3_next", ["model.layers.*.linear_attn.conv1d.weight [8192, 1, 4] is not in the plan"]),
         ("longcat_flash", ["plan kind moe_identity_expert", "has no ShardKit rule"]),
