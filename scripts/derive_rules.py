@@ -168,12 +168,15 @@ def derive(model_type, config_cls):
         in_name = names.get(id(model.get_input_embeddings()))
     except Exception:
         in_name = None
+    # Head settings that vary by layer (transformers 5's per_layer_config; Gemma 4's global layers, say):
+    # refused, since their checkpoints may give some layers other KV head counts.
     spec = text.__dict__.get("_heterogeneity_spec")
-    varying = sorted(getattr(spec, "per_layer_attributes", None) or [])
+    varying = sorted(set(getattr(spec, "per_layer_attributes", None) or [])
+                     & {"num_attention_heads", "num_key_value_heads", "head_dim"})
     if varying:
-        raise Refuse(f"the default {config_cls.__name__} sets {', '.join(varying)} per layer (per_layer_config; "
+        raise Refuse(f"the default {type(text).__name__} sets {', '.join(varying)} per layer (per_layer_config; "
                      "key/value heads may differ between layers): the derived rules take one head count per model")
-    hkey, kvkey = heads_keys(config_cls)
+    hkey, kvkey = heads_keys(type(text))
     try:
         H = getattr(text, "num_attention_heads", None)
         KV = getattr(text, "num_key_value_heads", None) or H

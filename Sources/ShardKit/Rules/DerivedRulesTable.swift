@@ -295,9 +295,9 @@ extension DerivedRules {
       "positional argument but 3 were given)"]},
     "dots3_note_text": {"config": "Dots3NoteTextConfig",
           "refused": [
-      "the default Dots3NoteTextConfig sets kv_lora_rank, num_attention_heads, num_key_value_heads, ",
-      "qk_nope_head_dim per layer (per_layer_config; key/value heads may differ between layers): the ",
-      "derived rules take one head count per model"]},
+      "the default Dots3NoteTextConfig sets num_attention_heads, num_key_value_heads per layer ",
+      "(per_layer_config; key/value heads may differ between layers): the derived rules take one head ",
+      "count per model"]},
     "dots3_note_vision_encoder": {"config": "Dots3NoteVisionConfig",
           "refused": [
       "Dots3NoteVisionConfig is a sub-configuration with no model class of its own in the auto ",
@@ -1397,8 +1397,7 @@ extension DerivedRules {
       "model.layers.*.mixer.conv1d.weight [10240, 1, 4] is not in the plan"]},
     "neomme": {"config": "NeoMMEConfig",
           "refused": [
-      "the default NeoMMEConfig sets sliding_window per layer (per_layer_config; key/value heads may ",
-      "differ between layers): the derived rules take one head count per model"]},
+      "embed_tokens.embedding_projection.weight [1024, 256] is not in the plan"]},
     "olmo": {"config": "OlmoConfig", "model": "OlmoForCausalLM",
          "heads": ["num_attention_heads", 32], "kv_heads": ["num_key_value_heads", 32], "rules": [
       ["model.embed_tokens.weight", "vocab", 0, "embedding_rowwise", "required"],
