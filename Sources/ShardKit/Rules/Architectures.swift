@@ -101,16 +101,26 @@ public enum Architectures {
 
     public static func named(_ modelType: String) -> Architecture? { all.first { $0.modelType == modelType } }
 
-    /// The preset for `config`'s model_type. Throws `invalidConfig` for an unknown type or a missing key.
+    /// The preset for `config`'s model_type, else its rule set derived from transformers' tensor-parallel
+    /// plan (`DerivedRules`). Throws `invalidConfig` for a type with neither (saying why a derived set is
+    /// refused) or a missing key.
     public static func rules(for config: ModelConfig) throws -> RuleSet {
         guard let type = config.modelType else {
             throw ShardKitError(.invalidConfig, "\(config.path): no \"model_type\", so no preset applies",
                                 remedy: .rules)
         }
         guard let architecture = named(type) else {
-            throw ShardKitError(.invalidConfig,
-                "\(config.path): unknown model_type \"\(type)\" (presets: \(modelTypes.joined(separator: ", ")))",
-                remedy: .rules)
+            if let derived = try DerivedRules.ruleSet(for: config, modelType: type) { return derived }
+            let presets = "presets: \(modelTypes.joined(separator: ", "))"
+            let version = DerivedRules.transformersVersion
+            guard case .refused(let configClass, let reason)? = DerivedRules.derivation(for: type) else {
+                throw ShardKitError(.invalidConfig, "\(config.path): unknown model_type \"\(type)\" (\(presets); "
+                    + "no derived rule set either: transformers \(version) has no base_model_tp_plan for it)",
+                    remedy: .rules)
+            }
+            throw ShardKitError(.invalidConfig, "\(config.path): model_type \"\(type)\" has no preset (\(presets)), "
+                + "and its rule set derived from transformers \(version)'s \(configClass).base_model_tp_plan is "
+                + "refused: \(reason)", remedy: .rules)
         }
         let heads = try config.requireInt("num_attention_heads", "n_head")
         let kv = config.int("num_key_value_heads", "multi_query_group_num") ?? heads

@@ -28,6 +28,8 @@ public struct RuleSet: Sendable {
     /// Pad quantized MLP intermediate sizes so that every rank's share is whole groups and packed
     /// words (`SplitRule.padded`, `--pad-intermediate`).
     public var padIntermediate = false
+    /// True for a rule set derived from transformers' tensor-parallel plan (`DerivedRules`), not a preset.
+    public var derived = false
 
     public init(name: String, entries: [Entry]) {
         self.name = name
@@ -78,7 +80,7 @@ public struct RuleSet: Sendable {
         }
         if let unused = entries.indices.first(where: { entries[$0].required && !used[$0] }) {
             let e = entries[unused]
-            let preset = e.origin.hasPrefix("preset")
+            let preset = e.origin.hasPrefix("preset") || e.origin.hasPrefix("derived")
             throw ShardKitError(.unmatchedRule, preset
                 ? "\(e.origin): no tensor matches \"\(e.pattern)\"; is config.json's model_type right?"
                 : "\(e.origin): pattern \"\(e.pattern)\" matches no tensor", remedy: preset ? .rules : nil)

@@ -95,8 +95,9 @@ public enum RulesFile {
                                  origin: "\(origin) entry \(n)"))
         }
         var own = RuleSet(name: origin, entries: entries)
-        // The preset of the checkpoint's own model type, if any, guards its head splits.
-        if let config, config.modelType.map(Architectures.modelTypes.contains) == true,
+        // The preset (or derived rule set) of the checkpoint's own model type, if any, guards its head splits.
+        if let config, let type = config.modelType,
+           Architectures.named(type) != nil || DerivedRules.modelTypes.contains(type),
            let preset = try? Architectures.rules(for: config) {
             own.headReference = preset.entries
         }
@@ -107,9 +108,10 @@ public enum RulesFile {
         if baseName == "auto" {
             presetConfig = config
         } else {
-            guard Architectures.modelTypes.contains(baseName) else {
+            guard Architectures.modelTypes.contains(baseName) || DerivedRules.modelTypes.contains(baseName) else {
                 let presets = Architectures.modelTypes.joined(separator: ", ")
-                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(presets))")
+                throw bad("\"extends\": unknown preset \"\(baseName)\" (presets: \(presets); or a model type "
+                          + "with a derived rule set, docs/rules.md)")
             }
             var members = config.json.objectValue ?? []
             members.removeAll { $0.0 == "model_type" }

@@ -31,7 +31,8 @@ struct PlanCommand: ParsableCommand {
         var bytes: Int
     }
     struct Report: Encodable {
-        var tp: Int; var pp: Int; var ep: Int; var rules: String; var tensors: [Row]; var bytesPerRank: [Int]
+        var tp: Int; var pp: Int; var ep: Int; var rules: String; var derived: Bool; var tensors: [Row]
+        var bytesPerRank: [Int]
         var grid: [GridRank]
         /// Largest rank's bytes / mean bytes per rank.
         var imbalance: Double
@@ -77,7 +78,8 @@ struct PlanCommand: ParsableCommand {
                             t.layout(rank: $0)!.segments.map { [$0.lowerBound, $0.upperBound] }
                         })
                 }
-                try Terminal.printJSON(Report(tp: tp, pp: layout.pp, ep: layout.ep, rules: rules.name, tensors: rows,
+                try Terminal.printJSON(Report(tp: tp, pp: layout.pp, ep: layout.ep, rules: rules.name,
+                                              derived: rules.derived, tensors: rows,
                                               bytesPerRank: plan.bytesPerRank, grid: PlanCommand.grid(plan),
                                               imbalance: PlanCommand.imbalance(plan.bytesPerRank),
                                               sourceBytes: checkpoint.totalBytes))
@@ -85,6 +87,10 @@ struct PlanCommand: ParsableCommand {
             }
             let tpOnly = layout.isTensorParallelOnly
             print("plan for \(source) at tp \(tp)\(tpOnly ? "" : ", pp \(layout.pp), ep \(layout.ep)") (\(rules.name))")
+            if rules.derived {
+                print("the rules are derived (no preset for this model type): from transformers' tensor-parallel "
+                      + "plan plus ShardKit's head rules (docs/rules.md); verify runs the generic per-weight check")
+            }
             // One aligned row per tensor; "rank 0" columns, with "…" where other ranks differ. The
             // cells are made twice (widths, then the rows) rather than kept: a plan can have a
             // million rows. Written in blocks.
