@@ -45,6 +45,18 @@ public final class RankSlicer: @unchecked Sendable {
         return (t.pieceShape(rank: r), sink.bytes)
     }
 
+    /// Rank `r`'s pieces of every tensor of module `module` (a quantized layer's weight and companions,
+    /// or weight and bias), by the last component of the name; only those the rank holds.
+    public func module(_ module: String, rank r: Int) throws -> [String: (shape: [Int], bytes: [UInt8])] {
+        let prefix = module + "."
+        var parts: [String: (shape: [Int], bytes: [UInt8])] = [:]
+        for t in plan.tensors where t.name.hasPrefix(prefix) && !t.name.dropFirst(prefix.count).contains(".")
+            && t.layout(rank: r) != nil {
+            parts[String(t.name.dropFirst(prefix.count))] = try piece(t.name, rank: r)
+        }
+        return parts
+    }
+
     /// Reads rank `r`'s piece of `name` into `buffer`, which must hold exactly its bytes.
     public func read(_ name: String, rank r: Int, into buffer: UnsafeMutableRawBufferPointer) throws {
         let t = try planned(name, rank: r)

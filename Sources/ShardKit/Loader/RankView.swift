@@ -86,6 +86,20 @@ public final class RankView: @unchecked Sendable {
                           range: info.offset..<(info.offset + info.byteCount))
     }
 
+    /// Every tensor of module `module` this rank holds, by the last component of its name: for a
+    /// quantized linear layer its quantized weight and companions as this rank needs them
+    /// (`["qweight": …, "qzeros": …, "scales": …, "g_idx": …]` for GPTQ; `weight` and
+    /// `weight_scale_inv` for FP8 blocks), or `["weight": …, "bias": …]` for an unquantized one.
+    /// Empty when the rank holds nothing of it.
+    public func module(_ module: String) throws -> [String: TensorView] {
+        let prefix = module + "."
+        var parts: [String: TensorView] = [:]
+        for name in names where name.hasPrefix(prefix) && !name.dropFirst(prefix.count).contains(".") {
+            parts[String(name.dropFirst(prefix.count))] = try tensor(name)
+        }
+        return parts
+    }
+
     /// The manifest's record of `name` (rule, global shape, intervals).
     public func record(_ name: String) -> Manifest.Tensor? { shardSet.manifest.tensors[name] }
 }
