@@ -89,3 +89,23 @@ func overwritePiece(_ set: ShardSet, _ manifest: inout Manifest, name: String, r
     bytes.withUnsafeBytes { crc.update($0) }
     manifest.tensors[name]!.pieces[r].crc32c = crc.hex
 }
+
+/// Shards `fixture` at `tp` with its preset, except that the tensors in `overrides` get the given rules:
+/// a shard set laid out the way a wrong splitter would, under a manifest that says so.
+func shardOverriding(_ fixture: String, tp: Int,
+                     _ overrides: (ShardPlan.Tensor) -> SplitRule?) throws -> (set: ShardSet, checkpoint: Checkpoint, directory: String) {
+    let dir = fixturePath(fixture)
+    let ckpt = try Checkpoint(path: dir)
+    let right = try ShardPlan(checkpoint: ckpt, rules: try ShardPlan.rules(for: ckpt, rulesFile: nil), tp: tp)
+    let plan = try ShardPlan(tensors: right.tensors.map { ($0.name, $0.dtype, $0.shape) },
+                             rules: right.tensors.map { overrides($0) ?? $0.rule }, tp: tp)
+    let out = temporaryPath("\(fixture)-wrong-tp\(tp)")
+    let sources = try CheckpointSources(ckpt)
+    try ShardSetWriter(plan: plan, directory: out).write(
+        source: Manifest.Source(path: dir, files: ckpt.files.map { ($0.path as NSString).lastPathComponent },
+                                modelType: ckpt.config?.modelType, rules: "test overrides"),
+        tool: .init(name: "shardkit", version: Shard.toolVersion, operation: "shard"),
+        inputs: [dir], extraFiles: ckpt.auxiliaryFiles.map { (from: dir + "/" + $0, name: $0) },
+        sources: { t in [try sources.source(for: t.name, geometry: t.geometry)] })
+    return (try ShardSet(directory: out), ckpt, out)
+}
