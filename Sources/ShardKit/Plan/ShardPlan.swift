@@ -1,20 +1,33 @@
 /// The plan of a shard set: every tensor's rule, the world ranks that hold it, and the global
 /// intervals each of them holds. Computing it checks every split before anything is written.
 public struct ShardPlan: Sendable {
+    /// Where a tensor lives: shared by every tensor of the same stages and EP group (one reference
+    /// per tensor, so that a plan of a million tensors stays small).
+    public final class Placement: Sendable {
+        /// The pipeline stages holding the tensor (two for an embedding tied to the head).
+        public let stages: [Int]
+        /// The expert-parallel group holding the tensor (an expert's, with EP > 1).
+        public let group: Int?
+        /// The world ranks holding a piece, ascending: holder `k` holds piece `k % ways` of the layout
+        /// (a tensor held by two stages, a tied embedding, is one copy per stage).
+        public let holders: [Int]
+        /// How many ranks one copy is split over (TP, or an EP group's size).
+        public let ways: Int
+        init(stages: [Int], group: Int?, holders: [Int], ways: Int) {
+            self.stages = stages; self.group = group; self.holders = holders; self.ways = ways
+        }
+    }
+
     public struct Tensor: Sendable {
         public var name: String
         public var dtype: DType
         public var shape: [Int]
         public var rule: SplitRule
-        public var role: TensorRole
-        /// The pipeline stages holding the tensor (two for an embedding tied to the head).
-        public var stages: [Int]
-        /// The expert-parallel group holding the tensor (an expert's, with EP > 1).
-        public var group: Int?
+        public var placement: Placement
         public var geometry: TensorGeometry
-        /// The world ranks holding a piece, ascending: holder `k` holds `layouts[k % layouts.count]`
-        /// (a tensor held by two stages, a tied embedding, is one copy per stage).
-        public var holders: [Int]
+        public var stages: [Int] { placement.stages }
+        public var group: Int? { placement.group }
+        public var holders: [Int] { placement.holders }
         /// One layout per rank of one copy (the ranks one copy is split over: TP, or an EP group's).
         public var layouts: [PieceLayout]
         /// The padded size of the split dimension, when padding is needed.
@@ -72,25 +85,24 @@ public struct ShardPlan: Sendable {
         // Running bytes per rank: rank files and progress add pieces up, so the sums must fit too.
         var rankTotals = [Int](repeating: 0, count: layout.worldSize)
         var layoutsOf = [Int: RuleLayouts]()
-        var holdersOf = [TensorRole: (ranks: [Int], ways: Int, stages: [Int], group: Int?)]()
-        let everyRank = (ranks: Array(0..<tp), ways: tp, stages: [0], group: Int?.none)
+        var placementOf = [TensorRole: Placement]()
+        let everyRank = Placement(stages: [0], group: nil, holders: Array(0..<tp), ways: tp)
         for (i, (t, rule)) in zip(tensors, rules).enumerated() {
-            let role = roles?[i] ?? .first
             var placed = everyRank
-            if roles != nil && !layout.isTensorParallelOnly {
-                // Per-layer keys only matter for experts and stages; one entry per distinct role.
-                if let known = holdersOf[role] { placed = known } else {
+            if let role = roles?[i], !layout.isTensorParallelOnly {
+                // One placement per distinct role (a layer, an expert of a layer, first or last stage).
+                if let known = placementOf[role] { placed = known } else {
                     let (stages, group) = try layout.placement(of: role, tensor: t.name)
                     let (ranks, ways) = layout.holders(stages: stages, group: group)
-                    placed = (ranks, ways, stages, group)
-                    holdersOf[role] = placed
+                    placed = Placement(stages: stages, group: group, holders: ranks, ways: ways)
+                    placementOf[role] = placed
                 }
             }
             let geometry = try TensorGeometry(shape: t.shape, elementSize: t.dtype.size, dim: rule.dim, tensor: t.name)
             let layouts = try layoutsOf[placed.ways, default: RuleLayouts(ranks: placed.ways)](
                 rule, size: geometry.size, tensor: t.name)
             let padded = rule.paddedSize(geometry.size, ranks: placed.ways)
-            for (k, w) in placed.ranks.enumerated() {
+            for (k, w) in placed.holders.enumerated() {
                 let l = layouts[k % placed.ways]
                 guard let bytes = checkedProduct([geometry.outer, l.length, geometry.inner]),
                       case (let sum, false) = rankTotals[w].addingReportingOverflow(bytes) else {
@@ -98,9 +110,8 @@ public struct ShardPlan: Sendable {
                 }
                 rankTotals[w] = sum
             }
-            planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, role: role,
-                                  stages: placed.stages, group: placed.group,
-                                  geometry: geometry, holders: placed.ranks, layouts: layouts,
+            planned.append(Tensor(name: t.name, dtype: t.dtype, shape: t.shape, rule: rule, placement: placed,
+                                  geometry: geometry, layouts: layouts,
                                   paddedSize: padded != geometry.size ? padded : nil))
         }
         self.tensors = planned
