@@ -8,13 +8,14 @@ import ShardKit
 /// row layers' scales whole, so its groups never constrain the degree.
 let quantizedFixtures: [(name: String, degrees: [Int])] = [
     ("llama-fp8-block", [1, 2, 4, 8]), ("llama-fp8-channel", [1, 2, 4, 8]), ("llama-awq", [1, 2]),
-    ("llama-gptq", [1]), ("llama-gptq-actorder", [1, 2, 4]), ("llama-w4a16-ct", [1]),
+    ("llama-gptq", [1]), ("llama-gptq-actorder", [1, 2, 4]), ("llama-gptq-8bit", [1]), ("llama-w4a16-ct", [1]),
 ]
 
 /// Degrees the group size forbids (down_proj's input features per rank not a multiple of 32), which
 /// --pad-intermediate makes possible.
 let paddedFixtures: [(name: String, degrees: [Int], format: String)] = [
-    ("llama-awq", [4], "AWQ"), ("llama-gptq", [2, 4], "GPTQ"), ("llama-w4a16-ct", [2, 4], "compressed-tensors"),
+    ("llama-awq", [4], "AWQ"), ("llama-gptq", [2, 4], "GPTQ"), ("llama-gptq-8bit", [2, 4], "GPTQ"),
+    ("llama-w4a16-ct", [2, 4], "compressed-tensors"),
 ]
 
 @Suite("quantized checkpoints")
