@@ -26,8 +26,9 @@ final class DequantizingWeights: WeightProvider {
         let primary = QuantizedPart.parts(of: format)[0]
         var modules: [String: [Int]] = [:]
         let all = Set(base.names)
-        for name in base.names where name.hasSuffix("." + primary.rawValue) {
-            let module = String(name.dropLast(primary.rawValue.count + 1))
+        let sep = format.separator
+        for name in base.names where name.hasSuffix(sep + primary.rawValue) {
+            let module = String(name.dropLast(primary.rawValue.count + sep.count))
             if primary == .weight && !all.contains(module + ".weight_scale_inv")
                 && !all.contains(module + ".weight_scale") {
                 continue
@@ -43,6 +44,7 @@ final class DequantizingWeights: WeightProvider {
     }
 
     private func module(of name: String) -> String? {
+        if format == .mxfp4 { return modules[name] != nil ? name : nil }
         guard name.hasSuffix(".weight") else { return nil }
         let m = String(name.dropLast(7))
         return modules[m] != nil ? m : nil
@@ -55,7 +57,7 @@ final class DequantizingWeights: WeightProvider {
     func globalShape(_ name: String) -> [Int]? { module(of: name).flatMap { modules[$0] } ?? base.globalShape(name) }
     func holds(_ name: String, rank: Int) -> Bool {
         guard let m = module(of: name) else { return base.holds(name, rank: rank) }
-        return base.holds(m + "." + QuantizedPart.parts(of: format)[0].rawValue, rank: rank)
+        return base.holds(m + format.separator + QuantizedPart.parts(of: format)[0].rawValue, rank: rank)
     }
 
     func load(_ name: String, rank: Int, integers: Bool) throws -> Piece {
@@ -65,19 +67,20 @@ final class DequantizingWeights: WeightProvider {
 
     /// The rank's piece of `m`'s tensor `part`, nil when the module has none.
     private func part(_ m: String, _ part: QuantizedPart, rank: Int) throws -> Piece? {
-        let name = m + "." + part.rawValue
+        let name = m + format.separator + part.rawValue
         return base.has(name) ? try base.load(name, rank: rank, integers: true) : nil
     }
 
     private func require(_ m: String, _ p: QuantizedPart, rank: Int) throws -> Piece {
         guard let piece = try part(m, p, rank: rank) else {
-            throw ShardKitError(.verificationFailed, "\(m): \(format.name) needs \(m).\(p.rawValue)")
+            throw ShardKitError(.verificationFailed, "\(m): \(format.name) needs \(m)\(format.separator)\(p.rawValue)")
         }
         return piece
     }
 
     /// Rank `rank`'s piece of `m.weight` in f32, [n, k] for the global rows and columns the rank holds.
     func dequantize(_ m: String, rank: Int) throws -> Piece {
+        if format == .mxfp4 { return try dequantizeMXFP4(m, rank: rank) }
         let nk = modules[m]!
         let (n, k) = (nk[0], nk[1])
         var rows: [Int], cols: [Int]
@@ -138,6 +141,8 @@ final class DequantizingWeights: WeightProvider {
                 }
                 return Float(qv - zv) * scales[try sRow[gn] * s.shape[1] + (try sCol[group])]
             }
+        case .mxfp4:
+            preconditionFailure("MXFP4 is dequantized by dequantizeMXFP4")
         case .fp8(let block), .float(let block):
             let w = try require(m, .weight, rank: rank)
             let s = try part(m, .weightScaleInv, rank: rank) ?? require(m, .weightScale, rank: rank)
@@ -171,6 +176,45 @@ final class DequantizingWeights: WeightProvider {
         let bytes = out.withUnsafeBytes { Array($0) }
         return try Piece(name: m + ".weight", raw: bytes, shape: [rows.count, cols.count], globalShape: nk,
                          dtype: .f32, dim: dim, index: dim == 0 ? rows : dim == 1 ? cols : nil)
+    }
+}
+
+extension DequantizingWeights {
+    /// FP4 E2M1 values by code.
+    static let fp4: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+
+    /// Rank `rank`'s piece of the MXFP4 tensor `m` as its unquantized [E, K, N] (input-major, as
+    /// gpt-oss saves it): value (e, k, n) = fp4(code k of blocks[e, n]) · 2^(scales[e, n, k / 32] − 127),
+    /// the low nibble of each byte first.
+    func dequantizeMXFP4(_ m: String, rank: Int) throws -> Piece {
+        let ekn = modules[m]!
+        let b = try require(m, .blocks, rank: rank), s = try require(m, .scales, rank: rank)
+        guard b.dtype == .u8, s.dtype == .u8 || s.dtype == .f8e8m0, b.shape.count == 4, s.shape.count == 3 else {
+            throw ShardKitError(.verificationFailed, "\(m): MXFP4 blocks and scales must be U8 [E, N, K/32, 16] and "
+                                + "[E, N, K/32], got \(b.dtype.rawValue) \(b.shape) and \(s.dtype.rawValue) \(s.shape)")
+        }
+        let experts = b.labels(along: 0), rows = b.labels(along: 1)
+        let cols = Packed.expand(b.labels(along: 2), 32)
+        let bytes = b.storage.raw, scales = s.storage.raw
+        let sE = try Lookup(s, 0), sN = try Lookup(s, 1), sK = try Lookup(s, 2)
+        let (n, kb) = (b.shape[1], b.shape[2])
+        var out = [Float](repeating: 0, count: experts.count * cols.count * rows.count)
+        for (ei, ge) in experts.enumerated() {
+            for (ni, gn) in rows.enumerated() {
+                for (ki, gk) in cols.enumerated() {
+                    let byte = bytes[((ei * n + ni) * kb + ki / 32) * 16 + (ki % 32) / 2]
+                    let code = ki % 2 == 0 ? byte & 0x0F : byte >> 4
+                    let e = Int(scales[(try sE[ge] * s.shape[1] + (try sN[gn])) * s.shape[2] + (try sK[gk / 32])])
+                    out[(ei * cols.count + ki) * rows.count + ni] = DequantizingWeights.fp4[Int(code)]
+                        * Float(sign: .plus, exponent: e - 127, significand: 1)
+                }
+            }
+        }
+        let dim: Int? = b.dim == 0 ? 0 : rows.count != ekn[2] ? 2 : cols.count != ekn[1] ? 1 : nil
+        let index: [Int]? = dim == 0 ? experts : dim == 2 ? rows : dim == 1 ? cols : nil
+        return try Piece(name: m, raw: out.withUnsafeBytes { Array($0) },
+                         shape: [experts.count, cols.count, rows.count], globalShape: ekn, dtype: .f32, dim: dim,
+                         index: index)
     }
 }
 

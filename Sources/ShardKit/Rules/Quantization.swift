@@ -16,6 +16,9 @@ public enum QuantizationFormat: Sendable, Equatable {
     case packed(bits: Int, group: Int?, symmetric: Bool)
     /// compressed-tensors `float-quantized`: FP8 `weight`, `weight_scale` per tensor, channel or block.
     case float(block: [Int]?)
+    /// MXFP4 (gpt-oss experts): `X_blocks` U8 [E, N, K/32, 16] (two FP4 E2M1 values per byte) and
+    /// `X_scales` E8M0 [E, N, K/32] for a tensor `X` that is [E, K, N] unquantized (input-major).
+    case mxfp4
 
     /// The format's name in messages.
     public var name: String {
@@ -25,6 +28,7 @@ public enum QuantizationFormat: Sendable, Equatable {
         case .gptq(_, _, let a): return a ? "GPTQ act-order" : "GPTQ"
         case .packed: return "compressed-tensors pack-quantized"
         case .float: return "compressed-tensors float-quantized"
+        case .mxfp4: return "MXFP4"
         }
     }
 
@@ -68,6 +72,8 @@ public enum QuantizationFormat: Sendable, Equatable {
             let group = q["group_size"]?.intValue ?? -1
             guard group > 0 else { throw bad("GPTQ without groups (group_size \(group)) is not supported") }
             self = .gptq(bits: bits, group: group, actOrder: q["desc_act"]?.boolValue ?? false)
+        case "mxfp4":
+            self = .mxfp4
         case "compressed-tensors":
             let format = q["format"]?.stringValue ?? ""
             var weights: [JSONValue] = []
@@ -99,7 +105,7 @@ public enum QuantizationFormat: Sendable, Equatable {
                 throw bad("compressed-tensors format \"\(format)\" is not supported (pack-quantized, float-quantized)")
             }
         default:
-            throw bad("quant_method \"\(method)\" is not supported (fp8, awq, gptq, compressed-tensors)")
+            throw bad("quant_method \"\(method)\" is not supported (fp8, awq, gptq, compressed-tensors, mxfp4)")
         }
     }
 }
@@ -108,7 +114,7 @@ public enum QuantizationFormat: Sendable, Equatable {
 public enum QuantizedPart: String, Sendable {
     case weight, qweight, qzeros, scales, gIdx = "g_idx", weightScaleInv = "weight_scale_inv"
     case weightScale = "weight_scale", inputScale = "input_scale", weightPacked = "weight_packed"
-    case weightZeroPoint = "weight_zero_point", weightShape = "weight_shape"
+    case weightZeroPoint = "weight_zero_point", weightShape = "weight_shape", blocks
 
     /// The parts a format's modules have; the one that names the module's quantized weight first.
     public static func parts(of format: QuantizationFormat) -> [QuantizedPart] {
@@ -117,6 +123,7 @@ public enum QuantizedPart: String, Sendable {
         case .awq: return [.qweight, .qzeros, .scales]
         case .gptq: return [.qweight, .qzeros, .scales, .gIdx]
         case .packed: return [.weightPacked, .weightScale, .weightZeroPoint, .weightShape]
+        case .mxfp4: return [.blocks, .scales]
         }
     }
 }
@@ -134,20 +141,32 @@ extension QuantizationFormat {
         case .awq(_, let g), .gptq(_, let g, _): return lcm(g, pack)
         case .packed(_, let g, _): return lcm(g ?? 1, pack)
         case .fp8, .float: return 1
+        case .mxfp4: return 32
         }
     }
+
+    /// What joins a module's name and its parts' ("q_proj.qweight"; MXFP4: "gate_up_proj_blocks").
+    public var separator: String { self == .mxfp4 ? "_" : "." }
+
+    /// The name of a module's unquantized weight, whose rule the module's parts follow.
+    public func logicalName(_ module: String) -> String { self == .mxfp4 ? module : module + ".weight" }
 
     /// Values per int32 of a packed format.
     var pack: Int {
         switch self {
         case .awq(let b, _), .gptq(let b, _, _), .packed(let b, _, _): return 32 / b
-        case .fp8, .float: return 1
+        case .fp8, .float, .mxfp4: return 1
         }
     }
 
     /// The logical [N, K] weight of a module from its quantized weight's stored shape, nil when the
     /// shape cannot be one.
     public func logicalShape(of part: QuantizedPart, shape s: [Int]) -> [Int]? {
+        if self == .mxfp4 {
+            // [E, N, K/32, 16] → [E, K, N]
+            guard part == .blocks, s.count == 4, s[3] == 16 else { return nil }
+            return checkedProduct([s[2], 32]).map { [s[0], $0, s[1]] }
+        }
         guard s.count == 2 else { return nil }
         switch (self, part) {
         case (.awq, .qweight): return checkedProduct([s[1], pack]).map { [$0, s[0]] }
@@ -162,6 +181,7 @@ extension QuantizationFormat {
     /// `tensor` when the shape is not what the format writes.
     func rule(for part: QuantizedPart, shape: [Int], weight rule: SplitRule, logical nk: [Int],
               tensor: String) throws -> SplitRule {
+        if self == .mxfp4 { return try mxfp4Rule(for: part, shape: shape, weight: rule, logical: nk, tensor: tensor) }
         let (n, k) = (nk[0], nk[1])
         let p = pack
         func ceil(_ a: Int, _ b: Int) -> Int { a / b + (a % b == 0 ? 0 : 1) }
@@ -245,6 +265,31 @@ extension QuantizationFormat {
     }
 }
 
+extension QuantizationFormat {
+    /// MXFP4: `X` [E, K, N] splits its experts (dim 0), K (dim 1) or N (dim 2); `X_blocks`
+    /// [E, N, K/32, 16] and `X_scales` [E, N, K/32] follow with N on dim 1 and K on dim 2 in blocks of
+    /// 32 values, which must not be cut.
+    func mxfp4Rule(for part: QuantizedPart, shape: [Int], weight rule: SplitRule, logical ekn: [Int],
+                   tensor: String) throws -> SplitRule {
+        let (e, k, n) = (ekn[0], ekn[1], ekn[2])
+        let want = part == .blocks ? [e, n, k / 32, 16] : [e, n, k / 32]
+        guard shape == want, part == .blocks || part == .scales else {
+            throw ShardKitError(.invalidCheckpoint, "tensor \(tensor): shape \(shape), but MXFP4 with a "
+                                + "[\(e), \(k), \(n)] tensor writes \(part.rawValue) \(want)")
+        }
+        switch rule.dim {
+        case nil: return .replicated
+        case 0?: return rule
+        case 1?:
+            return .units(dim: 2, UnitSplit(base: rule, size: k, unit: 32, exact: true,
+                                            what: "MXFP4 blocks of 32 values"))
+        case 2?: return rule.withDim(1)
+        default:
+            throw ShardKitError(.impossibleSplit, "tensor \(tensor): an MXFP4 tensor split along dim \(rule.dim!)")
+        }
+    }
+}
+
 extension RuleSet {
     /// The rule of every tensor of a checkpoint quantized with `format` (nil: `assign(_:)`): each
     /// quantized module is matched as its unquantized `M.weight` of shape [N, K], and each of its tensors
@@ -260,8 +305,9 @@ extension RuleSet {
         // Modules with a quantized weight, and their logical [N, K].
         var logical: [String: [Int]] = [:]
         for t in tensors {
-            guard t.name.hasSuffix("." + primary.rawValue) else { continue }
-            let module = String(t.name.dropLast(primary.rawValue.count + 1))
+            let sep = format.separator
+            guard t.name.hasSuffix(sep + primary.rawValue) else { continue }
+            let module = String(t.name.dropLast(primary.rawValue.count + sep.count))
             // FP8 models keep some weights unquantized (embeddings, norms, the LM head): only a `weight`
             // with a scale beside it is FP8.
             if primary == .weight && !tensors.contains(where: {
@@ -274,8 +320,8 @@ extension RuleSet {
             logical[module] = nk
         }
         func split(_ name: String) -> (module: String, part: QuantizedPart)? {
-            for part in parts where name.hasSuffix("." + part.rawValue) {
-                let module = String(name.dropLast(part.rawValue.count + 1))
+            for part in parts where name.hasSuffix(format.separator + part.rawValue) {
+                let module = String(name.dropLast(part.rawValue.count + format.separator.count))
                 if logical[module] != nil { return (module, part) }
             }
             return nil
@@ -285,7 +331,7 @@ extension RuleSet {
         var placed = Set<String>()
         for t in tensors {
             if let (module, _) = split(t.name) {
-                if placed.insert(module).inserted { list.append((module + ".weight", logical[module]!)) }
+                if placed.insert(module).inserted { list.append((format.logicalName(module), logical[module]!)) }
             } else {
                 list.append(t)
             }
@@ -295,7 +341,7 @@ extension RuleSet {
         for (t, r) in zip(list, assigned) { ruleOf[t.name] = r }
         let names = Set(tensors.map(\.name))
         for (module, nk) in logical where !padding.isEmpty && format.alignment > 1 {
-            let rule = ruleOf[module + ".weight"]!
+            let rule = ruleOf[format.logicalName(module)]!
             guard [.column, .row].contains(rule.kind), let d = rule.dim, d < 2, padding.contains(nk[d]) else {
                 continue
             }
@@ -303,11 +349,11 @@ extension RuleSet {
                 throw ShardKitError(.impossibleSplit, "\(module): cannot pad its \(nk[d]) features with zeros "
                                     + "(--pad-intermediate): it has a bias, whose padding would not be zero")
             }
-            ruleOf[module + ".weight"] = .padded(rule, multiple: format.alignment)
+            ruleOf[format.logicalName(module)] = .padded(rule, multiple: format.alignment)
         }
         return try tensors.map { t in
             guard let (module, part) = split(t.name) else { return ruleOf[t.name]! }
-            return try format.rule(for: part, shape: t.shape, weight: ruleOf[module + ".weight"]!,
+            return try format.rule(for: part, shape: t.shape, weight: ruleOf[format.logicalName(module)]!,
                                    logical: logical[module]!, tensor: t.name)
         }
     }
