@@ -70,24 +70,58 @@ enum Norm {
         return out
     }
 
-    /// LayerNorm over each row: (x − mean) / sqrt(var + eps) · w + b.
-    static func layer(_ x: Act, _ w: Piece, _ b: Piece, eps: Double, rank: Int) throws -> Act {
+    /// LayerNorm over each row: (x − mean) / sqrt(var + eps) · w (+ b; Cohere's have no bias).
+    static func layer(_ x: Act, _ w: Piece, _ b: Piece?, eps: Double, rank: Int) throws -> Act {
         try checkReplicated(w, width: x.cols, rank: rank)
-        try checkReplicated(b, width: x.cols, rank: rank)
+        if let b { try checkReplicated(b, width: x.cols, rank: rank) }
         var out = x
         let n = x.cols
         for i in 0..<x.rows {
-            var mean = 0.0
-            for j in 0..<n { mean += Double(x.data[i * n + j]) }
-            mean /= Double(n)
-            var v = 0.0
-            for j in 0..<n { let d = Double(x.data[i * n + j]) - mean; v += d * d }
-            let inv = 1 / (v / Double(n) + eps).squareRoot()
-            for j in 0..<n {
-                out.data[i * n + j] = Float((Double(x.data[i * n + j]) - mean) * inv) * w.data[j] + b.data[j]
+            layerRow(x.data, from: i * n, count: n, into: &out.data, eps: eps) { j in (w.data[j], b?.data[j] ?? 0) }
+        }
+        return out
+    }
+
+    /// LayerNorm of each `headDim`-wide block of a row with that head's own weight, no bias (Cohere's q/k
+    /// norms): `w` is `[heads, headDim]` split by head, and the rank must hold the row of each head it
+    /// computes.
+    static func layerPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, rank: Int) throws -> Act {
+        guard w.shape.count == 2, w.shape[1] == hd, w.dim != 1, hd > 0, x.cols % hd == 0 else {
+            throw ShardKitError(.verificationFailed, "rank \(rank): \(w.name) must be [heads, \(hd)] split by head, "
+                + "the rank holds \(w.shape) of \(w.globalShape) for \(x.cols) features")
+        }
+        var rowOf: [Int: Int] = [:]
+        for (i, h) in w.labels(along: 0).enumerated() where h < w.globalShape[0] { rowOf[h] = i }
+        var out = x
+        for c in stride(from: 0, to: x.cols, by: hd) {
+            let head = x.labels[c] / hd
+            guard let row = rowOf[head], x.labels[c] == head * hd else {
+                throw ShardKitError(.verificationFailed, "rank \(rank): \(w.name) has no weights for head \(head) "
+                    + "(the rank holds heads \(describe(w.labels(along: 0))))")
+            }
+            for i in 0..<x.rows {
+                layerRow(x.data, from: i * x.cols + c, count: hd, into: &out.data, eps: eps) {
+                    (w.data[row * hd + $0], 0)
+                }
             }
         }
         return out
+    }
+
+    /// Normalizes `count` values of `x` from `from` into `out` (same positions), scaled and shifted
+    /// by `affine(j)` = (weight, bias) of position j.
+    private static func layerRow(_ x: [Float], from o: Int, count n: Int, into out: inout [Float], eps: Double,
+                                 affine: (Int) -> (Float, Float)) {
+        var mean = 0.0
+        for j in 0..<n { mean += Double(x[o + j]) }
+        mean /= Double(n)
+        var v = 0.0
+        for j in 0..<n { let d = Double(x[o + j]) - mean; v += d * d }
+        let inv = 1 / (v / Double(n) + eps).squareRoot()
+        for j in 0..<n {
+            let (w, b) = affine(j)
+            out[o + j] = Float((Double(x[o + j]) - mean) * inv) * w + b
+        }
     }
 
     static func checkReplicated(_ w: Piece, width: Int, rank: Int) throws {
@@ -103,13 +137,17 @@ enum Norm {
 struct Rope {
     let dims: Int
     let cos: [[Float]], sin: [[Float]]
+    /// The pairs rotated together are adjacent entries (GLM-4, Cohere) instead of the two halves.
+    let interleaved: Bool
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
-    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil) throws {
+    init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil,
+         interleaved: Bool = false) throws {
         guard dims % 2 == 0, dims > 0 else {
             throw ShardKitError(.verificationFailed, "rotary dimension \(dims) must be even and positive")
         }
         self.dims = dims
+        self.interleaved = interleaved
         let half = dims / 2
         var inv = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(dims))) }
         var attentionFactor: Float = 1
@@ -215,9 +253,10 @@ struct Rope {
         return (inv, Float(attention))
     }
 
-    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
-    /// pairs are adjacent entries (DeepSeek's rope_interleave) instead of the two halves.
-    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool = false) {
+    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved` (default:
+    /// the rope's own): the pairs are adjacent entries (DeepSeek's rope_interleave) instead of the two halves.
+    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool? = nil) {
+        let interleaved = interleaved ?? self.interleaved
         let half = dims / 2
         for i in 0..<half {
             let (a, b) = interleaved ? (offset + 2 * i, offset + 2 * i + 1) : (offset + i, offset + i + half)

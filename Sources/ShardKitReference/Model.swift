@@ -92,8 +92,8 @@ struct Model {
     /// The rotary embedding for `positions`, with the settings `config.rotary` reads (`factor`: the
     /// rotating fraction of each head; `scaling`: the rope scaling object, by default `rope_scaling`,
     /// else `rope_parameters`).
-    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double, scaling: JSONValue? = nil)
-        throws -> Rope {
+    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double, scaling: JSONValue? = nil,
+              interleaved: Bool = false) throws -> Rope {
         guard factor > 0, factor <= 1 else {
             throw Model.configError(config, "partial rotary factor \(factor) is not in (0, 1]")
         }
@@ -101,7 +101,7 @@ struct Model {
         dims -= dims % 2
         let scaling = scaling ?? config.json["rope_scaling"] ?? config.json["rope_parameters"]
         return try Rope(dims: dims, theta: settings.theta, positions: positions,
-                        scaling: scaling, config: config)
+                        scaling: scaling, config: config, interleaved: interleaved)
     }
 
     func rmsAll(_ ctx: TPContext, _ h: [Act], _ name: String, plusOne: Bool = false) throws -> [Act] {
@@ -109,9 +109,10 @@ struct Model {
         return try (0..<ctx.G).map { try Norm.rms(h[$0], w[$0], eps: eps, plusOne: plusOne, rank: $0) }
     }
 
-    func layerNormAll(_ ctx: TPContext, _ h: [Act], _ prefix: String) throws -> [Act] {
-        let w = try ctx.loadAll(prefix + ".weight"), b = try ctx.loadAll(prefix + ".bias")
-        return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b[$0], eps: eps, rank: $0) }
+    /// LayerNorm `prefix`.weight and, with `bias`, `prefix`.bias.
+    func layerNormAll(_ ctx: TPContext, _ h: [Act], _ prefix: String, bias: Bool = true) throws -> [Act] {
+        let w = try ctx.loadAll(prefix + ".weight"), b = bias ? try ctx.loadAll(prefix + ".bias") : nil
+        return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b?[$0], eps: eps, rank: $0) }
     }
 
     /// Residual add; states of different widths (tensor shapes that disagree with each other) throw.
@@ -184,7 +185,7 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2(-MoE), Qwen3(-MoE), Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3, GLM-4, Cohere
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -203,9 +204,12 @@ struct Model {
             throw Model.configError(config, "StableLM with qk_layernorm (per-head LayerNorms) has no reference pass")
         }
         // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
-        let parallel = stablelm && config.bool("use_parallel_residual") == true
+        // Cohere: LayerNorms without bias, always side by side, per-head q/k LayerNorms, logits scaled.
+        // GLM-4: a fused gate_up_proj (as Phi-3) and norms after each branch too.
+        let cohere = type == "cohere", glm4 = type == "glm4"
+        let parallel = stablelm && config.bool("use_parallel_residual") == true || cohere
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
-            stablelm ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
+            stablelm || cohere ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)), bias: stablelm)
                      : try rmsAll(ctx, h, name, plusOne: gemma)
         }
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
@@ -214,9 +218,11 @@ struct Model {
             for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= m } }
         }
         try observe("embeddings", h)
-        // Phi-3 and StableLM (default 0.25) rotate part of each head.
-        let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : 1)
-        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm ? rotary.partialFactor : 1)
+        // Phi-3, StableLM (default 0.25) and GLM-4 (default 0.5) rotate part of each head; GLM-4 and
+        // Cohere rotate adjacent pairs.
+        let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : glm4 ? 0.5 : 1)
+        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm || glm4 ? rotary.partialFactor : 1,
+                                 interleaved: glm4 || cohere)
         // Gemma 3's local layers have their own rope base (older configs: rope_local_base_freq) and no
         // scaling; its global layers the model's (rope_theta, default 1e6, and rope_scaling).
         var localRope = rope, globalRope = rope
@@ -271,12 +277,22 @@ struct Model {
                     k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, plusOne: gemma3, rank: r)
                 }
             }
+            if cohere, config.bool("use_qk_norm") == true {
+                // A LayerNorm over each head's features with that head's weights ([heads, head_dim]).
+                let qn = try ctx.loadAll(p + "self_attn.q_norm.weight")
+                let kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
+                for r in 0..<G {
+                    q[r] = try Norm.layerPerHead(q[r], qn[r], headDim: headDim, eps: eps, rank: r)
+                    k[r] = try Norm.layerPerHead(k[r], kn[r], headDim: headDim, eps: eps, rank: r)
+                }
+            }
             let window = slidingWindow(layer: i)
             let layerRope = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: layerRope, causal: true, window: window,
                                   softcap: softcap, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
             if olmo2 || gemmaNext { o = try norm(o, p + "post_attention_layernorm.weight") }
+            if glm4 { o = try norm(o, p + "post_self_attn_layernorm.weight") }
             try add(&h, scaled(o), p + "self_attn.o_proj")
             // With a parallel residual the MLP reads the same normalized input as attention.
             let x2 = olmo2 ? h : parallel ? x
@@ -290,7 +306,7 @@ struct Model {
                                      experts: ("gate_proj", "up_proj", "down_proj"),
                                      routing: .softmax(normalize: config.bool("norm_topk_prob") ?? false))
                 m = type == "qwen2_moe" ? try qwen2SharedExpert(ctx, x2, routed, prefix: p + "mlp.", act: act) : routed
-            } else if phi3 {
+            } else if phi3 || glm4 {
                 var inner: [Act] = []
                 let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
                 let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
@@ -302,7 +318,8 @@ struct Model {
             } else {
                 m = try gatedMLP(ctx, x2, prefix: p + "mlp.", act: act)
             }
-            let post = olmo2 || gemmaNext ? try norm(m, p + "post_feedforward_layernorm.weight") : m
+            let post = olmo2 || gemmaNext ? try norm(m, p + "post_feedforward_layernorm.weight")
+                : glm4 ? try norm(m, p + "post_mlp_layernorm.weight") : m
             try add(&h, scaled(post), p + "mlp")
             try observe("layers.\(i)", h)
         }
@@ -311,6 +328,10 @@ struct Model {
         var logits = try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
         if granite, let s = config.double("logits_scaling"), s != 1 {
             for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] /= Float(s) } }
+        }
+        if cohere {
+            let s = Float(config.double("logit_scale") ?? 0.0625)
+            for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] *= s } }
         }
         // Gemma 2/3: logits become cap · tanh(logits / cap) with final_logit_softcapping.
         if gemmaNext, let cap = config.double("final_logit_softcapping").map({ Float($0) }) {

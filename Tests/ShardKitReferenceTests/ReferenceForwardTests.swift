@@ -8,11 +8,12 @@ import Testing
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
-                    "deepseek-v3-qdirect"]
+                    "deepseek-v3-qdirect", "glm4", "cohere"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads.
-let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect"]
+let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect", "glm4",
+                       "cohere"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -149,6 +150,17 @@ struct ReferenceForwardTests {
         // Every rank routes with the whole correction bias.
         ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.mlp.gate.e_score_correction_bias", "rule": "column"}"#,
          "e_score_correction_bias"),
+        // GLM-4's gate_up_proj [gate; up] split contiguously instead of as two parts.
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.mlp.gate_up_proj.weight", "rule": "column"}"#, "gate features"),
+        // GLM-4's post-branch norms are replicated.
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.post_mlp_layernorm.weight", "rule": "column"}"#, "post_mlp_layernorm"),
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.post_self_attn_layernorm.weight", "rule": "column"}"#,
+         "post_self_attn_layernorm"),
+        // Cohere's per-head q/k norms [heads, head_dim]: a rank holding other heads' rows than its own, or
+        // part of each head's row.
+        ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.q_norm.weight", "rule": "fused", "parts": [{"rule": "heads", "heads": 4}, {"rule": "heads", "heads": 4}]}"#,
+         "q_norm"),
+        ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.k_norm.weight", "rule": "column", "dim": 1}"#, "k_norm"),
     ])
     func specialTensorsSplitWrongFail(fixture: String, preset: String, entry: String, mentioning: String) throws {
         #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
@@ -171,6 +183,9 @@ struct ReferenceForwardTests {
         ("deepseek-v3", #""routed_scaling_factor": 2.5"#, #""routed_scaling_factor": 1.0"#, false),
         ("deepseek-v3", #""mscale_all_dim": 0.707"#, #""mscale_all_dim": 0.0"#, false),
         ("deepseek-v3", #""topk_group": 2"#, #""topk_group": 4"#, false),
+        ("glm4", #""partial_rotary_factor": 0.5"#, #""partial_rotary_factor": 1.0"#, false),
+        ("cohere", #""logit_scale": 0.25"#, #""logit_scale": 0.0625"#, false),
+        ("cohere", #""use_qk_norm": true"#, #""use_qk_norm": false"#, false),
     ])
     func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
         let dir = temporaryPath("\(fixture)-config")

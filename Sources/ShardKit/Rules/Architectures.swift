@@ -70,6 +70,8 @@ public enum Architectures {
                      rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("glm4", forwardPass: .llamaFamily, defaultEpsilon: 1.5625e-7, rules: llamaFamily),
+        Architecture("cohere", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
@@ -106,7 +108,8 @@ public enum Architectures {
         return RuleSet(name: "preset \(type)", entries: try architecture.rules(context))
     }
 
-    /// Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3(-MoE), Gemma 1/2/3, Mixtral, Phi-3 (`model.layers.N.` prefix).
+    /// Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3(-MoE), Gemma 1/2/3, Mixtral, Phi-3, GLM-4, Cohere
+    /// (`model.layers.N.` prefix).
     @Sendable static func llamaFamily(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let type = c.modelType, heads = c.heads, kv = c.kvHeads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
@@ -131,8 +134,9 @@ public enum Architectures {
                 e(p + "mlp.down_proj.weight", .row(1)),
             ]
         } else {
-            // Qwen2 always has q/k/v biases, Qwen2-MoE unless qkv_bias is false.
+            // Qwen2 always has q/k/v biases, Qwen2-MoE unless qkv_bias is false, GLM-4 unless attention_bias is.
             let biases = type == "qwen2" || (type == "qwen2_moe" && c.config.bool("qkv_bias") != false)
+                || (type == "glm4" && c.config.bool("attention_bias") != false)
             list += [
                 e(p + "self_attn.q_proj.weight", .heads(0, heads)),
                 e(p + "self_attn.q_proj.bias", .heads(0, heads), optional: !biases),
@@ -144,6 +148,23 @@ public enum Architectures {
             // Qwen3's and Gemma 3's q/k norms act on each head's head_dim features: every rank holds
             // them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "cohere" {
+            // Cohere's q/k norms (with use_qk_norm) hold one weight row per head, [heads, head_dim]: split
+            // like the heads.
+            let qkNorm = c.config.bool("use_qk_norm") == true
+            list += [
+                e(p + "self_attn.q_norm.weight", .heads(0, heads), optional: !qkNorm),
+                e(p + "self_attn.k_norm.weight", .kvHeads(0, kv), optional: !qkNorm),
+            ]
+        }
+        if type == "glm4" {
+            // GLM-4 normalizes each branch's output too; its MLP is one [gate; up] projection.
+            list += [
+                e(p + "{post_self_attn_layernorm,post_mlp_layernorm}.weight", .replicated),
+                e(p + "mlp.gate_up_proj.weight", .fused(0, [.init(.even), .init(.even)])),
+                e(p + "mlp.down_proj.weight", .row(1)),
+            ]
         }
         if type == "gemma2" || type == "gemma3_text" {
             // Gemma 2/3 normalize each branch's input and output (post_attention_layernorm is the
@@ -186,7 +207,7 @@ public enum Architectures {
                 e(p + "block_sparse_moe.experts.*.{w1,w3}.weight", .column(0)),
                 e(p + "block_sparse_moe.experts.*.w2.weight", .row(1)),
             ]
-        } else if type != "phi3" {
+        } else if type != "phi3" && type != "glm4" {
             list += [
                 e(p + "mlp.{gate_proj,up_proj}.weight", .column(0), optional: moe),
                 e(p + "mlp.{gate_proj,up_proj}.bias", .column(0), optional: true),
