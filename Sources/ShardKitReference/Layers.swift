@@ -275,9 +275,11 @@ enum Attention {
     /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i). `softcap`: scores
     /// become cap · tanh(score / cap) (Gemma 2). `valueDim`: the width of a value head when it differs
     /// from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
+    /// `sinks` (gpt-oss): one logit per query head (by global head) that joins each row's softmax and
+    /// is dropped after it; the rank must hold the sink of every head it computes.
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, valueDim: Int? = nil,
-                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, scale: Float, rank: Int,
-                    layer: String) throws -> Act {
+                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, sinks: [Int: Float]? = nil,
+                    scale: Float, rank: Int, layer: String) throws -> Act {
         let vd = valueDim ?? hd
         let T = q.rows
         guard heads % kvHeads == 0 else {
@@ -306,6 +308,14 @@ enum Attention {
                 kvCache[kvh] = (kh, vh)
             }
             let (kh, vh) = kvCache[kvh]!
+            var sink: Float? = nil
+            if let sinks {
+                guard let s = sinks[h] else {
+                    throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): computes head \(h) but holds no "
+                        + "attention sink for it (it holds the sinks of heads \(describe(sinks.keys.sorted())))")
+                }
+                sink = s
+            }
             if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
             var out = [Float](repeating: 0, count: T * vd)
             var scores = [Float](repeating: 0, count: T)
@@ -320,7 +330,8 @@ enum Attention {
                     if let softcap { scores[j] = softcap * Float(tanh(Double(scores[j] / softcap))) }
                     m = max(m, scores[j])
                 }
-                var sum: Float = 0
+                if let sink { m = max(m, sink) }
+                var sum: Float = sink.map { Float(exp(Double($0 - m))) } ?? 0
                 for j in first...last { scores[j] = Float(exp(Double(scores[j] - m))); sum += scores[j] }
                 for j in first...last {
                     let p = scores[j] / sum
@@ -362,12 +373,22 @@ func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) throws -> [
 }
 
 /// act(gate) · up, matched by label (SwiGLU / GeGLU): gate and up must hold the same features.
-func gatedProduct(gate: Act, up: Act, act: Activation, rank: Int, what: String) throws -> Act {
+/// `clamped` (gpt-oss): gate clamped above and up on both sides at `limit`, then
+/// (up + 1) · gate · sigmoid(alpha · gate).
+func gatedProduct(gate: Act, up: Act, act: Activation, clamped: (alpha: Float, limit: Float)? = nil, rank: Int,
+                  what: String) throws -> Act {
     guard let u = up.select(gate.labels) else {
         throw ShardKitError(.verificationFailed, "rank \(rank) \(what): gate features \(describe(gate.labels)) "
             + "and up features \(describe(up.labels)) differ")
     }
     var out = gate
+    if let (alpha, limit) = clamped {
+        for i in 0..<out.data.count {
+            let g = min(gate.data[i], limit), v = min(max(u.data[i], -limit), limit)
+            out.data[i] = (v + 1) * (g / (1 + Float(exp(Double(-alpha * g)))))
+        }
+        return out
+    }
     for i in 0..<out.data.count { out.data[i] = act(gate.data[i]) * u.data[i] }
     return out
 }

@@ -145,35 +145,49 @@ struct Model {
         return try ctx.allGather(outs, size: size, what: weight)
     }
 
+    /// `sinks`: each rank's attention sinks by global head (gpt-oss).
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   softcap: Float? = nil, scale: Float, layer: String) throws -> [Act] {
+                   softcap: Float? = nil, sinks: [[Int: Float]]? = nil, scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, softcap: softcap, scale: scale, rank: $0,
-                              layer: layer)
+                              rope: rope, causal: causal, window: window, softcap: softcap, sinks: sinks?[$0],
+                              scale: scale, rank: $0, layer: layer)
         }
     }
 
-    /// Gemma 2 / 3: whether decoder layer `i` is a local (sliding-window) layer: `layer_types`, else
-    /// Gemma 2's alternation (even layers local) or Gemma 3's `sliding_window_pattern` (default 6:
-    /// every sixth layer global).
+    /// gpt-oss's attention sinks `name` ([heads], split by head): each rank's values by global head.
+    func sinks(_ ctx: TPContext, _ name: String) throws -> [[Int: Float]] {
+        try (0..<ctx.G).map { r in
+            let s = try ctx.load(name, rank: r)
+            guard s.shape.count == 1, s.globalShape == [heads] else {
+                throw Model.rankError(r, "\(name) must hold one value per head (\(heads)), got \(s.globalShape)")
+            }
+            var byHead: [Int: Float] = [:]
+            for (i, h) in s.labels(along: 0).enumerated() where h < heads { byHead[h] = s.data[i] }
+            return byHead
+        }
+    }
+
+    /// Gemma 2 / 3, gpt-oss: whether decoder layer `i` is a local (sliding-window) layer: `layer_types`,
+    /// else Gemma 2's and gpt-oss's alternation (even layers local) or Gemma 3's `sliding_window_pattern`
+    /// (default 6: every sixth layer global).
     func gemmaLocal(layer i: Int) -> Bool {
         if let types = config.json["layer_types"]?.arrayValue, i < types.count {
             return types[i].stringValue == "sliding_attention"
         }
-        let pattern = type == "gemma2" ? 2 : config.int("sliding_window_pattern") ?? 6
+        let pattern = type == "gemma2" || type == "gpt_oss" ? 2 : config.int("sliding_window_pattern") ?? 6
         return (i + 1) % pattern != 0
     }
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
     /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window;
-    /// Gemma 2 and 3 on their local layers.
+    /// Gemma 2 and 3 and gpt-oss on their local layers.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
         case "mistral", "mixtral", "phi3": return w
-        case "gemma2", "gemma3_text": return gemmaLocal(layer: i) ? w : nil
+        case "gemma2", "gemma3_text", "gpt_oss": return gemmaLocal(layer: i) ? w : nil
         case "qwen2", "qwen3", "qwen2_moe":
             // Their configs drop sliding_window unless use_sliding_window (default false).
             guard config.bool("use_sliding_window") == true else { return nil }
@@ -206,7 +220,7 @@ struct Model {
         // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
         // Cohere: LayerNorms without bias, always side by side, per-head q/k LayerNorms, logits scaled.
         // GLM-4: a fused gate_up_proj (as Phi-3) and norms after each branch too.
-        let cohere = type == "cohere", glm4 = type == "glm4"
+        let cohere = type == "cohere", glm4 = type == "glm4", gptOss = type == "gpt_oss"
         let parallel = stablelm && config.bool("use_parallel_residual") == true || cohere
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
             stablelm || cohere ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)), bias: stablelm)
@@ -288,8 +302,9 @@ struct Model {
             }
             let window = slidingWindow(layer: i)
             let layerRope = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            let sinks = gptOss ? try self.sinks(ctx, p + "self_attn.sinks") : nil
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: layerRope, causal: true, window: window,
-                                  softcap: softcap, scale: scale, layer: "layer \(i)")
+                                  softcap: softcap, sinks: sinks, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
             if olmo2 || gemmaNext { o = try norm(o, p + "post_attention_layernorm.weight") }
             if glm4 { o = try norm(o, p + "post_self_attn_layernorm.weight") }
@@ -300,6 +315,13 @@ struct Model {
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else if gptOss {
+                // Top-k of the logits then a softmax over them: the same weights as softmax then top-k,
+                // renormalised.
+                let alpha = Float(config.double("swiglu_alpha") ?? 1.702)
+                let limit = Float(config.double("swiglu_limit") ?? 7)
+                m = try moe(ctx, x2, prefix: p + "mlp.", act: act, router: "router",
+                            fused: .init(inputMajor: true, interleaved: true), clamped: (alpha, limit))
             } else if type == "qwen3_moe" || type == "qwen2_moe", qwen3SparseLayer(i) {
                 // Qwen2/3-MoE renormalise the top-k weights only with norm_topk_prob.
                 let routed = try moe(ctx, x2, prefix: p + "mlp.", act: act,
@@ -442,13 +464,26 @@ struct Model {
         }
     }
 
-    /// A sparse MoE block: every rank routes identically with its replicated router (`routing`) and
-    /// computes the experts it holds for the tokens routed to them: with EP 1 its TP slice of every
-    /// expert (partial sums when split by rows); with expert parallelism only its group's experts (the
-    /// dispatch of an all-to-all). The ranks' weighted outputs are then summed (the combine).
+    /// How transformers 5 stores all experts in two tensors (`experts.gate_up_proj`, `experts.down_proj`).
+    struct FusedExperts {
+        /// [E, in, out] (gpt-oss, Llama 4: gate_up_proj [E, hidden, 2I], down_proj [E, I, hidden]) instead
+        /// of [E, out, in] (gate_up_proj [E, 2I, hidden], down_proj [E, hidden, I]).
+        var inputMajor = false
+        /// Gate and up alternate along the 2I features (gpt-oss: even gate, odd up) instead of gate then up.
+        var interleaved = false
+    }
+
+    /// A sparse MoE block: every rank routes identically with its replicated router (`prefix` + `router`,
+    /// with its bias when it has one) by `routing` and computes the experts it holds for the tokens routed
+    /// to them: with EP 1 its TP slice of every expert (partial sums when split by rows); with expert
+    /// parallelism only its group's experts (the dispatch of an all-to-all). The ranks' weighted outputs
+    /// are then summed (the combine). Fused experts (`fused` says how) may have biases
+    /// (`gate_up_proj_bias` [E, 2I] split with gate_up_proj, `down_proj_bias` [E, hidden] replicated and
+    /// added, weighted, after the combine). `clamped`: gpt-oss's clamped SwiGLU instead of act(gate) · up.
     func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation,
              experts names: (gate: String, up: String, down: String) = ("w1", "w3", "w2"),
-             routing: Routing = .softmax(normalize: true)) throws -> [Act] {
+             routing: Routing = .softmax(normalize: true), router: String = "gate",
+             fused layout: FusedExperts = .init(), clamped: (alpha: Float, limit: Float)? = nil) throws -> [Act] {
         guard let E = config.int("num_local_experts", "num_experts", "n_routed_experts"),
               let K = config.int("num_experts_per_tok"), E > 0, K > 0, K <= E else {
             throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
@@ -461,18 +496,25 @@ struct Model {
             }
         }
         let T = x[0].rows
-        // transformers 5's layout: all experts in two tensors, gate and up rows fused (see experts()).
+        // transformers 5's layout: all experts in two tensors, gate and up fused (see experts()).
         let fused = ctx.weights.has(p + "experts.gate_up_proj")
+        let gateUpBias = fused && ctx.weights.has(p + "experts.gate_up_proj_bias")
+        let downBias = fused && ctx.weights.has(p + "experts.down_proj_bias")
+        let routerName = p + router + ".weight", routerBias = p + router + ".bias"
         func expert(_ e: Int, _ part: String) -> String { p + "experts.\(e).\(part).weight" }
         let expertParallel = !fused && (0..<ctx.G).contains { r in
             (0..<E).contains { !ctx.weights.holds(expert($0, names.gate), rank: r) }
         }
-        var outs: [Act] = [], partials: [Bool] = []
+        var outs: [Act] = [], partials: [Bool] = [], choices: [[[(expert: Int, weight: Float)]]] = []
         for r in 0..<ctx.G {
-            let gate = try ctx.load(p + "gate.weight", rank: r)
-            let (logits, partial) = try ctx.linear(x[r], gate, bias: nil, rank: r)
+            let gate = try ctx.load(routerName, rank: r)
+            let rb = ctx.weights.has(routerBias) ? try ctx.load(routerBias, rank: r) : nil
+            if let rb, rb.shape != [E] {
+                throw Model.rankError(r, "\(routerBias) must be replicated (\(E) values), the rank holds \(rb.shape)")
+            }
+            let (logits, partial) = try ctx.linear(x[r], gate, bias: rb, rank: r)
             guard !partial, logits.labels == Array(0..<E) else {
-                throw Model.rankError(r, "router \(p)gate.weight must be replicated (\(E) experts × hidden)")
+                throw Model.rankError(r, "router \(routerName) must be replicated (\(E) experts × hidden)")
             }
             var bias: [Float] = []
             if case .grouped(let name, _, _, _, _) = routing {
@@ -488,6 +530,7 @@ struct Model {
             var acc = Act(rows: T, width: hidden)
             var rankPartial: Bool? = nil
             let gateUp = fused ? try ctx.load(p + "experts.gate_up_proj", rank: r) : nil
+            let gateUpBiases = gateUpBias ? try ctx.load(p + "experts.gate_up_proj_bias", rank: r) : nil
             let downs = fused ? try ctx.load(p + "experts.down_proj", rank: r) : nil
             for e in 0..<E {
                 var rows: [Int] = [], weights: [Float] = []
@@ -500,10 +543,13 @@ struct Model {
                 let g: Act, u: Act
                 if let gateUp {
                     let w = try gateUp.expert(e)
-                    let (y, partial) = try ctx.linear(sub, w, bias: nil, rank: r)
+                    let (y, partial) = try ctx.linear(sub, w, bias: try gateUpBiases?.expert(e),
+                                                      conv1D: layout.inputMajor, rank: r)
                     if partial { throw Model.rankError(r, "\(gateUp.name) must be column-parallel") }
-                    let half = w.globalShape[0] / 2
-                    let parts = try splitParts(y, parts: 2) { l in l < half ? (0, l) : (1, l - half) }
+                    let half = w.globalShape[layout.inputMajor ? 1 : 0] / 2
+                    let parts = try splitParts(y, parts: 2) { l in
+                        layout.interleaved ? (l % 2, l / 2) : l < half ? (0, l) : (1, l - half)
+                    }
                     (g, u) = (parts[0], parts[1])
                 } else {
                     let (yg, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil,
@@ -513,9 +559,9 @@ struct Model {
                     if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
                     (g, u) = (yg, yu)
                 }
-                let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
+                let inner = try gatedProduct(gate: g, up: u, act: act, clamped: clamped, rank: r, what: ep)
                 let downW = try downs?.expert(e) ?? ctx.load(ep + names.down + ".weight", rank: r)
-                let (y, py) = try ctx.linear(inner, downW, bias: nil, rank: r)
+                let (y, py) = try ctx.linear(inner, downW, bias: nil, conv1D: fused && layout.inputMajor, rank: r)
                 guard y.labels == Array(0..<hidden) else {
                     throw Model.rankError(r, "\(downW.name) must produce all hidden features")
                 }
@@ -528,8 +574,25 @@ struct Model {
                 }
             }
             outs.append(acc); partials.append(expertParallel || (rankPartial ?? true))
+            choices.append(chosen)
         }
-        return try ctx.combine(outs, partial: partials, what: p + "experts")
+        var out = try ctx.combine(outs, partial: partials, what: p + "experts")
+        if downBias {
+            // Each token gets Σ weight · down_proj_bias[expert] once, whatever the split.
+            let name = p + "experts.down_proj_bias"
+            for r in 0..<ctx.G {
+                let b = try ctx.load(name, rank: r)
+                guard b.shape == [E, hidden], b.globalShape == [E, hidden] else {
+                    throw Model.rankError(r, "\(name) must be replicated ([\(E), \(hidden)]), the rank holds \(b.shape)")
+                }
+                for t in 0..<T {
+                    for c in choices[r][t] {
+                        for j in 0..<hidden { out[r].data[t * hidden + j] += c.weight * b.data[c.expert * hidden + j] }
+                    }
+                }
+            }
+        }
+        return out
     }
 
     // MARK: GPT-2

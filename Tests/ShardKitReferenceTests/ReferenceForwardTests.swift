@@ -8,12 +8,12 @@ import Testing
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
-                    "deepseek-v3-qdirect", "glm4", "cohere"]
+                    "deepseek-v3-qdirect", "glm4", "cohere", "gpt-oss"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads.
 let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect", "glm4",
-                       "cohere"]
+                       "cohere", "gpt-oss"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -161,9 +161,43 @@ struct ReferenceForwardTests {
         ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.q_norm.weight", "rule": "fused", "parts": [{"rule": "heads", "heads": 4}, {"rule": "heads", "heads": 4}]}"#,
          "q_norm"),
         ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.k_norm.weight", "rule": "column", "dim": 1}"#, "k_norm"),
+        // gpt-oss: sinks [heads] in two parts (each rank gets other heads' sinks than its own).
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.self_attn.sinks", "rule": "fused", "parts": [{"rule": "heads", "heads": 4}, {"rule": "heads", "heads": 4}]}"#,
+         "attention sink"),
+        // gate_up_proj [E, hidden, 2I] split as two halves (as if gate block, up block) instead of in
+        // contiguous runs of interleaved pairs: rank 0 holds columns 0..<16 and 32..<48, i.e. intermediate
+        // features 0..<8 and 16..<24, which down_proj's rows 0..<16 do not match; and its bias so split
+        // too; the weight alone so split no longer matches its bias.
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even"}, {"rule": "even"}]}, {"pattern": "model.layers.*.mlp.experts.gate_up_proj_bias", "rule": "fused", "dim": 1, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "down_proj[0] needs input feature 8"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "gate_up_proj_bias[0] has no value for output feature 32"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj_bias", "rule": "fused", "dim": 1, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "gate_up_proj_bias"),
+        // The router (with its bias) and the down-projection bias are replicated.
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.router.bias", "rule": "column"}"#, "router.bias"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.down_proj_bias", "rule": "column", "dim": 1}"#,
+         "down_proj_bias"),
     ])
     func specialTensorsSplitWrongFail(fixture: String, preset: String, entry: String, mentioning: String) throws {
         #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
+    }
+
+    /// gpt-oss's gate_up_proj is split in whole (gate, up) pairs: a rules file that cuts one (the first pair
+    /// as a part of its own, split over 2 ranks: rank 0 would get gate 0, rank 1 up 0) is refused when
+    /// sharding, with the preset's rule named.
+    @Test("a gpt-oss gate/up pair cut between ranks is refused")
+    func gptOssPairCutRefused() throws {
+        let ckpt = try Checkpoint(path: fixturePath("gpt-oss"))
+        let json = #"{"extends": "gpt_oss", "rules": [{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even", "size": 2}, {"rule": "even", "size": 62}]}]}"#
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
+        let out = temporaryPath("gpt-oss-pair-cut")
+        defer { removeDirectory(out) }
+        #expect {
+            try Shard.run(checkpoint: ckpt, sourcePath: fixturePath("gpt-oss"), rules: rules, tp: 2, output: out)
+        } throws: { error in
+            "\(error)".contains("cuts a head") && "\(error)".contains("heads(dim 2, 32 heads)")
+        }
     }
 
     /// The config keys the new passes must honour: with one changed, the pass no longer matches the
@@ -186,6 +220,10 @@ struct ReferenceForwardTests {
         ("glm4", #""partial_rotary_factor": 0.5"#, #""partial_rotary_factor": 1.0"#, false),
         ("cohere", #""logit_scale": 0.25"#, #""logit_scale": 0.0625"#, false),
         ("cohere", #""use_qk_norm": true"#, #""use_qk_norm": false"#, false),
+        ("gpt-oss", #""swiglu_limit": 1.5"#, #""swiglu_limit": 7.0"#, false),
+        ("gpt-oss", #""swiglu_alpha": 1.702"#, #""swiglu_alpha": 1.0"#, false),
+        ("gpt-oss", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
+        ("gpt-oss", #""truncate": false"#, #""truncate": true"#, false),
     ])
     func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
         let dir = temporaryPath("\(fixture)-config")

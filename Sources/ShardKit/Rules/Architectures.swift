@@ -72,6 +72,7 @@ public enum Architectures {
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("glm4", forwardPass: .llamaFamily, defaultEpsilon: 1.5625e-7, rules: llamaFamily),
         Architecture("cohere", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("gpt_oss", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: gptOss),
         Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
@@ -229,6 +230,42 @@ public enum Architectures {
             c.entry(prefix + "experts.*.down_proj.weight", .row(1), optional: true),
             c.entry(prefix + "experts.gate_up_proj", .fused(1, [.init(.even), .init(.even)]), optional: true),
             c.entry(prefix + "experts.down_proj", .row(2), optional: true),
+        ]
+    }
+
+    /// gpt-oss: Llama-style attention with q/k/v/o biases and one attention sink per head (`sinks`
+    /// [heads], split like the heads); every layer sparse, with a router with a bias (replicated) and
+    /// the experts as save_pretrained writes them, input-major: `experts.gate_up_proj` [E, hidden, 2I]
+    /// whose last dimension alternates gate and up columns (even gate, odd up) and
+    /// `experts.down_proj` [E, I, hidden]. gate_up_proj (and its bias [E, 2I]) is split in whole
+    /// (gate, up) pairs, I "heads" of 2 columns (I % G = 0), which keeps each rank's gate column j and
+    /// up column j together: rank r holds columns [2·r·I/G, 2·(r+1)·I/G); down_proj is row-parallel over
+    /// the same I; down_proj_bias [E, hidden] is replicated.
+    @Sendable static func gptOss(_ c: Architecture.Context) throws -> [RuleSet.Entry] {
+        let heads = c.heads, kv = c.kvHeads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let inner = try c.config.requireInt("intermediate_size")
+        let p = "model.layers.*.", a = p + "self_attn.", x = p + "mlp.experts."
+        let biases = c.config.bool("attention_bias") != false
+        return [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e("model.norm.weight", .replicated),
+            e(p + "{input_layernorm,post_attention_layernorm}.weight", .replicated),
+            e(a + "q_proj.weight", .heads(0, heads)),
+            e(a + "q_proj.bias", .heads(0, heads), optional: !biases),
+            e(a + "{k_proj,v_proj}.weight", .kvHeads(0, kv)),
+            e(a + "{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: !biases),
+            e(a + "o_proj.weight", .outProjection(1, heads)),
+            e(a + "o_proj.bias", .replicated, optional: !biases),
+            e(a + "sinks", .heads(0, heads)),
+            e(p + "mlp.router.{weight,bias}", .replicated),
+            e(x + "gate_up_proj", .heads(2, inner)),
+            e(x + "gate_up_proj_bias", .heads(1, inner)),
+            e(x + "down_proj", .row(1)),
+            e(x + "down_proj_bias", .replicated),
         ]
     }
 
