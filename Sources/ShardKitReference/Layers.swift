@@ -31,10 +31,11 @@ enum Activation {
 
 enum Norm {
     /// RMSNorm of each `headDim`-wide block of a row (one head's features), with one replicated
-    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w).
-    static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, plusOne: Bool = false,
+    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w), or none (Llama 4's
+    /// L2 norm).
+    static func rmsPerHead(_ x: Act, _ w: Piece?, headDim hd: Int, eps: Double, plusOne: Bool = false,
                            rank: Int) throws -> Act {
-        try checkReplicated(w, width: hd, rank: rank)
+        if let w { try checkReplicated(w, width: hd, rank: rank) }
         guard hd > 0, x.cols % hd == 0 else {
             throw ShardKitError(.verificationFailed, "rank \(rank): \(x.cols) features are not whole heads of \(hd)")
         }
@@ -46,7 +47,8 @@ enum Norm {
                 for j in 0..<hd { let v = Double(x.data[base + j]); ss += v * v }
                 let inv = Float(1 / (ss / Double(hd) + eps).squareRoot())
                 for j in 0..<hd {
-                    out.data[base + j] = (x.data[base + j] * inv) * (plusOne ? 1 + w.data[j] : w.data[j])
+                    let scale: Float = w.map { plusOne ? 1 + $0.data[j] : $0.data[j] } ?? 1
+                    out.data[base + j] = (x.data[base + j] * inv) * scale
                 }
             }
         }
@@ -276,10 +278,11 @@ enum Attention {
     /// become cap · tanh(score / cap) (Gemma 2). `valueDim`: the width of a value head when it differs
     /// from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
     /// `sinks` (gpt-oss): one logit per query head (by global head) that joins each row's softmax and
-    /// is dropped after it; the rank must hold the sink of every head it computes.
+    /// is dropped after it; the rank must hold the sink of every head it computes. `chunk` (Llama 4's
+    /// chunked layers): token i sees only the tokens of its own chunk of that size.
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, valueDim: Int? = nil,
-                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, sinks: [Int: Float]? = nil,
-                    scale: Float, rank: Int, layer: String) throws -> Act {
+                    rope: Rope?, causal: Bool, window: Int? = nil, chunk: Int? = nil, softcap: Float? = nil,
+                    sinks: [Int: Float]? = nil, scale: Float, rank: Int, layer: String) throws -> Act {
         let vd = valueDim ?? hd
         let T = q.rows
         guard heads % kvHeads == 0 else {
@@ -321,7 +324,7 @@ enum Attention {
             var scores = [Float](repeating: 0, count: T)
             for i in 0..<T {
                 let last = causal ? i : T - 1
-                let first = window.map { max(0, i - $0 + 1) } ?? 0
+                let first = max(window.map { max(0, i - $0 + 1) } ?? 0, chunk.map { i / $0 * $0 } ?? 0)
                 var m = -Float.infinity
                 for j in first...last {
                     var s: Float = 0

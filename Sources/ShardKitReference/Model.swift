@@ -147,11 +147,12 @@ struct Model {
 
     /// `sinks`: each rank's attention sinks by global head (gpt-oss).
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   softcap: Float? = nil, sinks: [[Int: Float]]? = nil, scale: Float, layer: String) throws -> [Act] {
+                   chunk: Int? = nil, softcap: Float? = nil, sinks: [[Int: Float]]? = nil, scale: Float,
+                   layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, softcap: softcap, sinks: sinks?[$0],
-                              scale: scale, rank: $0, layer: layer)
+                              rope: rope, causal: causal, window: window, chunk: chunk, softcap: softcap,
+                              sinks: sinks?[$0], scale: scale, rank: $0, layer: layer)
         }
     }
 
@@ -177,6 +178,53 @@ struct Model {
         }
         let pattern = type == "gemma2" || type == "gpt_oss" ? 2 : config.int("sliding_window_pattern") ?? 6
         return (i + 1) % pattern != 0
+    }
+
+    /// Llama 4 (text): whether decoder layer `i` rotates q and k (`no_rope_layers`, else every
+    /// `no_rope_layer_interval`-th layer, default 4, does not), its attention chunk (`layer_types`
+    /// "chunked_attention", else the rope layers, with `attention_chunk_size`), its query temperature
+    /// (no-rope layers with `attn_temperature_tuning`: `floor_scale`, `attn_scale`) and whether it is
+    /// sparse (`moe_layers`, else every `interleave_moe_layer_step`-th).
+    func llama4Layer(_ i: Int) throws -> (rope: Bool, chunk: Int?, temperature: (Double, Double)?, moe: Bool) {
+        let rope: Bool
+        if let list = config.json["no_rope_layers"]?.arrayValue, !list.isEmpty {
+            guard i < list.count, let v = list[i].intValue else {
+                throw Model.configError(config, "no_rope_layers has no entry for layer \(i)")
+            }
+            rope = v != 0
+        } else {
+            let interval = config.int("no_rope_layer_interval") ?? 4
+            rope = interval <= 0 || (i + 1) % interval != 0
+        }
+        let chunkSize = config.int("attention_chunk_size")
+        var chunked = rope && chunkSize != nil
+        if let types = config.json["layer_types"]?.arrayValue, i < types.count {
+            chunked = types[i].stringValue == "chunked_attention"
+        }
+        if chunked && (chunkSize ?? 0) <= 0 {
+            throw Model.configError(config, "layer \(i) is chunked but attention_chunk_size is \(chunkSize ?? 0)")
+        }
+        let tuned = !rope && (config.bool("attn_temperature_tuning") ?? true)
+        let temperature = tuned ? (config.double("floor_scale") ?? 8192, config.double("attn_scale") ?? 0.1) : nil
+        let moe: Bool
+        if let list = config.json["moe_layers"]?.arrayValue {
+            moe = list.contains { $0.intValue == i }
+        } else {
+            let step = config.int("interleave_moe_layer_step") ?? 1
+            moe = step > 0 && (i + 1) % step == 0
+        }
+        return (rope, chunked ? chunkSize : nil, temperature, moe)
+    }
+
+    /// Llama 4's attention temperature: the query of token t times log1p(⌊(t + 1) / floor⌋) · scale + 1.
+    func llama4Temperature(_ q: inout [Act], floor: Double, scale: Double) {
+        for r in 0..<q.count {
+            let n = q[r].cols
+            for t in 0..<q[r].rows {
+                let s = Float(log1p(((Double(t) + 1) / floor).rounded(.down)) * scale + 1)
+                for j in 0..<n { q[r].data[t * n + j] *= s }
+            }
+        }
     }
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral and Phi-3 use
@@ -220,7 +268,7 @@ struct Model {
         // StableLM: LayerNorms (weight and bias) instead of RMSNorms; optionally attention and MLP side by side.
         // Cohere: LayerNorms without bias, always side by side, per-head q/k LayerNorms, logits scaled.
         // GLM-4: a fused gate_up_proj (as Phi-3) and norms after each branch too.
-        let cohere = type == "cohere", glm4 = type == "glm4", gptOss = type == "gpt_oss"
+        let cohere = type == "cohere", glm4 = type == "glm4", gptOss = type == "gpt_oss", llama4 = type == "llama4_text"
         let parallel = stablelm && config.bool("use_parallel_residual") == true || cohere
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
             stablelm || cohere ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)), bias: stablelm)
@@ -236,7 +284,7 @@ struct Model {
         // Cohere rotate adjacent pairs.
         let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : glm4 ? 0.5 : 1)
         let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm || glm4 ? rotary.partialFactor : 1,
-                                 interleaved: glm4 || cohere)
+                                 interleaved: glm4 || cohere || llama4)
         // Gemma 3's local layers have their own rope base (older configs: rope_local_base_freq) and no
         // scaling; its global layers the model's (rope_theta, default 1e6, and rope_scaling).
         var localRope = rope, globalRope = rope
@@ -301,10 +349,26 @@ struct Model {
                 }
             }
             let window = slidingWindow(layer: i)
-            let layerRope = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            var layerRope: Rope? = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            var chunk: Int? = nil
+            if llama4 {
+                let l = try llama4Layer(i)
+                chunk = l.chunk
+                if !l.rope {
+                    layerRope = nil
+                    if let (floor, scale) = l.temperature { llama4Temperature(&q, floor: floor, scale: scale) }
+                } else if config.bool("use_qk_norm") ?? true {
+                    // The L2 norm over each head's features (transformers applies it after the rotation,
+                    // which keeps each head's norm: the same values).
+                    for r in 0..<G {
+                        q[r] = try Norm.rmsPerHead(q[r], nil, headDim: headDim, eps: eps, rank: r)
+                        k[r] = try Norm.rmsPerHead(k[r], nil, headDim: headDim, eps: eps, rank: r)
+                    }
+                }
+            }
             let sinks = gptOss ? try self.sinks(ctx, p + "self_attn.sinks") : nil
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: layerRope, causal: true, window: window,
-                                  softcap: softcap, sinks: sinks, scale: scale, layer: "layer \(i)")
+                                  chunk: chunk, softcap: softcap, sinks: sinks, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
             if olmo2 || gemmaNext { o = try norm(o, p + "post_attention_layernorm.weight") }
             if glm4 { o = try norm(o, p + "post_self_attn_layernorm.weight") }
@@ -315,6 +379,17 @@ struct Model {
             let m: [Act]
             if type == "mixtral" {
                 m = try moe(ctx, x2, prefix: p + "block_sparse_moe.", act: act)
+            } else if llama4 {
+                let f = p + "feed_forward."
+                if try llama4Layer(i).moe {
+                    // Routed experts (inputs scaled by their sigmoid scores) plus the shared expert.
+                    var routed = try moe(ctx, x2, prefix: f, act: act, routing: .sigmoidInput, router: "router",
+                                         fused: .init(inputMajor: true))
+                    try add(&routed, try gatedMLP(ctx, x2, prefix: f + "shared_expert.", act: act), f + "shared_expert")
+                    m = routed
+                } else {
+                    m = try gatedMLP(ctx, x2, prefix: f, act: act)
+                }
             } else if gptOss {
                 // Top-k of the logits then a softmax over them: the same weights as softmax then top-k,
                 // renormalised.
@@ -430,6 +505,9 @@ struct Model {
         /// its two best); the weights are the chosen unbiased scores, renormalised with `normalize`,
         /// times `scale`.
         case grouped(bias: String, groups: Int, topGroups: Int, normalize: Bool, scale: Float)
+        /// Llama 4: the top-k logits; each chosen expert gets the token scaled by sigmoid(its logit) and
+        /// its output is added unweighted.
+        case sigmoidInput
     }
 
     /// The top `k` indices of `values`, largest first (ties: lower index first).
@@ -461,6 +539,8 @@ struct Model {
             let chosen = top(choice, K)
             let norm = normalize ? chosen.reduce(Float(0)) { $0 + scores[$1] } + 1e-20 : 1
             return chosen.map { ($0, scores[$0] / norm * scale) }
+        case .sigmoidInput:
+            return top(row, K).map { ($0, 1 / (1 + Float(exp(Double(-row[$0]))))) }
         }
     }
 
@@ -538,7 +618,12 @@ struct Model {
                     if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) }
                 }
                 if rows.isEmpty || (!fused && !ctx.weights.holds(expert(e, names.gate), rank: r)) { continue }
-                let sub = x[r].rowsSubset(rows)
+                var sub = x[r].rowsSubset(rows)
+                if case .sigmoidInput = routing {
+                    // The weight scales the expert's input, not its output.
+                    for (k, w) in weights.enumerated() { for j in 0..<sub.cols { sub.data[k * sub.cols + j] *= w } }
+                    weights = weights.map { _ in 1 }
+                }
                 let ep = p + "experts.\(e)."
                 let g: Act, u: Act
                 if let gateUp {

@@ -8,12 +8,12 @@ import Testing
 /// default option for low-precision weights (1e-3) is what the report applies.
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3",
-                    "deepseek-v3-qdirect", "glm4", "cohere", "gpt-oss"]
+                    "deepseek-v3-qdirect", "glm4", "cohere", "gpt-oss", "llama4-text"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads.
 let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect", "glm4",
-                       "cohere", "gpt-oss"]
+                       "cohere", "gpt-oss", "llama4-text"]
 
 @Suite("Reference forward pass")
 struct ReferenceForwardTests {
@@ -174,7 +174,13 @@ struct ReferenceForwardTests {
          "gate_up_proj_bias[0] has no value for output feature 32"),
         ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj_bias", "rule": "fused", "dim": 1, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
          "gate_up_proj_bias"),
-        // The router (with its bias) and the down-projection bias are replicated.
+        // Llama 4's gate_up_proj [E, hidden, 2I] split contiguously instead of as two column parts; its
+        // router replicated.
+        ("llama4-text", "llama4_text", #"{"pattern": "model.layers.*.feed_forward.experts.gate_up_proj", "rule": "column", "dim": 2}"#,
+         "gate features"),
+        ("llama4-text", "llama4_text", #"{"pattern": "model.layers.*.feed_forward.router.weight", "rule": "column"}"#,
+         "router"),
+        // gpt-oss: the router (with its bias) and the down-projection bias are replicated.
         ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.router.bias", "rule": "column"}"#, "router.bias"),
         ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.down_proj_bias", "rule": "column", "dim": 1}"#,
          "down_proj_bias"),
@@ -224,6 +230,12 @@ struct ReferenceForwardTests {
         ("gpt-oss", #""swiglu_alpha": 1.702"#, #""swiglu_alpha": 1.0"#, false),
         ("gpt-oss", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
         ("gpt-oss", #""truncate": false"#, #""truncate": true"#, false),
+        ("llama4-text", #""attention_chunk_size": 4"#, #""attention_chunk_size": 64"#, false),
+        ("llama4-text", #""floor_scale": 2"#, #""floor_scale": 8192"#, false),
+        ("llama4-text", #""attn_temperature_tuning": true"#, #""attn_temperature_tuning": false"#, false),
+        ("llama4-text", #""use_qk_norm": true"#, #""use_qk_norm": false"#, false),
+        ("llama4-text", #""factor": 16.0"#, #""factor": 1.0"#, false),
+        ("llama4-text", "\"no_rope_layers\": [\n    1,\n    0\n  ]", "\"no_rope_layers\": [1, 1]", false),
     ])
     func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
         let dir = temporaryPath("\(fixture)-config")

@@ -73,6 +73,7 @@ public enum Architectures {
         Architecture("glm4", forwardPass: .llamaFamily, defaultEpsilon: 1.5625e-7, rules: llamaFamily),
         Architecture("cohere", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("gpt_oss", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: gptOss),
+        Architecture("llama4_text", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llama4Text),
         Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
@@ -266,6 +267,39 @@ public enum Architectures {
             e(x + "gate_up_proj_bias", .heads(1, inner)),
             e(x + "down_proj", .row(1)),
             e(x + "down_proj_bias", .replicated),
+        ]
+    }
+
+    /// Llama 4 (text, `Llama4ForCausalLM`): Llama attention (no norm weights: its q/k norm is an L2
+    /// norm); `feed_forward.` is a dense MLP on some layers and on the sparse ones a replicated router,
+    /// a shared expert (a dense MLP) and the experts as Meta's checkpoints and save_pretrained hold them,
+    /// input-major: `experts.gate_up_proj` [E, hidden, 2I] (gate columns then up columns: two column
+    /// parts) and `experts.down_proj` [E, I, hidden] (row-parallel over I).
+    @Sendable static func llama4Text(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads, kv = c.kvHeads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let p = "model.layers.*.", a = p + "self_attn.", f = p + "feed_forward."
+        return [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e("model.norm.weight", .replicated),
+            e(p + "{input_layernorm,post_attention_layernorm}.weight", .replicated),
+            e(a + "q_proj.weight", .heads(0, heads)),
+            e(a + "q_proj.bias", .heads(0, heads), optional: true),
+            e(a + "{k_proj,v_proj}.weight", .kvHeads(0, kv)),
+            e(a + "{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: true),
+            e(a + "o_proj.weight", .outProjection(1, heads)),
+            e(a + "o_proj.bias", .replicated, optional: true),
+            // Dense layers, and the shared expert of the sparse ones.
+            e(f + "{gate_proj,up_proj}.weight", .column(0), optional: true),
+            e(f + "down_proj.weight", .row(1), optional: true),
+            e(f + "shared_expert.{gate_proj,up_proj}.weight", .column(0), optional: true),
+            e(f + "shared_expert.down_proj.weight", .row(1), optional: true),
+            e(f + "router.weight", .replicated, optional: true),
+            e(f + "experts.gate_up_proj", .fused(2, [.init(.even), .init(.even)]), optional: true),
+            e(f + "experts.down_proj", .row(1), optional: true),
         ]
     }
 
