@@ -139,8 +139,10 @@ enum Norm {
 struct Rope {
     let dims: Int
     let cos: [[Float]], sin: [[Float]]
-    /// The pairs rotated together are adjacent entries (GLM-4, Cohere) instead of the two halves.
+    /// The pairs rotated together are adjacent entries (GLM-4, Cohere, Llama 4) instead of the two halves.
     let interleaved: Bool
+    /// The scale of cos and sin (1 unless the rope scaling sets one: YaRN, longrope).
+    let attentionFactor: Float
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
     init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil,
@@ -214,6 +216,7 @@ struct Rope {
                                     "rope scaling type \"\(type)\" is not supported by the reference forward pass")
             }
         }
+        self.attentionFactor = attentionFactor
         cos = positions.map { p in inv.map { Float(Foundation.cos(Double(Float(p) * $0))) * attentionFactor } }
         sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
     }

@@ -247,7 +247,8 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2(-MoE), Qwen3(-MoE), Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3, GLM-4, Cohere
+    // MARK: Llama, Mistral, Qwen2(-MoE), Qwen3(-MoE), Granite, OLMo 2, StableLM, Gemma 1-3, Mixtral, Phi-3,
+    // GLM-4, Cohere, gpt-oss, Llama 4 (text)
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -358,8 +359,12 @@ struct Model {
                     layerRope = nil
                     if let (floor, scale) = l.temperature { llama4Temperature(&q, floor: floor, scale: scale) }
                 } else if config.bool("use_qk_norm") ?? true {
-                    // The L2 norm over each head's features (transformers applies it after the rotation,
-                    // which keeps each head's norm: the same values).
+                    // The L2 norm over each head's features. transformers applies it after the rotation,
+                    // which keeps each head's norm (the same values) unless the rope scaling scales cos and sin.
+                    guard rope.attentionFactor == 1 else {
+                        throw Model.configError(config, "Llama 4's q/k norm after a rope scaling with an attention "
+                            + "factor (\(rope.attentionFactor)) has no reference pass")
+                    }
                     for r in 0..<G {
                         q[r] = try Norm.rmsPerHead(q[r], nil, headDim: headDim, eps: eps, rank: r)
                         k[r] = try Norm.rmsPerHead(k[r], nil, headDim: headDim, eps: eps, rank: r)
@@ -668,7 +673,8 @@ struct Model {
             for r in 0..<ctx.G {
                 let b = try ctx.load(name, rank: r)
                 guard b.shape == [E, hidden], b.globalShape == [E, hidden] else {
-                    throw Model.rankError(r, "\(name) must be replicated ([\(E), \(hidden)]), the rank holds \(b.shape)")
+                    throw Model.rankError(r, "\(name) must be replicated ([\(E), \(hidden)]), "
+                        + "the rank holds \(b.shape)")
                 }
                 for t in 0..<T {
                     for c in choices[r][t] {

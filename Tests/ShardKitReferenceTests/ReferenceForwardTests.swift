@@ -206,6 +206,26 @@ struct ReferenceForwardTests {
         }
     }
 
+    /// Llama 4's q/k norm follows the rotation in transformers; the pass normalizes first, which is the same
+    /// only when the rope scaling leaves cos and sin unscaled: YaRN's attention factor is refused.
+    @Test("Llama 4 with a rope scaling that scales cos and sin is refused")
+    func llama4ScaledRopeRefused() throws {
+        let dir = temporaryPath("llama4-yarn")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath("llama4-text"), toPath: dir)
+        let text = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
+        try text.replacingOccurrences(of: #""rope_type": "llama3""#, with: #""rope_type": "yarn""#)
+            .write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        let ckpt = try Checkpoint(path: dir)
+        let model = try Model(config: ckpt.config!)
+        #expect {
+            _ = try model.forward(TPContext(weights: try CheckpointWeights(ckpt), gemm: GemmEngine()), tokens: [1, 2, 3],
+                                  tokenTypes: nil) { _, _ in }
+        } throws: { error in
+            (error as? ShardKitError)?.message.contains("attention factor") == true
+        }
+    }
+
     /// The config keys the new passes must honour: with one changed, the pass no longer matches the
     /// reference that transformers computed with the original (and Gemma 3's attention ignores
     /// attn_logit_softcapping, as transformers does).
