@@ -31,10 +31,11 @@ enum Activation {
 
 enum Norm {
     /// RMSNorm of each `headDim`-wide block of a row (one head's features), with one replicated
-    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w).
-    static func rmsPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, plusOne: Bool = false,
+    /// weight of `headDim` (Qwen3's and Gemma 3's q/k norms; Gemma's scale by 1 + w), or none (Llama 4's
+    /// L2 norm).
+    static func rmsPerHead(_ x: Act, _ w: Piece?, headDim hd: Int, eps: Double, plusOne: Bool = false,
                            rank: Int) throws -> Act {
-        try checkReplicated(w, width: hd, rank: rank)
+        if let w { try checkReplicated(w, width: hd, rank: rank) }
         guard hd > 0, x.cols % hd == 0 else {
             throw ShardKitError(.verificationFailed, "rank \(rank): \(x.cols) features are not whole heads of \(hd)")
         }
@@ -46,7 +47,8 @@ enum Norm {
                 for j in 0..<hd { let v = Double(x.data[base + j]); ss += v * v }
                 let inv = Float(1 / (ss / Double(hd) + eps).squareRoot())
                 for j in 0..<hd {
-                    out.data[base + j] = (x.data[base + j] * inv) * (plusOne ? 1 + w.data[j] : w.data[j])
+                    let scale: Float = w.map { plusOne ? 1 + $0.data[j] : $0.data[j] } ?? 1
+                    out.data[base + j] = (x.data[base + j] * inv) * scale
                 }
             }
         }
@@ -70,24 +72,58 @@ enum Norm {
         return out
     }
 
-    /// LayerNorm over each row: (x − mean) / sqrt(var + eps) · w + b.
-    static func layer(_ x: Act, _ w: Piece, _ b: Piece, eps: Double, rank: Int) throws -> Act {
+    /// LayerNorm over each row: (x − mean) / sqrt(var + eps) · w (+ b; Cohere's have no bias).
+    static func layer(_ x: Act, _ w: Piece, _ b: Piece?, eps: Double, rank: Int) throws -> Act {
         try checkReplicated(w, width: x.cols, rank: rank)
-        try checkReplicated(b, width: x.cols, rank: rank)
+        if let b { try checkReplicated(b, width: x.cols, rank: rank) }
         var out = x
         let n = x.cols
         for i in 0..<x.rows {
-            var mean = 0.0
-            for j in 0..<n { mean += Double(x.data[i * n + j]) }
-            mean /= Double(n)
-            var v = 0.0
-            for j in 0..<n { let d = Double(x.data[i * n + j]) - mean; v += d * d }
-            let inv = 1 / (v / Double(n) + eps).squareRoot()
-            for j in 0..<n {
-                out.data[i * n + j] = Float((Double(x.data[i * n + j]) - mean) * inv) * w.data[j] + b.data[j]
+            layerRow(x.data, from: i * n, count: n, into: &out.data, eps: eps) { j in (w.data[j], b?.data[j] ?? 0) }
+        }
+        return out
+    }
+
+    /// LayerNorm of each `headDim`-wide block of a row with that head's own weight, no bias (Cohere's q/k
+    /// norms): `w` is `[heads, headDim]` split by head, and the rank must hold the row of each head it
+    /// computes.
+    static func layerPerHead(_ x: Act, _ w: Piece, headDim hd: Int, eps: Double, rank: Int) throws -> Act {
+        guard w.shape.count == 2, w.shape[1] == hd, w.dim != 1, hd > 0, x.cols % hd == 0 else {
+            throw ShardKitError(.verificationFailed, "rank \(rank): \(w.name) must be [heads, \(hd)] split by head, "
+                + "the rank holds \(w.shape) of \(w.globalShape) for \(x.cols) features")
+        }
+        var rowOf: [Int: Int] = [:]
+        for (i, h) in w.labels(along: 0).enumerated() where h < w.globalShape[0] { rowOf[h] = i }
+        var out = x
+        for c in stride(from: 0, to: x.cols, by: hd) {
+            let head = x.labels[c] / hd
+            guard let row = rowOf[head], x.labels[c] == head * hd else {
+                throw ShardKitError(.verificationFailed, "rank \(rank): \(w.name) has no weights for head \(head) "
+                    + "(the rank holds heads \(describe(w.labels(along: 0))))")
+            }
+            for i in 0..<x.rows {
+                layerRow(x.data, from: i * x.cols + c, count: hd, into: &out.data, eps: eps) {
+                    (w.data[row * hd + $0], 0)
+                }
             }
         }
         return out
+    }
+
+    /// Normalizes `count` values of `x` from `from` into `out` (same positions), scaled and shifted
+    /// by `affine(j)` = (weight, bias) of position j.
+    private static func layerRow(_ x: [Float], from o: Int, count n: Int, into out: inout [Float], eps: Double,
+                                 affine: (Int) -> (Float, Float)) {
+        var mean = 0.0
+        for j in 0..<n { mean += Double(x[o + j]) }
+        mean /= Double(n)
+        var v = 0.0
+        for j in 0..<n { let d = Double(x[o + j]) - mean; v += d * d }
+        let inv = 1 / (v / Double(n) + eps).squareRoot()
+        for j in 0..<n {
+            let (w, b) = affine(j)
+            out[o + j] = Float((Double(x[o + j]) - mean) * inv) * w + b
+        }
     }
 
     static func checkReplicated(_ w: Piece, width: Int, rank: Int) throws {
@@ -103,8 +139,12 @@ enum Norm {
 /// rotate_every_two (dimension 2i pairs with 2i + 1).
 struct Rope {
     let dims: Int
-    let interleaved: Bool
     let cos: [[Float]], sin: [[Float]]
+    /// The pairs rotated together are adjacent entries (GPT-J, GLM-4, Cohere, Llama 4) instead of the
+    /// two halves.
+    let interleaved: Bool
+    /// The scale of cos and sin (1 unless the rope scaling sets one: YaRN, longrope).
+    let attentionFactor: Float
 
     /// `config` supplies max_position_embeddings / original_max_position_embeddings for longrope.
     init(dims: Int, theta: Double, positions: [Int], scaling: JSONValue?, config: ModelConfig? = nil,
@@ -178,6 +218,7 @@ struct Rope {
                                     "rope scaling type \"\(type)\" is not supported by the reference forward pass")
             }
         }
+        self.attentionFactor = attentionFactor
         cos = positions.map { p in inv.map { Float(Foundation.cos(Double(Float(p) * $0))) * attentionFactor } }
         sin = positions.map { p in inv.map { Float(Foundation.sin(Double(Float(p) * $0))) * attentionFactor } }
     }
@@ -219,10 +260,10 @@ struct Rope {
         return (inv, Float(attention))
     }
 
-    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved`: the
-    /// pairs are adjacent entries (GPT-J; DeepSeek's rope_interleave) instead of the two halves
-    /// (Attention passes the Rope's own setting).
-    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool = false) {
+    /// Rotates the first `dims` entries of `v` (one head at token `t`) in place; `interleaved` (default:
+    /// the rope's own): the pairs are adjacent entries (DeepSeek's rope_interleave) instead of the two halves.
+    func apply(_ v: inout [Float], offset: Int, token t: Int, interleaved: Bool? = nil) {
+        let interleaved = interleaved ?? self.interleaved
         let half = dims / 2
         for i in 0..<half {
             let (a, b) = interleaved ? (offset + 2 * i, offset + 2 * i + 1) : (offset + i, offset + i + half)
@@ -241,10 +282,14 @@ enum Attention {
     /// `window`: sliding-window attention (token i sees j with i − window < j ≤ i). `softcap`: scores
     /// become cap · tanh(score / cap) (Gemma 2). `alibi`: ALiBi slopes by global head; head h's score
     /// for key j gets slope[h]·j added after scaling (BLOOM). `valueDim`: the width of a value head when
-    /// it differs from the query/key head's (DeepSeek's MLA); value and output labels are `head·valueDim + d`.
+    /// it differs from the query/key head's (DeepSeek's MLA); value and output labels are
+    /// `head·valueDim + d`. `sinks` (gpt-oss): one logit per query head (by global head) that joins each
+    /// row's softmax and is dropped after it; the rank must hold the sink of every head it computes.
+    /// `chunk` (Llama 4's chunked layers): token i sees only the tokens of its own chunk of that size.
     static func run(q: Act, k: Act, v: Act, heads: Int, kvHeads: Int, headDim hd: Int, valueDim: Int? = nil,
-                    rope: Rope?, causal: Bool, window: Int? = nil, softcap: Float? = nil, alibi: [Float]? = nil,
-                    scale: Float, rank: Int, layer: String) throws -> Act {
+                    rope: Rope?, causal: Bool, window: Int? = nil, chunk: Int? = nil, softcap: Float? = nil,
+                    alibi: [Float]? = nil, sinks: [Int: Float]? = nil, scale: Float, rank: Int,
+                    layer: String) throws -> Act {
         let vd = valueDim ?? hd
         let T = q.rows
         guard heads % kvHeads == 0 else {
@@ -274,12 +319,20 @@ enum Attention {
                 kvCache[kvh] = (kh, vh)
             }
             let (kh, vh) = kvCache[kvh]!
-            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t, interleaved: adjacent) } }
+            var sink: Float? = nil
+            if let sinks {
+                guard let s = sinks[h] else {
+                    throw ShardKitError(.verificationFailed, "rank \(rank) \(layer): computes head \(h) but holds no "
+                        + "attention sink for it (it holds the sinks of heads \(describe(sinks.keys.sorted())))")
+                }
+                sink = s
+            }
+            if let rope { for t in 0..<T { rope.apply(&qh, offset: t * hd, token: t) } }
             var out = [Float](repeating: 0, count: T * vd)
             var scores = [Float](repeating: 0, count: T)
             for i in 0..<T {
                 let last = causal ? i : T - 1
-                let first = window.map { max(0, i - $0 + 1) } ?? 0
+                let first = max(window.map { max(0, i - $0 + 1) } ?? 0, chunk.map { i / $0 * $0 } ?? 0)
                 var m = -Float.infinity
                 for j in first...last {
                     var s: Float = 0
@@ -289,7 +342,8 @@ enum Attention {
                     if let alibi { scores[j] += alibi[h] * Float(j) }
                     m = max(m, scores[j])
                 }
-                var sum: Float = 0
+                if let sink { m = max(m, sink) }
+                var sum: Float = sink.map { Float(exp(Double($0 - m))) } ?? 0
                 for j in first...last { scores[j] = Float(exp(Double(scores[j] - m))); sum += scores[j] }
                 for j in first...last {
                     let p = scores[j] / sum
@@ -345,12 +399,22 @@ func splitParts(_ a: Act, parts: Int, classify: (Int) -> (Int, Int)) throws -> [
 }
 
 /// act(gate) · up, matched by label (SwiGLU / GeGLU): gate and up must hold the same features.
-func gatedProduct(gate: Act, up: Act, act: Activation, rank: Int, what: String) throws -> Act {
+/// `clamped` (gpt-oss): gate clamped above and up on both sides at `limit`, then
+/// (up + 1) · gate · sigmoid(alpha · gate).
+func gatedProduct(gate: Act, up: Act, act: Activation, clamped: (alpha: Float, limit: Float)? = nil, rank: Int,
+                  what: String) throws -> Act {
     guard let u = up.select(gate.labels) else {
         throw ShardKitError(.verificationFailed, "rank \(rank) \(what): gate features \(describe(gate.labels)) "
             + "and up features \(describe(up.labels)) differ")
     }
     var out = gate
+    if let (alpha, limit) = clamped {
+        for i in 0..<out.data.count {
+            let g = min(gate.data[i], limit), v = min(max(u.data[i], -limit), limit)
+            out.data[i] = (v + 1) * (g / (1 + Float(exp(Double(-alpha * g)))))
+        }
+        return out
+    }
     for i in 0..<out.data.count { out.data[i] = act(gate.data[i]) * u.data[i] }
     return out
 }

@@ -98,8 +98,8 @@ struct Model {
     /// The rotary embedding for `positions`, with the settings `config.rotary` reads (`factor`: the
     /// rotating fraction of each head; `scaling`: the rope scaling object, by default `rope_scaling`,
     /// else `rope_parameters`).
-    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double, scaling: JSONValue? = nil)
-        throws -> Rope {
+    func rope(_ positions: [Int], _ settings: ModelConfig.Rotary, factor: Double, scaling: JSONValue? = nil,
+              interleaved: Bool = false) throws -> Rope {
         guard factor > 0, factor <= 1 else {
             throw Model.configError(config, "partial rotary factor \(factor) is not in (0, 1]")
         }
@@ -107,7 +107,7 @@ struct Model {
         dims -= dims % 2
         let scaling = scaling ?? config.json["rope_scaling"] ?? config.json["rope_parameters"]
         return try Rope(dims: dims, theta: settings.theta, positions: positions,
-                        scaling: scaling, config: config)
+                        scaling: scaling, config: config, interleaved: interleaved)
     }
 
     func rmsAll(_ ctx: TPContext, _ h: [Act], _ name: String, plusOne: Bool = false) throws -> [Act] {
@@ -115,9 +115,10 @@ struct Model {
         return try (0..<ctx.G).map { try Norm.rms(h[$0], w[$0], eps: eps, plusOne: plusOne, rank: $0) }
     }
 
-    func layerNormAll(_ ctx: TPContext, _ h: [Act], _ prefix: String) throws -> [Act] {
-        let w = try ctx.loadAll(prefix + ".weight"), b = try ctx.loadAll(prefix + ".bias")
-        return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b[$0], eps: eps, rank: $0) }
+    /// LayerNorm `prefix`.weight and, with `bias`, `prefix`.bias.
+    func layerNormAll(_ ctx: TPContext, _ h: [Act], _ prefix: String, bias: Bool = true) throws -> [Act] {
+        let w = try ctx.loadAll(prefix + ".weight"), b = bias ? try ctx.loadAll(prefix + ".bias") : nil
+        return try (0..<ctx.G).map { try Norm.layer(h[$0], w[$0], b?[$0], eps: eps, rank: $0) }
     }
 
     /// Residual add; states of different widths (tensor shapes that disagree with each other) throw.
@@ -152,36 +153,97 @@ struct Model {
         return try ctx.allGather(outs, size: size, what: weight)
     }
 
+    /// `sinks`: each rank's attention sinks by global head (gpt-oss).
     func attention(_ q: [Act], _ k: [Act], _ v: [Act], kvHeads: Int, rope: Rope?, causal: Bool, window: Int? = nil,
-                   softcap: Float? = nil, alibi: [Float]? = nil, scale: Float, layer: String) throws -> [Act] {
+                   chunk: Int? = nil, softcap: Float? = nil, alibi: [Float]? = nil, sinks: [[Int: Float]]? = nil,
+                   scale: Float, layer: String) throws -> [Act] {
         try (0..<q.count).map {
             try Attention.run(q: q[$0], k: k[$0], v: v[$0], heads: heads, kvHeads: kvHeads, headDim: headDim,
-                              rope: rope, causal: causal, window: window, softcap: softcap, alibi: alibi,
-                              scale: scale, rank: $0,
-                              layer: layer)
+                              rope: rope, causal: causal, window: window, chunk: chunk, softcap: softcap,
+                              alibi: alibi, sinks: sinks?[$0], scale: scale, rank: $0, layer: layer)
         }
     }
 
-    /// Gemma 2 / 3: whether decoder layer `i` is a local (sliding-window) layer: `layer_types`, else
-    /// Gemma 2's alternation (even layers local) or Gemma 3's `sliding_window_pattern` (default 6:
-    /// every sixth layer global).
+    /// gpt-oss's attention sinks `name` ([heads], split by head): each rank's values by global head.
+    func sinks(_ ctx: TPContext, _ name: String) throws -> [[Int: Float]] {
+        try (0..<ctx.G).map { r in
+            let s = try ctx.load(name, rank: r)
+            guard s.shape.count == 1, s.globalShape == [heads] else {
+                throw Model.rankError(r, "\(name) must hold one value per head (\(heads)), got \(s.globalShape)")
+            }
+            var byHead: [Int: Float] = [:]
+            for (i, h) in s.labels(along: 0).enumerated() where h < heads { byHead[h] = s.data[i] }
+            return byHead
+        }
+    }
+
+    /// Gemma 2 / 3, gpt-oss: whether decoder layer `i` is a local (sliding-window) layer: `layer_types`,
+    /// else Gemma 2's and gpt-oss's alternation (even layers local) or Gemma 3's `sliding_window_pattern`
+    /// (default 6: every sixth layer global).
     func gemmaLocal(layer i: Int) -> Bool {
         if let types = config.json["layer_types"]?.arrayValue, i < types.count {
             return types[i].stringValue == "sliding_attention"
         }
-        let pattern = type == "gemma2" ? 2 : config.int("sliding_window_pattern") ?? 6
+        let pattern = type == "gemma2" || type == "gpt_oss" ? 2 : config.int("sliding_window_pattern") ?? 6
         return (i + 1) % pattern != 0
+    }
+
+    /// Llama 4 (text): whether decoder layer `i` rotates q and k (`no_rope_layers`, else every
+    /// `no_rope_layer_interval`-th layer, default 4, does not), its attention chunk (`layer_types`
+    /// "chunked_attention", else the rope layers, with `attention_chunk_size`), its query temperature
+    /// (no-rope layers with `attn_temperature_tuning`: `floor_scale`, `attn_scale`) and whether it is
+    /// sparse (`moe_layers`, else every `interleave_moe_layer_step`-th).
+    func llama4Layer(_ i: Int) throws -> (rope: Bool, chunk: Int?, temperature: (Double, Double)?, moe: Bool) {
+        let rope: Bool
+        if let list = config.json["no_rope_layers"]?.arrayValue, !list.isEmpty {
+            guard i < list.count, let v = list[i].intValue else {
+                throw Model.configError(config, "no_rope_layers has no entry for layer \(i)")
+            }
+            rope = v != 0
+        } else {
+            let interval = config.int("no_rope_layer_interval") ?? 4
+            rope = interval <= 0 || (i + 1) % interval != 0
+        }
+        let chunkSize = config.int("attention_chunk_size")
+        var chunked = rope && chunkSize != nil
+        if let types = config.json["layer_types"]?.arrayValue, i < types.count {
+            chunked = types[i].stringValue == "chunked_attention"
+        }
+        if chunked && (chunkSize ?? 0) <= 0 {
+            throw Model.configError(config, "layer \(i) is chunked but attention_chunk_size is \(chunkSize ?? 0)")
+        }
+        let tuned = !rope && (config.bool("attn_temperature_tuning") ?? true)
+        let temperature = tuned ? (config.double("floor_scale") ?? 8192, config.double("attn_scale") ?? 0.1) : nil
+        let moe: Bool
+        if let list = config.json["moe_layers"]?.arrayValue {
+            moe = list.contains { $0.intValue == i }
+        } else {
+            let step = config.int("interleave_moe_layer_step") ?? 1
+            moe = step > 0 && (i + 1) % step == 0
+        }
+        return (rope, chunked ? chunkSize : nil, temperature, moe)
+    }
+
+    /// Llama 4's attention temperature: the query of token t times log1p(⌊(t + 1) / floor⌋) · scale + 1.
+    func llama4Temperature(_ q: inout [Act], floor: Double, scale: Double) {
+        for r in 0..<q.count {
+            let n = q[r].cols
+            for t in 0..<q[r].rows {
+                let s = Float(log1p(((Double(t) + 1) / floor).rounded(.down)) * scale + 1)
+                for j in 0..<n { q[r].data[t * n + j] *= s }
+            }
+        }
     }
 
     /// The sliding window of decoder layer `i`, as HF applies it: Mistral, Mixtral, Phi-3 and StarCoder2 use
     /// `sliding_window` on every layer when set; Qwen2 on the layers `layer_types` marks
     /// "sliding_attention" (else layers ≥ max_window_layers, default 28), only when use_sliding_window;
-    /// Gemma 2 and 3 on their local layers.
+    /// Gemma 2 and 3 and gpt-oss on their local layers.
     func slidingWindow(layer i: Int) -> Int? {
         guard let w = config.int("sliding_window"), w > 0 else { return nil }
         switch type {
         case "mistral", "mixtral", "phi3", "starcoder2": return w
-        case "gemma2", "gemma3_text": return gemmaLocal(layer: i) ? w : nil
+        case "gemma2", "gemma3_text", "gpt_oss": return gemmaLocal(layer: i) ? w : nil
         case "qwen2", "qwen3", "qwen2_moe":
             // Their configs drop sliding_window unless use_sliding_window (default false).
             guard config.bool("use_sliding_window") == true else { return nil }
@@ -193,8 +255,8 @@ struct Model {
         }
     }
 
-    // MARK: Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, OLMo 2, StableLM, StarCoder2, Gemma 1-3,
-    // Mixtral, Phi-3
+    // MARK: Llama, Mistral, Qwen2(-MoE), Qwen3(-MoE), Granite, OLMo 2, StableLM, StarCoder2, Gemma 1-3, Mixtral,
+    // Phi-3, GLM-4, Cohere, gpt-oss, Llama 4 (text)
 
     func llamaFamily(_ ctx: TPContext, _ tokens: [Int], _ observe: Observer) throws -> [Act] {
         let G = ctx.G, T = tokens.count
@@ -213,12 +275,16 @@ struct Model {
             throw Model.configError(config, "StableLM with qk_layernorm (per-head LayerNorms) has no reference pass")
         }
         // StableLM and StarCoder2: LayerNorms (weight and bias) instead of RMSNorms; StableLM optionally
-        // runs attention and MLP side by side.
+        // runs attention and MLP side by side. Cohere: LayerNorms without bias, always side by side,
+        // per-head q/k LayerNorms, logits scaled. GLM-4: a fused gate_up_proj (as Phi-3) and norms after
+        // each branch too.
         let starcoder2 = type == "starcoder2"
-        let parallel = stablelm && config.bool("use_parallel_residual") == true
+        let cohere = type == "cohere", glm4 = type == "glm4", gptOss = type == "gpt_oss", llama4 = type == "llama4_text"
+        let parallel = stablelm && config.bool("use_parallel_residual") == true || cohere
         func norm(_ h: [Act], _ name: String) throws -> [Act] {
-            stablelm || starcoder2 ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)))
-                     : try rmsAll(ctx, h, name, plusOne: gemma)
+            stablelm || starcoder2 || cohere
+                ? try layerNormAll(ctx, h, String(name.dropLast(".weight".count)), bias: stablelm || starcoder2)
+                : try rmsAll(ctx, h, name, plusOne: gemma)
         }
         let residualScale = Float(granite ? config.double("residual_multiplier") ?? 1 : 1)
         if granite {
@@ -226,9 +292,11 @@ struct Model {
             for r in 0..<G { for i in 0..<h[r].data.count { h[r].data[i] *= m } }
         }
         try observe("embeddings", h)
-        // Phi-3 and StableLM (default 0.25) rotate part of each head.
-        let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : 1)
-        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm ? rotary.partialFactor : 1)
+        // Phi-3, StableLM (default 0.25) and GLM-4 (default 0.5) rotate part of each head; GLM-4 and
+        // Cohere rotate adjacent pairs.
+        let rotary = config.rotary(defaultFactor: stablelm ? 0.25 : glm4 ? 0.5 : 1)
+        let rope = try self.rope(Array(0..<T), rotary, factor: phi3 || stablelm || glm4 ? rotary.partialFactor : 1,
+                                 interleaved: glm4 || cohere || llama4)
         // Gemma 3's local layers have their own rope base (older configs: rope_local_base_freq) and no
         // scaling; its global layers the model's (rope_theta, default 1e6, and rope_scaling).
         var localRope = rope, globalRope = rope
@@ -283,12 +351,43 @@ struct Model {
                     k[r] = try Norm.rmsPerHead(k[r], kn[r], headDim: headDim, eps: eps, plusOne: gemma3, rank: r)
                 }
             }
+            if cohere, config.bool("use_qk_norm") == true {
+                // A LayerNorm over each head's features with that head's weights ([heads, head_dim]).
+                let qn = try ctx.loadAll(p + "self_attn.q_norm.weight")
+                let kn = try ctx.loadAll(p + "self_attn.k_norm.weight")
+                for r in 0..<G {
+                    q[r] = try Norm.layerPerHead(q[r], qn[r], headDim: headDim, eps: eps, rank: r)
+                    k[r] = try Norm.layerPerHead(k[r], kn[r], headDim: headDim, eps: eps, rank: r)
+                }
+            }
             let window = slidingWindow(layer: i)
-            let layerRope = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            var layerRope: Rope? = gemma3 ? (gemmaLocal(layer: i) ? localRope : globalRope) : rope
+            var chunk: Int? = nil
+            if llama4 {
+                let l = try llama4Layer(i)
+                chunk = l.chunk
+                if !l.rope {
+                    layerRope = nil
+                    if let (floor, scale) = l.temperature { llama4Temperature(&q, floor: floor, scale: scale) }
+                } else if config.bool("use_qk_norm") ?? true {
+                    // The L2 norm over each head's features. transformers applies it after the rotation,
+                    // which keeps each head's norm (the same values) unless the rope scaling scales cos and sin.
+                    guard rope.attentionFactor == 1 else {
+                        throw Model.configError(config, "Llama 4's q/k norm after a rope scaling with an attention "
+                            + "factor (\(rope.attentionFactor)) has no reference pass")
+                    }
+                    for r in 0..<G {
+                        q[r] = try Norm.rmsPerHead(q[r], nil, headDim: headDim, eps: eps, rank: r)
+                        k[r] = try Norm.rmsPerHead(k[r], nil, headDim: headDim, eps: eps, rank: r)
+                    }
+                }
+            }
+            let sinks = gptOss ? try self.sinks(ctx, p + "self_attn.sinks") : nil
             let a = try attention(q, k, v, kvHeads: kvHeads, rope: layerRope, causal: true, window: window,
-                                  softcap: softcap, scale: scale, layer: "layer \(i)")
+                                  chunk: chunk, softcap: softcap, sinks: sinks, scale: scale, layer: "layer \(i)")
             var o = try ctx.row(a, weight: p + "self_attn.o_proj.weight", bias: p + "self_attn.o_proj.bias")
             if olmo2 || gemmaNext { o = try norm(o, p + "post_attention_layernorm.weight") }
+            if glm4 { o = try norm(o, p + "post_self_attn_layernorm.weight") }
             try add(&h, scaled(o), p + "self_attn.o_proj")
             // With a parallel residual the MLP reads the same normalized input as attention.
             let x2 = olmo2 ? h : parallel ? x
@@ -299,13 +398,31 @@ struct Model {
             } else if starcoder2 {
                 // StarCoder2: a plain two-layer MLP with biases.
                 m = try denseMLP(ctx, x2, up: p + "mlp.c_fc", down: p + "mlp.c_proj", act: act)
+            } else if llama4 {
+                let f = p + "feed_forward."
+                if try llama4Layer(i).moe {
+                    // Routed experts (inputs scaled by their sigmoid scores) plus the shared expert.
+                    var routed = try moe(ctx, x2, prefix: f, act: act, routing: .sigmoidInput, router: "router",
+                                         fused: .init(inputMajor: true))
+                    try add(&routed, try gatedMLP(ctx, x2, prefix: f + "shared_expert.", act: act), f + "shared_expert")
+                    m = routed
+                } else {
+                    m = try gatedMLP(ctx, x2, prefix: f, act: act)
+                }
+            } else if gptOss {
+                // Top-k of the logits then a softmax over them: the same weights as softmax then top-k,
+                // renormalised.
+                let alpha = Float(config.double("swiglu_alpha") ?? 1.702)
+                let limit = Float(config.double("swiglu_limit") ?? 7)
+                m = try moe(ctx, x2, prefix: p + "mlp.", act: act, router: "router",
+                            fused: .init(inputMajor: true, interleaved: true), clamped: (alpha, limit))
             } else if type == "qwen3_moe" || type == "qwen2_moe", qwen3SparseLayer(i) {
                 // Qwen2/3-MoE renormalise the top-k weights only with norm_topk_prob.
                 let routed = try moe(ctx, x2, prefix: p + "mlp.", act: act,
                                      experts: ("gate_proj", "up_proj", "down_proj"),
                                      routing: .softmax(normalize: config.bool("norm_topk_prob") ?? false))
                 m = type == "qwen2_moe" ? try qwen2SharedExpert(ctx, x2, routed, prefix: p + "mlp.", act: act) : routed
-            } else if phi3 {
+            } else if phi3 || glm4 {
                 var inner: [Act] = []
                 let gu = try ctx.column(x2, weight: p + "mlp.gate_up_proj.weight", bias: nil)
                 let full = ctx.weights.globalShape(p + "mlp.gate_up_proj.weight")?[0] ?? 0
@@ -317,7 +434,8 @@ struct Model {
             } else {
                 m = try gatedMLP(ctx, x2, prefix: p + "mlp.", act: act)
             }
-            let post = olmo2 || gemmaNext ? try norm(m, p + "post_feedforward_layernorm.weight") : m
+            let post = olmo2 || gemmaNext ? try norm(m, p + "post_feedforward_layernorm.weight")
+                : glm4 ? try norm(m, p + "post_mlp_layernorm.weight") : m
             try add(&h, scaled(post), p + "mlp")
             try observe("layers.\(i)", h)
         }
@@ -326,6 +444,10 @@ struct Model {
         var logits = try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : embedName)
         if granite, let s = config.double("logits_scaling"), s != 1 {
             for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] /= Float(s) } }
+        }
+        if cohere {
+            let s = Float(config.double("logit_scale") ?? 0.0625)
+            for r in 0..<logits.count { for j in 0..<logits[r].data.count { logits[r].data[j] *= s } }
         }
         // Gemma 2/3: logits become cap · tanh(logits / cap) with final_logit_softcapping.
         if gemmaNext, let cap = config.double("final_logit_softcapping").map({ Float($0) }) {
@@ -402,6 +524,9 @@ struct Model {
         /// its two best); the weights are the chosen unbiased scores, renormalised with `normalize`,
         /// times `scale`.
         case grouped(bias: String, groups: Int, topGroups: Int, normalize: Bool, scale: Float)
+        /// Llama 4: the top-k logits; each chosen expert gets the token scaled by sigmoid(its logit) and
+        /// its output is added unweighted.
+        case sigmoidInput
     }
 
     /// The top `k` indices of `values`, largest first (ties: lower index first).
@@ -433,16 +558,31 @@ struct Model {
             let chosen = top(choice, K)
             let norm = normalize ? chosen.reduce(Float(0)) { $0 + scores[$1] } + 1e-20 : 1
             return chosen.map { ($0, scores[$0] / norm * scale) }
+        case .sigmoidInput:
+            return top(row, K).map { ($0, 1 / (1 + Float(exp(Double(-row[$0]))))) }
         }
     }
 
-    /// A sparse MoE block: every rank routes identically with its replicated router (`routing`) and
-    /// computes the experts it holds for the tokens routed to them: with EP 1 its TP slice of every
-    /// expert (partial sums when split by rows); with expert parallelism only its group's experts (the
-    /// dispatch of an all-to-all). The ranks' weighted outputs are then summed (the combine).
+    /// How transformers 5 stores all experts in two tensors (`experts.gate_up_proj`, `experts.down_proj`).
+    struct FusedExperts {
+        /// [E, in, out] (gpt-oss, Llama 4: gate_up_proj [E, hidden, 2I], down_proj [E, I, hidden]) instead
+        /// of [E, out, in] (gate_up_proj [E, 2I, hidden], down_proj [E, hidden, I]).
+        var inputMajor = false
+        /// Gate and up alternate along the 2I features (gpt-oss: even gate, odd up) instead of gate then up.
+        var interleaved = false
+    }
+
+    /// A sparse MoE block: every rank routes identically with its replicated router (`prefix` + `router`,
+    /// with its bias when it has one) by `routing` and computes the experts it holds for the tokens routed
+    /// to them: with EP 1 its TP slice of every expert (partial sums when split by rows); with expert
+    /// parallelism only its group's experts (the dispatch of an all-to-all). The ranks' weighted outputs
+    /// are then summed (the combine). Fused experts (`fused` says how) may have biases
+    /// (`gate_up_proj_bias` [E, 2I] split with gate_up_proj, `down_proj_bias` [E, hidden] replicated and
+    /// added, weighted, after the combine). `clamped`: gpt-oss's clamped SwiGLU instead of act(gate) · up.
     func moe(_ ctx: TPContext, _ x: [Act], prefix p: String, act: Activation,
              experts names: (gate: String, up: String, down: String) = ("w1", "w3", "w2"),
-             routing: Routing = .softmax(normalize: true)) throws -> [Act] {
+             routing: Routing = .softmax(normalize: true), router: String = "gate",
+             fused layout: FusedExperts = .init(), clamped: (alpha: Float, limit: Float)? = nil) throws -> [Act] {
         guard let E = config.int("num_local_experts", "num_experts", "n_routed_experts"),
               let K = config.int("num_experts_per_tok"), E > 0, K > 0, K <= E else {
             throw Model.configError(config, "missing num_local_experts / num_experts_per_tok")
@@ -455,18 +595,25 @@ struct Model {
             }
         }
         let T = x[0].rows
-        // transformers 5's layout: all experts in two tensors, gate and up rows fused (see experts()).
+        // transformers 5's layout: all experts in two tensors, gate and up fused (see experts()).
         let fused = ctx.weights.has(p + "experts.gate_up_proj")
+        let gateUpBias = fused && ctx.weights.has(p + "experts.gate_up_proj_bias")
+        let downBias = fused && ctx.weights.has(p + "experts.down_proj_bias")
+        let routerName = p + router + ".weight", routerBias = p + router + ".bias"
         func expert(_ e: Int, _ part: String) -> String { p + "experts.\(e).\(part).weight" }
         let expertParallel = !fused && (0..<ctx.G).contains { r in
             (0..<E).contains { !ctx.weights.holds(expert($0, names.gate), rank: r) }
         }
-        var outs: [Act] = [], partials: [Bool] = []
+        var outs: [Act] = [], partials: [Bool] = [], choices: [[[(expert: Int, weight: Float)]]] = []
         for r in 0..<ctx.G {
-            let gate = try ctx.load(p + "gate.weight", rank: r)
-            let (logits, partial) = try ctx.linear(x[r], gate, bias: nil, rank: r)
+            let gate = try ctx.load(routerName, rank: r)
+            let rb = ctx.weights.has(routerBias) ? try ctx.load(routerBias, rank: r) : nil
+            if let rb, rb.shape != [E] {
+                throw Model.rankError(r, "\(routerBias) must be replicated (\(E) values), the rank holds \(rb.shape)")
+            }
+            let (logits, partial) = try ctx.linear(x[r], gate, bias: rb, rank: r)
             guard !partial, logits.labels == Array(0..<E) else {
-                throw Model.rankError(r, "router \(p)gate.weight must be replicated (\(E) experts × hidden)")
+                throw Model.rankError(r, "router \(routerName) must be replicated (\(E) experts × hidden)")
             }
             var bias: [Float] = []
             if case .grouped(let name, _, _, _, _) = routing {
@@ -482,6 +629,7 @@ struct Model {
             var acc = Act(rows: T, width: hidden)
             var rankPartial: Bool? = nil
             let gateUp = fused ? try ctx.load(p + "experts.gate_up_proj", rank: r) : nil
+            let gateUpBiases = gateUpBias ? try ctx.load(p + "experts.gate_up_proj_bias", rank: r) : nil
             let downs = fused ? try ctx.load(p + "experts.down_proj", rank: r) : nil
             for e in 0..<E {
                 var rows: [Int] = [], weights: [Float] = []
@@ -489,15 +637,23 @@ struct Model {
                     if let c = chosen[t].first(where: { $0.expert == e }) { rows.append(t); weights.append(c.weight) }
                 }
                 if rows.isEmpty || (!fused && !ctx.weights.holds(expert(e, names.gate), rank: r)) { continue }
-                let sub = x[r].rowsSubset(rows)
+                var sub = x[r].rowsSubset(rows)
+                if case .sigmoidInput = routing {
+                    // The weight scales the expert's input, not its output.
+                    for (k, w) in weights.enumerated() { for j in 0..<sub.cols { sub.data[k * sub.cols + j] *= w } }
+                    weights = weights.map { _ in 1 }
+                }
                 let ep = p + "experts.\(e)."
                 let g: Act, u: Act
                 if let gateUp {
                     let w = try gateUp.expert(e)
-                    let (y, partial) = try ctx.linear(sub, w, bias: nil, rank: r)
+                    let (y, partial) = try ctx.linear(sub, w, bias: try gateUpBiases?.expert(e),
+                                                      conv1D: layout.inputMajor, rank: r)
                     if partial { throw Model.rankError(r, "\(gateUp.name) must be column-parallel") }
-                    let half = w.globalShape[0] / 2
-                    let parts = try splitParts(y, parts: 2) { l in l < half ? (0, l) : (1, l - half) }
+                    let half = w.globalShape[layout.inputMajor ? 1 : 0] / 2
+                    let parts = try splitParts(y, parts: 2) { l in
+                        layout.interleaved ? (l % 2, l / 2) : l < half ? (0, l) : (1, l - half)
+                    }
                     (g, u) = (parts[0], parts[1])
                 } else {
                     let (yg, pg) = try ctx.linear(sub, try ctx.load(ep + names.gate + ".weight", rank: r), bias: nil,
@@ -507,9 +663,9 @@ struct Model {
                     if pg || pu { throw Model.rankError(r, "\(ep)\(names.gate)/\(names.up) must be column-parallel") }
                     (g, u) = (yg, yu)
                 }
-                let inner = try gatedProduct(gate: g, up: u, act: act, rank: r, what: ep)
+                let inner = try gatedProduct(gate: g, up: u, act: act, clamped: clamped, rank: r, what: ep)
                 let downW = try downs?.expert(e) ?? ctx.load(ep + names.down + ".weight", rank: r)
-                let (y, py) = try ctx.linear(inner, downW, bias: nil, rank: r)
+                let (y, py) = try ctx.linear(inner, downW, bias: nil, conv1D: fused && layout.inputMajor, rank: r)
                 guard y.labels == Array(0..<hidden) else {
                     throw Model.rankError(r, "\(downW.name) must produce all hidden features")
                 }
@@ -522,8 +678,26 @@ struct Model {
                 }
             }
             outs.append(acc); partials.append(expertParallel || (rankPartial ?? true))
+            choices.append(chosen)
         }
-        return try ctx.combine(outs, partial: partials, what: p + "experts")
+        var out = try ctx.combine(outs, partial: partials, what: p + "experts")
+        if downBias {
+            // Each token gets Σ weight · down_proj_bias[expert] once, whatever the split.
+            let name = p + "experts.down_proj_bias"
+            for r in 0..<ctx.G {
+                let b = try ctx.load(name, rank: r)
+                guard b.shape == [E, hidden], b.globalShape == [E, hidden] else {
+                    throw Model.rankError(r, "\(name) must be replicated ([\(E), \(hidden)]), "
+                        + "the rank holds \(b.shape)")
+                }
+                for t in 0..<T {
+                    for c in choices[r][t] {
+                        for j in 0..<hidden { out[r].data[t * hidden + j] += c.weight * b.data[c.expert * hidden + j] }
+                    }
+                }
+            }
+        }
+        return out
     }
 
     // MARK: GPT-2

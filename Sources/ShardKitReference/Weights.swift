@@ -62,15 +62,15 @@ struct Piece {
     /// True when this piece holds only part of dimension `d`.
     func isPartial(along d: Int) -> Bool { dim == d && shape[d] < globalShape[d] }
 
-    /// Entry `e` of the first dimension of a 3-D piece (one expert of a fused expert tensor), as a 2-D
-    /// piece; the first dimension must not be split.
+    /// Entry `e` of the first dimension of a 3-D (or 2-D) piece: one expert of a fused expert tensor (or
+    /// of a fused expert bias), one dimension less; the first dimension must not be split.
     func expert(_ e: Int) throws -> Piece {
-        guard shape.count == 3, dim != 0, e >= 0, e < shape[0] else {
+        guard shape.count == 3 || shape.count == 2, dim != 0, e >= 0, e < shape[0] else {
             let split = dim.map { "split along dim \($0)" } ?? "whole"
-            throw ShardKitError(.verificationFailed, "tensor \(name): expected [experts, out, in] with the experts "
+            throw ShardKitError(.verificationFailed, "tensor \(name): expected [experts, …] with the experts "
                 + "whole on every rank, got shape \(shape) of \(globalShape), \(split)")
         }
-        let size = shape[1] * shape[2] * dtype.size
+        let size = shape[1...].reduce(1, *) * dtype.size
         return try Piece(name: "\(name)[\(e)]", raw: Array(storage.raw[(e * size)..<((e + 1) * size)]),
                          shape: Array(shape[1...]), globalShape: Array(globalShape[1...]), dtype: dtype,
                          dim: dim.map { $0 - 1 }, index: index)

@@ -341,18 +341,18 @@ struct ShardCommandTests {
         return blocks
     }
 
-    @Test("docs/rules.md's extends examples run: each shards its fixture; Phi-3's explicit fused rules give the preset's bytes")
+    @Test("docs/rules.md's extends examples run: each shards its fixture; Phi-3's explicit fused rules and gpt-oss's pairs give the preset's bytes")
     func docExtendExamples() throws {
         let examples = try Self.extendExamples()
-        #expect(examples.count == 2)
+        #expect(examples.count == 3)
         try withTempDir { dir in
             for (n, example) in examples.enumerated() {
-                let fixture = example.text.contains("phi3") ? "phi3" : "llama-gqa"
+                let fixture = example.text.contains("phi3") ? "phi3" : example.text.contains("gpt_oss") ? "gpt-oss" : "llama-gqa"
                 let rules = dir + "/example-\(n)" + example.suffix
                 try writeBytes(Array(example.text.utf8), to: rules)
                 let r = try CLI.run(["shard", Fixtures.path(fixture), "--tp", "2", "--rules", rules, "--out", dir + "/out-\(n)"])
                 #expect(r.status == 0, "example \(n): \(r)")
-                if fixture == "phi3" {
+                if fixture != "llama-gqa" {
                     #expect(try CLI.run(["shard", Fixtures.path(fixture), "--tp", "2", "--out", dir + "/preset-\(n)"]).status == 0)
                     for rank in 0..<2 {
                         let name = "/rank-\(rank)/model.safetensors"

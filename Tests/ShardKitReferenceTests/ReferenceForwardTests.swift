@@ -9,14 +9,14 @@ import Testing
 let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "qwen3-moe", "granite", "olmo2", "stablelm", "stablelm-parallel", "mistral", "gemma", "phi3", "gpt2",
                     "gpt-neox", "gpt-neox-rope-v5", "mixtral", "bert", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text",
                     "deepseek-v3", "deepseek-v3-qdirect", "falcon", "falcon-mq", "falcon-seq", "bloom", "bloom-postln", "gptj",
-                    "opt", "opt-proj", "phi", "starcoder2", "roberta"]
+                    "opt", "opt-proj", "phi", "starcoder2", "roberta", "glm4", "cohere", "gpt-oss", "llama4-text"]
 
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads; every head count a multiple of 8, Falcon's 2 KV groups and Phi's and
 /// StarCoder2's 2 KV heads each on 4 ranks.
 let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect",
                        "falcon", "falcon-mq", "falcon-seq", "bloom", "bloom-postln", "gptj", "opt", "opt-proj", "phi",
-                       "starcoder2", "roberta"]
+                       "starcoder2", "roberta", "glm4", "cohere", "gpt-oss", "llama4-text"]
 /// The encoders among them (their output is the last hidden state, with no final norm).
 let encoderFixtures: Set = ["bert", "roberta"]
 
@@ -155,9 +155,80 @@ struct ReferenceForwardTests {
         // Every rank routes with the whole correction bias.
         ("deepseek-v3", "deepseek_v3", #"{"pattern": "model.layers.*.mlp.gate.e_score_correction_bias", "rule": "column"}"#,
          "e_score_correction_bias"),
+        // GLM-4's gate_up_proj [gate; up] split contiguously instead of as two parts.
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.mlp.gate_up_proj.weight", "rule": "column"}"#, "gate features"),
+        // GLM-4's post-branch norms are replicated.
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.post_mlp_layernorm.weight", "rule": "column"}"#, "post_mlp_layernorm"),
+        ("glm4", "glm4", #"{"pattern": "model.layers.*.post_self_attn_layernorm.weight", "rule": "column"}"#,
+         "post_self_attn_layernorm"),
+        // Cohere's per-head q/k norms [heads, head_dim]: a rank holding other heads' rows than its own, or
+        // part of each head's row.
+        ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.q_norm.weight", "rule": "fused", "parts": [{"rule": "heads", "heads": 4}, {"rule": "heads", "heads": 4}]}"#,
+         "q_norm"),
+        ("cohere", "cohere", #"{"pattern": "model.layers.*.self_attn.k_norm.weight", "rule": "column", "dim": 1}"#, "k_norm"),
+        // gpt-oss: sinks [heads] in two parts (each rank gets other heads' sinks than its own).
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.self_attn.sinks", "rule": "fused", "parts": [{"rule": "heads", "heads": 4}, {"rule": "heads", "heads": 4}]}"#,
+         "attention sink"),
+        // gate_up_proj [E, hidden, 2I] split as two halves (as if gate block, up block) instead of in
+        // contiguous runs of interleaved pairs: rank 0 holds columns 0..<16 and 32..<48, i.e. intermediate
+        // features 0..<8 and 16..<24, which down_proj's rows 0..<16 do not match; and its bias so split
+        // too; the weight alone so split no longer matches its bias.
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even"}, {"rule": "even"}]}, {"pattern": "model.layers.*.mlp.experts.gate_up_proj_bias", "rule": "fused", "dim": 1, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "down_proj[0] needs input feature 8"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "gate_up_proj_bias[0] holds output features 0..<32, but the rank's layer produces 0..<16, 32..<48"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.gate_up_proj_bias", "rule": "fused", "dim": 1, "parts": [{"rule": "even"}, {"rule": "even"}]}"#,
+         "gate_up_proj_bias"),
+        // Llama 4's gate_up_proj [E, hidden, 2I] split contiguously instead of as two column parts; its
+        // router replicated.
+        ("llama4-text", "llama4_text", #"{"pattern": "model.layers.*.feed_forward.experts.gate_up_proj", "rule": "column", "dim": 2}"#,
+         "gate features"),
+        ("llama4-text", "llama4_text", #"{"pattern": "model.layers.*.feed_forward.router.weight", "rule": "column"}"#,
+         "router"),
+        // gpt-oss: the router (with its bias) and the down-projection bias are replicated.
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.router.bias", "rule": "column"}"#, "router.bias"),
+        ("gpt-oss", "gpt_oss", #"{"pattern": "model.layers.*.mlp.experts.down_proj_bias", "rule": "column", "dim": 1}"#,
+         "down_proj_bias"),
     ])
     func specialTensorsSplitWrongFail(fixture: String, preset: String, entry: String, mentioning: String) throws {
         #expect(try wrongSplitFails(fixture, preset, entry, mentioning: mentioning))
+    }
+
+    /// gpt-oss's gate_up_proj is split in whole (gate, up) pairs: a rules file that cuts one (the first pair
+    /// as a part of its own, split over 2 ranks: rank 0 would get gate 0, rank 1 up 0) is refused when
+    /// sharding, with the preset's rule named.
+    @Test("a gpt-oss gate/up pair cut between ranks is refused")
+    func gptOssPairCutRefused() throws {
+        let ckpt = try Checkpoint(path: fixturePath("gpt-oss"))
+        let json = #"{"extends": "gpt_oss", "rules": [{"pattern": "model.layers.*.mlp.experts.gate_up_proj", "rule": "fused", "dim": 2, "parts": [{"rule": "even", "size": 2}, {"rule": "even", "size": 62}]}]}"#
+        let rules = try RulesFile.ruleSet(from: try JSONValue.parse(Array(json.utf8)), origin: "rules.json", config: ckpt.config)
+        let out = temporaryPath("gpt-oss-pair-cut")
+        defer { removeDirectory(out) }
+        #expect {
+            try Shard.run(checkpoint: ckpt, sourcePath: fixturePath("gpt-oss"), rules: rules, tp: 2, output: out)
+        } throws: { error in
+            "\(error)".contains("cuts a head") && "\(error)".contains("heads(dim 2, 32 heads)")
+        }
+    }
+
+    /// Llama 4's q/k norm follows the rotation in transformers; the pass normalizes first, which is the same
+    /// only when the rope scaling leaves cos and sin unscaled: YaRN's attention factor is refused.
+    @Test("Llama 4 with a rope scaling that scales cos and sin is refused")
+    func llama4ScaledRopeRefused() throws {
+        let dir = temporaryPath("llama4-yarn")
+        defer { removeDirectory(dir) }
+        try FileManager.default.copyItem(atPath: fixturePath("llama4-text"), toPath: dir)
+        let text = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
+        try text.replacingOccurrences(of: #""rope_type": "llama3""#, with: #""rope_type": "yarn""#)
+            .write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        let ckpt = try Checkpoint(path: dir)
+        let model = try Model(config: ckpt.config!)
+        #expect {
+            _ = try model.forward(TPContext(weights: try CheckpointWeights(ckpt), gemm: GemmEngine()), tokens: [1, 2, 3],
+                                  tokenTypes: nil) { _, _ in }
+        } throws: { error in
+            (error as? ShardKitError)?.message.contains("attention factor") == true
+        }
     }
 
     /// The config keys the new passes must honour: with one changed, the pass no longer matches the
@@ -177,6 +248,19 @@ struct ReferenceForwardTests {
         ("deepseek-v3", #""routed_scaling_factor": 2.5"#, #""routed_scaling_factor": 1.0"#, false),
         ("deepseek-v3", #""mscale_all_dim": 0.707"#, #""mscale_all_dim": 0.0"#, false),
         ("deepseek-v3", #""topk_group": 2"#, #""topk_group": 4"#, false),
+        ("glm4", #""partial_rotary_factor": 0.5"#, #""partial_rotary_factor": 1.0"#, false),
+        ("cohere", #""logit_scale": 0.25"#, #""logit_scale": 0.0625"#, false),
+        ("cohere", #""use_qk_norm": true"#, #""use_qk_norm": false"#, false),
+        ("gpt-oss", #""swiglu_limit": 1.5"#, #""swiglu_limit": 7.0"#, false),
+        ("gpt-oss", #""swiglu_alpha": 1.702"#, #""swiglu_alpha": 1.0"#, false),
+        ("gpt-oss", #""sliding_window": 4"#, #""sliding_window": 64"#, false),
+        ("gpt-oss", #""truncate": false"#, #""truncate": true"#, false),
+        ("llama4-text", #""attention_chunk_size": 4"#, #""attention_chunk_size": 64"#, false),
+        ("llama4-text", #""floor_scale": 2"#, #""floor_scale": 8192"#, false),
+        ("llama4-text", #""attn_temperature_tuning": true"#, #""attn_temperature_tuning": false"#, false),
+        ("llama4-text", #""use_qk_norm": true"#, #""use_qk_norm": false"#, false),
+        ("llama4-text", #""factor": 16.0"#, #""factor": 1.0"#, false),
+        ("llama4-text", "\"no_rope_layers\": [\n    1,\n    0\n  ]", "\"no_rope_layers\": [1, 1]", false),
     ])
     func configFeatures(fixture: String, key: String, changed: String, stillMatches: Bool) throws {
         let dir = temporaryPath("\(fixture)-config")

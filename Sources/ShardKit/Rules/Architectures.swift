@@ -79,6 +79,10 @@ public enum Architectures {
                      rules: llamaFamily),
         Architecture("mixtral", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
         Architecture("phi3", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("glm4", forwardPass: .llamaFamily, defaultEpsilon: 1.5625e-7, rules: llamaFamily),
+        Architecture("cohere", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llamaFamily),
+        Architecture("gpt_oss", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: gptOss),
+        Architecture("llama4_text", forwardPass: .llamaFamily, defaultEpsilon: 1e-5, rules: llama4Text),
         Architecture("deepseek_v3", forwardPass: .deepseekV3, rules: deepseekV3),
         Architecture("gpt2", forwardPass: .gpt2, defaultEpsilon: 1e-5, defaultActivation: "gelu_new", rules: gpt2),
         Architecture("gpt_neox", forwardPass: .gptNeoX, defaultEpsilon: 1e-5, defaultActivation: "gelu",
@@ -132,7 +136,8 @@ public enum Architectures {
         return RuleSet(name: "preset \(type)", entries: try architecture.rules(context))
     }
 
-    /// Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3(-MoE), Gemma 1/2/3, Mixtral, Phi-3 (`model.layers.N.` prefix).
+    /// Llama, Mistral, Qwen2, Qwen2-MoE, Qwen3(-MoE), Gemma 1/2/3, Mixtral, Phi-3, GLM-4, Cohere
+    /// (`model.layers.N.` prefix).
     @Sendable static func llamaFamily(_ c: Architecture.Context) -> [RuleSet.Entry] {
         let type = c.modelType, heads = c.heads, kv = c.kvHeads
         func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
@@ -157,8 +162,9 @@ public enum Architectures {
                 e(p + "mlp.down_proj.weight", .row(1)),
             ]
         } else {
-            // Qwen2 always has q/k/v biases, Qwen2-MoE unless qkv_bias is false.
+            // Qwen2 always has q/k/v biases, Qwen2-MoE unless qkv_bias is false, GLM-4 unless attention_bias is.
             let biases = type == "qwen2" || (type == "qwen2_moe" && c.config.bool("qkv_bias") != false)
+                || (type == "glm4" && c.config.bool("attention_bias") != false)
             list += [
                 e(p + "self_attn.q_proj.weight", .heads(0, heads)),
                 e(p + "self_attn.q_proj.bias", .heads(0, heads), optional: !biases),
@@ -170,6 +176,23 @@ public enum Architectures {
             // Qwen3's and Gemma 3's q/k norms act on each head's head_dim features: every rank holds
             // them whole.
             list.append(e(p + "self_attn.{q_norm,k_norm}.weight", .replicated))
+        }
+        if type == "cohere" {
+            // Cohere's q/k norms (with use_qk_norm) hold one weight row per head, [heads, head_dim]: split
+            // like the heads.
+            let qkNorm = c.config.bool("use_qk_norm") == true
+            list += [
+                e(p + "self_attn.q_norm.weight", .heads(0, heads), optional: !qkNorm),
+                e(p + "self_attn.k_norm.weight", .kvHeads(0, kv), optional: !qkNorm),
+            ]
+        }
+        if type == "glm4" {
+            // GLM-4 normalizes each branch's output too; its MLP is one [gate; up] projection.
+            list += [
+                e(p + "{post_self_attn_layernorm,post_mlp_layernorm}.weight", .replicated),
+                e(p + "mlp.gate_up_proj.weight", .fused(0, [.init(.even), .init(.even)])),
+                e(p + "mlp.down_proj.weight", .row(1)),
+            ]
         }
         if type == "gemma2" || type == "gemma3_text" {
             // Gemma 2/3 normalize each branch's input and output (post_attention_layernorm is the
@@ -220,7 +243,7 @@ public enum Architectures {
                 e(p + "block_sparse_moe.experts.*.{w1,w3}.weight", .column(0)),
                 e(p + "block_sparse_moe.experts.*.w2.weight", .row(1)),
             ]
-        } else if type != "phi3" {
+        } else if type != "phi3" && type != "glm4" {
             list += [
                 e(p + "mlp.{gate_proj,up_proj}.weight", .column(0), optional: moe),
                 e(p + "mlp.{gate_proj,up_proj}.bias", .column(0), optional: true),
@@ -242,6 +265,75 @@ public enum Architectures {
             c.entry(prefix + "experts.*.down_proj.weight", .row(1), optional: true),
             c.entry(prefix + "experts.gate_up_proj", .fused(1, [.init(.even), .init(.even)]), optional: true),
             c.entry(prefix + "experts.down_proj", .row(2), optional: true),
+        ]
+    }
+
+    /// gpt-oss: Llama-style attention with q/k/v/o biases and one attention sink per head (`sinks`
+    /// [heads], split like the heads); every layer sparse, with a router with a bias (replicated) and
+    /// the experts as save_pretrained writes them, input-major: `experts.gate_up_proj` [E, hidden, 2I]
+    /// whose last dimension alternates gate and up columns (even gate, odd up) and
+    /// `experts.down_proj` [E, I, hidden]. gate_up_proj (and its bias [E, 2I]) is split in whole
+    /// (gate, up) pairs, I "heads" of 2 columns (I % G = 0), which keeps each rank's gate column j and
+    /// up column j together: rank r holds columns [2·r·I/G, 2·(r+1)·I/G); down_proj is row-parallel over
+    /// the same I; down_proj_bias [E, hidden] is replicated.
+    @Sendable static func gptOss(_ c: Architecture.Context) throws -> [RuleSet.Entry] {
+        let heads = c.heads, kv = c.kvHeads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let inner = try c.config.requireInt("intermediate_size")
+        let p = "model.layers.*.", a = p + "self_attn.", x = p + "mlp.experts."
+        let biases = c.config.bool("attention_bias") != false
+        return [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e("model.norm.weight", .replicated),
+            e(p + "{input_layernorm,post_attention_layernorm}.weight", .replicated),
+            e(a + "q_proj.weight", .heads(0, heads)),
+            e(a + "q_proj.bias", .heads(0, heads), optional: !biases),
+            e(a + "{k_proj,v_proj}.weight", .kvHeads(0, kv)),
+            e(a + "{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: !biases),
+            e(a + "o_proj.weight", .outProjection(1, heads)),
+            e(a + "o_proj.bias", .replicated, optional: !biases),
+            e(a + "sinks", .heads(0, heads)),
+            e(p + "mlp.router.{weight,bias}", .replicated),
+            e(x + "gate_up_proj", .heads(2, inner)),
+            e(x + "gate_up_proj_bias", .heads(1, inner)),
+            e(x + "down_proj", .row(1)),
+            e(x + "down_proj_bias", .replicated),
+        ]
+    }
+
+    /// Llama 4 (text, `Llama4ForCausalLM`): Llama attention (no norm weights: its q/k norm is an L2
+    /// norm); `feed_forward.` is a dense MLP on some layers and on the sparse ones a replicated router,
+    /// a shared expert (a dense MLP) and the experts as Meta's checkpoints and save_pretrained hold them,
+    /// input-major: `experts.gate_up_proj` [E, hidden, 2I] (gate columns then up columns: two column
+    /// parts) and `experts.down_proj` [E, I, hidden] (row-parallel over I).
+    @Sendable static func llama4Text(_ c: Architecture.Context) -> [RuleSet.Entry] {
+        let heads = c.heads, kv = c.kvHeads
+        func e(_ p: String, _ r: RuleSpec, optional: Bool = false) -> RuleSet.Entry {
+            c.entry(p, r, optional: optional)
+        }
+        let p = "model.layers.*.", a = p + "self_attn.", f = p + "feed_forward."
+        return [
+            e("model.embed_tokens.weight", .vocab(0)),
+            e("lm_head.weight", .vocab(0), optional: true),
+            e("model.norm.weight", .replicated),
+            e(p + "{input_layernorm,post_attention_layernorm}.weight", .replicated),
+            e(a + "q_proj.weight", .heads(0, heads)),
+            e(a + "q_proj.bias", .heads(0, heads), optional: true),
+            e(a + "{k_proj,v_proj}.weight", .kvHeads(0, kv)),
+            e(a + "{k_proj,v_proj}.bias", .kvHeads(0, kv), optional: true),
+            e(a + "o_proj.weight", .outProjection(1, heads)),
+            e(a + "o_proj.bias", .replicated, optional: true),
+            // Dense layers, and the shared expert of the sparse ones.
+            e(f + "{gate_proj,up_proj}.weight", .column(0), optional: true),
+            e(f + "down_proj.weight", .row(1), optional: true),
+            e(f + "shared_expert.{gate_proj,up_proj}.weight", .column(0), optional: true),
+            e(f + "shared_expert.down_proj.weight", .row(1), optional: true),
+            e(f + "router.weight", .replicated, optional: true),
+            e(f + "experts.gate_up_proj", .fused(2, [.init(.even), .init(.even)]), optional: true),
+            e(f + "experts.down_proj", .row(1), optional: true),
         ]
     }
 
