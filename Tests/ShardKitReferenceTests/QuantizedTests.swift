@@ -9,6 +9,7 @@ import ShardKit
 let quantizedFixtures: [(name: String, degrees: [Int])] = [
     ("llama-fp8-block", [1, 2, 4, 8]), ("llama-fp8-channel", [1, 2, 4, 8]), ("llama-awq", [1, 2]),
     ("llama-gptq", [1]), ("llama-gptq-actorder", [1, 2, 4]), ("llama-gptq-8bit", [1]), ("llama-w4a16-ct", [1]),
+    ("gpt-oss-mxfp4", [1, 2]),
 ]
 
 /// Degrees the group size forbids (down_proj's input features per rank not a multiple of 32), which
@@ -23,7 +24,8 @@ struct QuantizedTests {
     /// Every quantized Linear's dequantized weight equals the producer's dequantization
     /// (`dequantized.M.weight` in reference.safetensors), for the full model and for every rank's
     /// piece (read back from its own pieces only).
-    @Test("dequantized weights equal the producer's, whole and per rank", arguments: quantizedFixtures.map(\.name))
+    @Test("dequantized weights equal the producer's, whole and per rank",
+          arguments: quantizedFixtures.map(\.name).filter { $0 != "gpt-oss-mxfp4" })   // MXFP4: mxfp4()
     func dequantizedWeights(fixture: String) throws {
         let ckpt = try Checkpoint(path: fixturePath(fixture))
         let ref = try ReferenceFile(path: fixturePath(fixture) + "/reference.safetensors")
@@ -182,5 +184,55 @@ struct QuantizedTests {
             print("[wrong layout] \(fixture): \(e.message)")
             return e.code == .verificationFailed
         }
+    }
+
+    /// MXFP4 (gpt-oss): the experts' blocks and scales follow the unquantized [E, K, N] tensors' rules
+    /// (gate/up in whole pairs, down in blocks of 32 input features).
+    @Test("MXFP4: dequantized experts equal transformers', verify at 1 and 2, 4 refused with the numbers")
+    func mxfp4() throws {
+        let fixture = "gpt-oss-mxfp4"
+        let ckpt = try Checkpoint(path: fixturePath(fixture))
+        let ref = try ReferenceFile(path: fixturePath(fixture) + "/reference.safetensors")
+        let full = try DequantizingWeights.wrap(try CheckpointWeights(ckpt), config: ckpt.config!)
+        let names = ref.file.tensors.map(\.name).filter { $0.hasPrefix("dequantized.") }
+        #expect(names.count == 4)
+        for name in names {
+            let module = String(name.dropFirst("dequantized.".count))
+            let want = try ref.floats(name), shape = try ref.info(name).shape   // [E, N, K]
+            let got = try full.load(module, rank: 0)                               // [E, K, N]
+            #expect(got.shape == [shape[0], shape[2], shape[1]])
+            var transposed = [Float](repeating: 0, count: want.count)
+            for e in 0..<shape[0] { for n in 0..<shape[1] { for k in 0..<shape[2] {
+                transposed[(e * shape[2] + k) * shape[1] + n] = want[(e * shape[1] + n) * shape[2] + k]
+            } } }
+            #expect(ComparisonStats.compare(got.data, transposed, tolerance: 1e-6).passed, "\(module)")
+        }
+        for tp in [1, 2] {
+            let (set, _, dir) = try shardFixture(fixture, tp: tp)
+            defer { removeDirectory(dir) }
+            let report = try ReferenceForward.verify(shards: set, full: ckpt, reference: fixturePath(fixture) + "/reference.safetensors",
+                                                     options: NumericsOptions())
+            print(String(format: "[numerics] gpt-oss-mxfp4 tp=%d ref(TP) rel %.2e | TP-vs-full rel %.2e", tp,
+                         report.referenceTP?.maxRelError ?? -1, report.final.maxRelError))
+            #expect(report.passed)
+        }
+        do {
+            _ = try shardFixture(fixture, tp: 4)
+            Issue.record("TP 4 cuts MXFP4 blocks and should be refused")
+        } catch let e as ShardKitError {
+            #expect(e.message.contains("16 per rank), which is not a multiple of MXFP4 blocks of 32 values"), "\(e.message)")
+        }
+    }
+
+    @Test("MXFP4 gate/up split in halves instead of pairs fails verify")
+    func mxfp4Halves() throws {
+        let fixture = "gpt-oss-mxfp4"
+        let wrong = try shardOverriding(fixture, tp: 2) { t in
+            guard t.name.contains("experts.gate_up_proj") else { return nil }
+            let rows = t.shape[1]
+            return .fused(dim: 1, parts: [FusedPart(size: rows / 2, split: .even), FusedPart(size: rows / 2, split: .even)])
+        }
+        defer { removeDirectory(wrong.directory) }
+        #expect(try failsVerify(wrong.set, wrong.checkpoint, fixture))
     }
 }
