@@ -133,6 +133,16 @@ struct QuantizedTests {
             try Reshard.run(input: set, tp: 1, output: one)
             #expect(FileManager.default.contentsEqual(atPath: one + "/model.safetensors", andPath: dir + "/model.safetensors"))
         }
+        // Padded 2 → 4 (keeping the padding) equals sharding padded at 4.
+        if degrees == [2, 4] {
+            let two = temporaryPath("\(fixture)-pad-2"), four = temporaryPath("\(fixture)-pad-4")
+            let resharded = temporaryPath("\(fixture)-pad-2to4")
+            defer { for d in [two, four, resharded] { removeDirectory(d) } }
+            try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 2, output: two)
+            let direct = try Shard.run(checkpoint: ckpt, sourcePath: dir, rules: rules, tp: 4, output: four)
+            let m = try Reshard.run(input: try ShardSet(directory: two), tp: 4, output: resharded, padIntermediate: true)
+            #expect(m.tensors == direct.tensors)
+        }
     }
 
     /// Wrong layouts a splitter can produce fail verify.
