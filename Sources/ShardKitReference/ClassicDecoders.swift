@@ -87,10 +87,7 @@ extension Model {
             }
             try observe("layers.\(i)", h)
         }
-        h = try layerNormAll(ctx, h, pre + "ln_f")
-        try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight"
-                                                                            : pre + "word_embeddings.weight")
+        return try finalNormAndHead(ctx, h, norm: pre + "ln_f", tied: pre + "word_embeddings.weight", observe)
     }
 
     // MARK: BLOOM
@@ -123,10 +120,7 @@ extension Model {
             h = m
             try observe("layers.\(i)", h)
         }
-        h = try layerNormAll(ctx, h, pre + "ln_f")
-        try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight"
-                                                                            : pre + "word_embeddings.weight")
+        return try finalNormAndHead(ctx, h, norm: pre + "ln_f", tied: pre + "word_embeddings.weight", observe)
     }
 
     // MARK: GPT-J

@@ -132,6 +132,15 @@ struct Model {
         }
     }
 
+    /// The final LayerNorm `norm` (observed as "final_norm"), then the LM head: `lm_head.weight`, or the
+    /// embedding `tied` to it when the checkpoint has no head (GPT-2, Falcon, BLOOM).
+    func finalNormAndHead(_ ctx: TPContext, _ h: [Act], norm: String, tied: String,
+                          _ observe: Observer) throws -> [Act] {
+        let normed = try layerNormAll(ctx, h, norm)
+        try observe("final_norm", normed)
+        return try lmHead(ctx, normed, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : tied)
+    }
+
     /// LM head: each rank's vocab rows (plus its rows of `bias`, split with them), all-gathered, padding
     /// dropped.
     func lmHead(_ ctx: TPContext, _ h: [Act], weight: String, bias: String? = nil) throws -> [Act] {
@@ -728,9 +737,7 @@ struct Model {
                     p + "mlp.c_proj")
             try observe("layers.\(i)", h)
         }
-        h = try layerNormAll(ctx, h, pre + "ln_f")
-        try observe("final_norm", h)
-        return try lmHead(ctx, h, weight: ctx.weights.has("lm_head.weight") ? "lm_head.weight" : pre + "wte.weight")
+        return try finalNormAndHead(ctx, h, norm: pre + "ln_f", tied: pre + "wte.weight", observe)
     }
 
     // MARK: GPT-NeoX
