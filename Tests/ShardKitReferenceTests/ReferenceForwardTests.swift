@@ -14,7 +14,7 @@ let fixtureNames = ["llama-gqa", "llama-bf16-sharded", "qwen2-bias", "qwen3", "q
 /// Fixtures whose head counts (and MLP widths) allow G = 8: 8 heads, 2 KV heads replicated 4 times, or
 /// DeepSeek's 8 MLA heads; every head count a multiple of 8, Falcon's 2 KV groups and Phi's and
 /// StarCoder2's 2 KV heads each on 4 ranks.
-let fixturesAtEight = ["qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect",
+let fixturesAtEight = ["qwen3", "qwen3-moe", "granite", "olmo2", "qwen2-moe", "qwen2-moe-fused", "gemma2", "gemma3-text", "deepseek-v3", "deepseek-v3-qdirect",
                        "falcon", "falcon-mq", "falcon-seq", "bloom", "bloom-postln", "gptj", "opt", "opt-proj", "phi",
                        "starcoder2", "roberta", "glm4", "cohere", "gpt-oss", "llama4-text"]
 /// The encoders among them (their output is the last hidden state, with no final norm).
