@@ -325,4 +325,19 @@ struct ParallelLayoutTests {
             }
         }
     }
+
+    @Test("a part file whose pp × tp overflows is refused by finalize, not trapped on")
+    func finalizeHugeLayout() throws {
+        try withTempDir { dir in
+            var options = ShardSetWriter.Options()
+            options.ranks = [0]
+            try shardLayout("mixtral-4l", tp: 2, pp: 2, to: dir + "/parts", options: options)
+            let path = dir + "/parts/rank-0/part.json"
+            var json = try JSONSerialization.jsonObject(with: Data(try readBytes(path))) as! [String: Any]
+            json["pp"] = Int.max / 2 + 1
+            try writeBytes(Array(try JSONSerialization.data(withJSONObject: json)), to: path)
+            expectShardKitError(caught { _ = try Reshard.finalize(directory: dir + "/parts") }, .invalidManifest,
+                                ["malformed"])
+        }
+    }
 }

@@ -28,13 +28,15 @@ extension Reshard {
             ShardKitError(.invalidManifest, "\(directory)/\(dir)/part.json: \(message)")
         }
         var merged = try readPart(first)
-        let world = merged.worldSize
-        // A part is untrusted until merged and validated: check what the merge below indexes by.
-        guard merged.tp >= 1, merged.layout.pp >= 1, merged.tp <= ShardPlan.maxTP,
-              merged.layout.pp <= ShardPlan.maxTP, world <= ParallelLayout.maxWorldSize, merged.ranks.count == world,
+        // A part is untrusted until merged and validated: check what the merge below indexes by (the
+        // world size with overflow-checked arithmetic, before anything is sized by it).
+        let (product, overflow) = merged.tp.multipliedReportingOverflow(by: merged.layout.pp)
+        guard merged.tp >= 1, merged.layout.pp >= 1, !overflow, product <= ParallelLayout.maxWorldSize,
+              merged.ranks.count == product,
               merged.order.count == merged.tensors.count, Set(merged.order) == Set(merged.tensors.keys) else {
             throw badPart(first, "malformed (tp, pp, ranks or order do not agree)")
         }
+        let world = product
         var parts: [Manifest] = []
         for r in 0..<world {
             guard FileSystem.exists(Path.join(directory, "rank-\(r)/part.json")) else {
