@@ -126,4 +126,23 @@ struct ParallelCLITests {
             expectCLIError(bad, ["expert 3 twice"])
         }
     }
+
+    @Test("a layer past num_hidden_layers (multi-token prediction) goes with the last stage, and the manifest reads")
+    func mtpLayer() throws {
+        try withTempDir { dir in
+            let names = ["model.embed_tokens.weight"] + (0..<3).map { "model.layers.\($0).mlp.down_proj.weight" }
+                + ["model.norm.weight", "lm_head.weight"]
+            try FileManager.default.createDirectory(atPath: dir + "/src", withIntermediateDirectories: true)
+            try writeSafetensors(names.map { ($0, DType.f32, [4, 4], [UInt8](repeating: 1, count: 64)) },
+                                 to: dir + "/src/model.safetensors")
+            try writeBytes(Array(#"{"model_type": "x", "num_hidden_layers": 2}"#.utf8), to: dir + "/src/config.json")
+            try writeBytes(Array(#"{"rules": [{"pattern": "**", "rule": "replicated"}]}"#.utf8), to: dir + "/rules.json")
+            let r = try CLI.run(["shard", dir + "/src", "--tp", "1", "--pp", "2", "--rules", dir + "/rules.json",
+                                 "--out", dir + "/out"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let set = try ShardSet(directory: dir + "/out")
+            #expect(set.layout.stageLayers == [0..<1, 1..<2])
+            #expect(set.manifest.tensors["model.layers.2.mlp.down_proj.weight"]?.stages == [1])
+        }
+    }
 }

@@ -340,4 +340,16 @@ struct ParallelLayoutTests {
                                 ["malformed"])
         }
     }
+
+    @Test("layers past num_hidden_layers (multi-token prediction) go with the last stage")
+    func mtpLayersGoLast() throws {
+        let config = ModelConfig(json: try JSONValue.parse(Array(#"{"num_hidden_layers": 4}"#.utf8)))
+        let names = ["model.embed_tokens.weight"] + (0..<5).map { "model.layers.\($0).mlp.down_proj.weight" }
+            + ["model.norm.weight"]
+        let plan = try ShardPlan(tensors: names.map { ($0, DType.f32, [8, 8]) }, rules: names.map { _ in .replicated },
+                                 request: LayoutRequest(tp: 1, pp: 2), config: config)
+        #expect(plan.layout.stageLayers == [0..<2, 2..<4])
+        #expect(plan.tensor(named: "model.layers.4.mlp.down_proj.weight")?.stages == [1])
+        #expect(plan.tensor(named: "model.layers.1.mlp.down_proj.weight")?.stages == [0])
+    }
 }

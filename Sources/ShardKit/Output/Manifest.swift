@@ -250,7 +250,9 @@ public struct Manifest: Sendable, Equatable {
         if layout.isTensorParallelOnly { return }
         let role = TensorRole.of(name)
         if let layer = role.layer {
-            if !layout.stageLayers.isEmpty, t.stages != [layout.stage(ofLayer: layer) ?? -1] {
+            // A layer past the stage table (DeepSeek-V3's multi-token-prediction layers) is the last stage's.
+            let beyond = layer >= (layout.stageLayers.last?.upperBound ?? Int.max)
+            if !layout.stageLayers.isEmpty, t.stages != [beyond ? layout.pp - 1 : layout.stage(ofLayer: layer) ?? -1] {
                 throw badTensor("a tensor of layer \(layer) in stages \(t.stages); the stage table puts the layer in "
                                 + "\(layout.stage(ofLayer: layer).map(String.init) ?? "no stage")")
             }

@@ -86,7 +86,13 @@ public struct LayoutRequest: Sendable {
             throw ShardKitError(.invalidArgument, "an expert placement needs EP > 1")
         }
         var roles = names.map(TensorRole.of)
-        let layers = roles.compactMap(\.layer).max().map { $0 + 1 } ?? 0
+        var layers = roles.compactMap(\.layer).max().map { $0 + 1 } ?? 0
+        if let configured = config?.layers, configured > 0, configured < layers, pp > 1 || stageSizes != nil {
+            // Layers past num_hidden_layers (DeepSeek-V3's multi-token-prediction layers) are not
+            // decoder layers the stages run: they go with the last stage, as vLLM loads them there.
+            for i in roles.indices where (roles[i].layer ?? -1) >= configured { roles[i] = .last }
+            layers = configured
+        }
         if pp > 1 || stageSizes != nil {
             guard layers > 0 else {
                 throw ShardKitError(.impossibleSplit,
