@@ -303,8 +303,32 @@ struct ParallelLayoutTests {
             expectShardKitError(try edited { $0["ep"] = 3 }, .invalidManifest, ["EP 3 does not divide TP 2"])
             expectShardKitError(try edited { $0["stages"] = [["stage": 0, "layers": [0, 3]], ["stage": 1, "layers": [3, 4]]] },
                                 .invalidManifest, ["layer 2 in stages [1]"])
+            // Found by review: placements and stage tables checked against what the tensors name.
+            expectShardKitError(try edited { $0["experts"] = ["0": [[0, 1], [2, 3]], "1": [[0, 1], [2, 3, 4]],
+                                                               "2": [[0, 1], [2, 3]], "3": [[0, 1], [2, 3]]] },
+                                .invalidManifest, ["the placement names expert 4; experts are 0..<4"])
+            expectShardKitError(try edited {
+                var experts = $0["experts"] as! [String: Any]
+                experts["100000000"] = [[0], [1]]
+                $0["experts"] = experts
+            }, .invalidManifest, ["layer 100000000, whose tensors name no expert"])
+            expectShardKitError(try edited { tensor(&$0, "model.norm.weight") { $0["stages"] = [0] } }, .invalidManifest,
+                                ["belong to the last stage"])
+            expectShardKitError(try edited {
+                $0["stages"] = [["stage": 0, "layers": [0, 2]], ["stage": 1, "layers": [2, 4611686018427387904]]]
+            }, .invalidManifest, ["stages hold layers 0..<4611686018427387904, the tensors name layers 0..<4"])
             try writeBytes(original, to: path)
             _ = try ShardSet(directory: dir + "/set")
+            // Version 1 manifests carry no version 2 keys, per rank or per tensor either.
+            try shardLayout("mixtral-4l", tp: 2, to: dir + "/v1")
+            let v1 = dir + "/v1/manifest.json"
+            var json = try JSONSerialization.jsonObject(with: Data(try readBytes(v1))) as! [String: Any]
+            var ranks = json["ranks"] as! [[String: Any]]
+            ranks[0]["pp"] = 0
+            json["ranks"] = ranks
+            try writeBytes(Array(try JSONSerialization.data(withJSONObject: json)), to: v1)
+            expectShardKitError(caught { _ = try ShardSet(directory: dir + "/v1") }, .invalidManifest,
+                                ["belong to version 2"])
         }
     }
 

@@ -161,12 +161,7 @@ public struct Manifest: Sendable, Equatable {
         for r in ranks where (r.pp, r.tp) != layout.coordinates(of: r.rank) {
             throw bad("rank \(r.rank): coordinates pp \(r.pp), tp \(r.tp); expected \(layout.coordinates(of: r.rank))")
         }
-        for (layer, groups) in layout.experts {
-            do {
-                try ParallelLayout.checkPlacement(groups, experts: groups.reduce(0) { $0 + $1.count }, layer: layer,
-                                                  ep: layout.ep)
-            } catch let e as ShardKitError { throw bad("experts: \(e.message)") }
-        }
+        try checkAgainstNames(path: path)
         var rankFiles: [Set<String>] = []
         for r in ranks {
             for f in r.files where !Manifest.isSafeRelativePath(f) {
@@ -237,6 +232,37 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
+    /// The stage table and the expert placement against what the tensor names say: the stages hold
+    /// no layer past the last one named (layers past the table, multi-token prediction, are the last
+    /// stage's), and every MoE layer's placement places exactly the experts its tensors name.
+    private func checkAgainstNames(path: String) throws {
+        func bad(_ m: String) -> ShardKitError { ShardKitError(.invalidManifest, "\(path): \(m)") }
+        guard !layout.isTensorParallelOnly else { return }
+        var named = 0
+        var experts: [Int: Int] = [:]
+        for name in order {
+            let role = TensorRole.of(name)
+            guard let layer = role.layer else { continue }
+            named = max(named, layer + 1)
+            if let e = role.expert { experts[layer] = max(experts[layer] ?? 0, e + 1) }
+        }
+        if let end = layout.stageLayers.last?.upperBound, end > named {
+            throw bad("stages hold layers 0..<\(end), the tensors name layers 0..<\(named)")
+        }
+        guard layout.ep > 1 else { return }
+        for (layer, groups) in layout.experts {
+            guard let n = experts[layer] else {
+                throw bad("experts: the placement names layer \(layer), whose tensors name no expert")
+            }
+            do {
+                try ParallelLayout.checkPlacement(groups, experts: n, layer: layer, ep: layout.ep)
+            } catch let e as ShardKitError { throw bad("experts: \(e.message)") }
+        }
+        if let layer = experts.keys.sorted().first(where: { layout.experts[$0] == nil }) {
+            throw bad("experts: layer \(layer) has expert tensors but no placement")
+        }
+    }
+
     /// A tensor's stages and EP group against the layout and against what its name says (a layer's
     /// tensor lies in that layer's stage; an expert's, with EP > 1, in that expert's group).
     private func checkPlacement(of t: Tensor, name: String, _ badTensor: (String) -> ShardKitError) throws {
@@ -262,6 +288,17 @@ public struct Manifest: Sendable, Equatable {
             }
         }
         if t.group != nil && role.expert == nil { throw badTensor("ep_group on a tensor that is not an expert's") }
+        // Outside the layers: the last stage's modules there, the rest with the first (an embedding tied
+        // to the head with the last too).
+        let last = layout.pp - 1
+        switch role {
+        case .last where t.stages != [last]:
+            throw badTensor("stages \(t.stages): the final norm and head belong to the last stage, \(last)")
+        case .first where t.stages != [0] && t.stages != [0, last]:
+            throw badTensor("stages \(t.stages): a tensor before the layers belongs to stage 0 (and, tied to the "
+                            + "head, to stage \(last))")
+        default: break
+        }
     }
 
     static func isSafeRelativePath(_ p: String) -> Bool {

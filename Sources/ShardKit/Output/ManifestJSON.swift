@@ -169,8 +169,14 @@ extension Manifest {
             throw r.error("\"\(extra)\" belongs to version 2 manifests")
         } else {
             // Version 1: plain TP; ranks are their own TP coordinates, tensors live in the one stage.
+            if ranks.contains(where: { $0.pp != -1 || $0.tp != -1 }) {
+                throw r.error("a rank's \"pp\" and \"tp\" belong to version 2 manifests")
+            }
+            if tensors.values.contains(where: { !$0.stages.isEmpty || $0.group != nil }) {
+                throw r.error("a tensor's \"stages\" and \"ep_group\" belong to version 2 manifests")
+            }
             for i in ranks.indices { ranks[i].pp = 0; ranks[i].tp = ranks[i].rank }
-            for name in order where tensors[name]?.stages.isEmpty == true { tensors[name]!.stages = [0] }
+            for name in tensors.keys { tensors[name]!.stages = [0] }
         }
     }
 }
