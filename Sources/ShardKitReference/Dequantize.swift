@@ -23,22 +23,7 @@ final class DequantizingWeights: WeightProvider {
     init(base: WeightProvider, format: QuantizationFormat, config: ModelConfig) throws {
         self.base = base
         self.format = format
-        let primary = QuantizedPart.parts(of: format)[0]
-        var modules: [String: [Int]] = [:]
-        let all = Set(base.names)
-        let sep = format.separator
-        for name in base.names where name.hasSuffix(sep + primary.rawValue) {
-            let module = String(name.dropLast(primary.rawValue.count + sep.count))
-            if primary == .weight && !all.contains(module + ".weight_scale_inv")
-                && !all.contains(module + ".weight_scale") {
-                continue
-            }
-            guard let shape = base.globalShape(name), let nk = format.logicalShape(of: primary, shape: shape) else {
-                throw ShardKitError(.verificationFailed, "tensor \(name): not a \(format.name) \(primary.rawValue)")
-            }
-            modules[module] = nk
-        }
-        self.modules = modules
+        modules = try format.modules(base.names.map { (name: $0, shape: base.globalShape($0) ?? []) })
         let checkpointFormat = config.json["quantization_config"]?["checkpoint_format"]?.stringValue ?? "gptq"
         zeroOffset = checkpointFormat == "gptq_v2" ? 0 : 1
     }

@@ -66,12 +66,7 @@ public struct Manifest: Sendable, Equatable {
 
         /// World rank `w`'s piece, nil when `w` holds none.
         public func piece(rank w: Int) -> Piece? {
-            var lo = 0, hi = pieces.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if pieces[mid].rank < w { lo = mid + 1 } else { hi = mid }
-            }
-            return lo < pieces.count && pieces[lo].rank == w ? pieces[lo] : nil
+            sortedPosition(of: w, count: pieces.count) { pieces[$0].rank }.map { pieces[$0] }
         }
     }
 

@@ -35,7 +35,7 @@ public struct ShardPlan: Sendable {
 
         /// The layout of world rank `w`'s piece, nil when `w` holds none.
         public func layout(rank w: Int) -> PieceLayout? {
-            ShardPlan.position(of: w, in: holders).map { layouts[$0 % layouts.count] }
+            sortedPosition(of: w, count: holders.count) { holders[$0] }.map { layouts[$0 % layouts.count] }
         }
 
         /// The shape of world rank `w`'s piece (the global shape when `w` holds none).
@@ -162,16 +162,6 @@ public struct ShardPlan: Sendable {
     static func intermediateSizes(_ config: ModelConfig) -> Set<Int> {
         Set(["intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size", "ffn_dim", "n_inner"]
             .compactMap { config.int($0) })
-    }
-
-    /// The index of `w` in the ascending list `holders`, nil when absent.
-    static func position(of w: Int, in holders: [Int]) -> Int? {
-        var lo = 0, hi = holders.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if holders[mid] < w { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < holders.count && holders[lo] == w ? lo : nil
     }
 
     /// Refuses a split of `t` that cuts one of the heads `reference` (the preset's rule for it) knows:

@@ -290,6 +290,32 @@ extension QuantizationFormat {
     }
 }
 
+extension QuantizationFormat {
+    /// The quantized modules among `tensors` and the logical shape of each one's weight ([N, K];
+    /// MXFP4: [E, K, N]). The same for sharding and for the reference pass. Throws for a quantized
+    /// weight whose shape cannot be the format's.
+    public func modules(_ tensors: [(name: String, shape: [Int])]) throws -> [String: [Int]] {
+        let primary = QuantizedPart.parts(of: self)[0]
+        let names = Set(tensors.map(\.name))
+        var logical: [String: [Int]] = [:]
+        for t in tensors where t.name.hasSuffix(separator + primary.rawValue) {
+            let module = String(t.name.dropLast(primary.rawValue.count + separator.count))
+            // FP8 models keep some weights unquantized (embeddings, norms, the LM head): only a `weight`
+            // with a scale beside it is FP8.
+            if primary == .weight && !names.contains(module + ".weight_scale_inv")
+                && !names.contains(module + ".weight_scale") {
+                continue
+            }
+            guard let nk = logicalShape(of: primary, shape: t.shape) else {
+                throw ShardKitError(.invalidCheckpoint, "tensor \(t.name): shape \(t.shape) cannot be a \(name) "
+                                    + "\(primary.rawValue)")
+            }
+            logical[module] = nk
+        }
+        return logical
+    }
+}
+
 extension RuleSet {
     /// The rule of every tensor of a checkpoint quantized with `format` (nil: `assign(_:)`): each
     /// quantized module is matched as its unquantized `M.weight` of shape [N, K], and each of its tensors
@@ -301,24 +327,7 @@ extension RuleSet {
                        padding: Set<Int> = []) throws -> [SplitRule] {
         guard let format else { return try assign(tensors) }
         let parts = QuantizedPart.parts(of: format)
-        let primary = parts[0]
-        // Modules with a quantized weight, and their logical [N, K].
-        var logical: [String: [Int]] = [:]
-        for t in tensors {
-            let sep = format.separator
-            guard t.name.hasSuffix(sep + primary.rawValue) else { continue }
-            let module = String(t.name.dropLast(primary.rawValue.count + sep.count))
-            // FP8 models keep some weights unquantized (embeddings, norms, the LM head): only a `weight`
-            // with a scale beside it is FP8.
-            if primary == .weight && !tensors.contains(where: {
-                $0.name == module + ".weight_scale_inv" || $0.name == module + ".weight_scale"
-            }) { continue }
-            guard let nk = format.logicalShape(of: primary, shape: t.shape) else {
-                throw ShardKitError(.invalidCheckpoint, "tensor \(t.name): shape \(t.shape) cannot be a \(format.name) "
-                                    + "\(primary.rawValue)")
-            }
-            logical[module] = nk
-        }
+        let logical = try format.modules(tensors)
         func split(_ name: String) -> (module: String, part: QuantizedPart)? {
             for part in parts where name.hasSuffix(format.separator + part.rawValue) {
                 let module = String(name.dropLast(part.rawValue.count + format.separator.count))
